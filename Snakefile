@@ -1,0 +1,17 @@
+# Dense retrieval with hard negatives (STAR / ADORE, Zhan et al., SIGIR 2021) as a DAG of content-addressed stages.
+# Run: snakemake --cores all   (README.md). Every artifact lives in results/<stage>/<key>/.
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/bm25.smk"
+include: "workflow/rules/score.smk"
+
+
+rule all:
+    input:
+        PLAN.targets(),
+    default_target: True

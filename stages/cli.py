@@ -1,0 +1,62 @@
+"""The thin command line shared by every stage: ``python -m stages.<stage> OUT --params JSON --inputs JSON``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+from stages.errors import ConfigError, PipelineError
+from stages.store import write_artifact
+
+P = TypeVar("P")
+log = logging.getLogger("stages")
+
+
+def build_params(cls: type[P], values: Mapping[str, Any], stage: str) -> P:
+    """The stage's typed params from a mapping that must name every field (so every knob is in the key)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown, missing = sorted(set(values) - names), sorted(names - set(values))
+    if unknown or missing:
+        raise ConfigError(
+            f"stage {stage!r} got unknown params {unknown} and lacks params {missing}",
+            fix=f"pass exactly these params: {sorted(names)}",
+        )
+    return cls(**values)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def run_stage(
+    stage: str,
+    params_cls: type[P],
+    work: Callable[[P, Mapping[str, Path], Path], Mapping[str, Any] | None],
+    argv: list[str] | None = None,
+) -> int:
+    """Parse the CLI, run ``work(params, inputs, tmp_dir)`` inside an atomic artifact write, report user errors."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
+    parser.add_argument("out", type=Path, help="artifact directory to create (results/<stage>/<key>)")
+    parser.add_argument("--params", required=True, help="JSON object with every parameter of the stage")
+    parser.add_argument("--inputs", default="{}", help="JSON object: input name -> path")
+    parser.add_argument("--no-check-key", action="store_true", help="allow an output directory not named by its key")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        values = json.loads(args.params)
+        params = build_params(params_cls, values, stage)
+        inputs = {name: Path(path) for name, path in json.loads(args.inputs).items()}
+        with write_artifact(args.out, stage, values, inputs, check_key=not args.no_check_key) as tmp:
+            extra = work(params, inputs, tmp)
+            if extra:
+                (tmp / "summary.json").write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n")
+    except PipelineError as error:
+        print(f"error in stage {stage}: {error.render()}", file=sys.stderr)
+        return 2
+    log.info("wrote %s", args.out)
+    return 0

@@ -1,0 +1,80 @@
+"""Statistics over per-query metric values: bootstrap confidence intervals and paired significance tests.
+
+CLI: ``python -m stages.stats SCORE_A SCORE_B [--measure nDCG@10]`` compares two `score` artifacts on the same queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.errors import DataError
+
+
+def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over queries."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def paired_randomization_test(a: np.ndarray, b: np.ndarray, samples: int = 10000, seed: int = 0) -> float:
+    """Two-sided p-value of mean(a) - mean(b) under random sign flips of the per-query differences."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    observed = abs(diff.mean())
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=(samples, len(diff)))
+    extreme = (np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12).sum()
+    return float((extreme + 1) / (samples + 1))
+
+
+def paired_values(per_query_a: pd.DataFrame, per_query_b: pd.DataFrame, measure: str) -> tuple[np.ndarray, np.ndarray]:
+    a = per_query_a[per_query_a["measure"] == measure].set_index("query_id")["value"]
+    b = per_query_b[per_query_b["measure"] == measure].set_index("query_id")["value"]
+    if a.empty or set(a.index) != set(b.index):
+        raise DataError(
+            f"the two runs are not scored on the same queries for {measure} ({len(a)} vs {len(b)} queries)",
+            fix="compare score artifacts of the same split and measure",
+        )
+    return a.sort_index().to_numpy(), b.reindex(a.sort_index().index).to_numpy()
+
+
+def compare(score_a: Path, score_b: Path, measure: str, samples: int = 10000, seed: int = 0) -> dict:
+    from stages.tables import _read
+
+    a, b = paired_values(_read(Path(score_a) / "per_query.parquet"), _read(Path(score_b) / "per_query.parquet"), measure)
+    return {
+        "measure": measure,
+        "queries": len(a),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "difference": float(a.mean() - b.mean()),
+        "p_value": paired_randomization_test(a, b, samples, seed),
+        "test": f"paired randomization test, two-sided, {samples} permutations, seed {seed}",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.stats", description="paired comparison of two score artifacts")
+    parser.add_argument("score_a", type=Path)
+    parser.add_argument("score_b", type=Path)
+    parser.add_argument("--measure", default="nDCG@10")
+    parser.add_argument("--samples", type=int, default=10000)
+    args = parser.parse_args(argv)
+    try:
+        print(json.dumps(compare(args.score_a, args.score_b, args.measure, args.samples), indent=2))
+    except DataError as error:
+        print(f"error: {error.render()}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Parquet I/O shared by all stages: the prepared dataset, runs (ranked lists) and embedding shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stages.errors import ArtifactError, DataError
+
+CORPUS, QUERIES, QRELS = "corpus.parquet", "queries.parquet", "qrels.parquet"
+RUN_PARQUET, RUN_TREC = "run.parquet", "run.trec"
+RUN_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("rank", pa.int32()), ("score", pa.float32())])
+
+
+def write_table(frame: pd.DataFrame, path: Path, schema: pa.Schema | None = None) -> None:
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    pq.write_table(table, path, compression="zstd")
+
+
+def _read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    if not Path(path).is_file():
+        raise ArtifactError("missing table", path=path, fix="rerun the stage that writes it")
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def read_corpus(prepared: Path) -> pd.DataFrame:
+    return _read(Path(prepared) / CORPUS)
+
+
+def read_queries(prepared: Path, split: str) -> pd.DataFrame:
+    queries = _read(Path(prepared) / QUERIES)
+    chosen = queries[queries["split"] == split].reset_index(drop=True)
+    if chosen.empty:
+        raise DataError(
+            f"no queries in split {split!r}; splits present: {sorted(queries['split'].unique())}",
+            path=Path(prepared) / QUERIES,
+            fix="choose one of the present splits in the config",
+        )
+    return chosen
+
+
+def read_qrels(prepared: Path, split: str) -> pd.DataFrame:
+    qrels = _read(Path(prepared) / QRELS)
+    return qrels[qrels["split"] == split].reset_index(drop=True)
+
+
+def qrels_dict(qrels: pd.DataFrame) -> dict[str, dict[str, int]]:
+    judged: dict[str, dict[str, int]] = {}
+    for query_id, doc_id, relevance in qrels[["query_id", "doc_id", "relevance"]].itertuples(index=False):
+        judged.setdefault(query_id, {})[doc_id] = int(relevance)
+    return judged
+
+
+def write_run(run: pd.DataFrame, out_dir: Path, tag: str) -> None:
+    """A run as Parquet (query_id, doc_id, rank, score) and as a TREC run file."""
+    run = run.sort_values(["query_id", "rank"], kind="stable")
+    write_table(run, Path(out_dir) / RUN_PARQUET, RUN_SCHEMA)
+    with open(Path(out_dir) / RUN_TREC, "w") as trec:
+        for query_id, doc_id, rank, score in run[["query_id", "doc_id", "rank", "score"]].itertuples(index=False):
+            trec.write(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+
+
+def read_run(artifact: Path) -> pd.DataFrame:
+    return _read(Path(artifact) / RUN_PARQUET)
+
+
+def run_from_topk(query_ids: list[str], doc_ids: np.ndarray, indices: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    """A run frame from top-k results: ``indices``/``scores`` are (queries, k) arrays of row numbers and scores."""
+    count, k = indices.shape
+    valid = indices >= 0
+    return pd.DataFrame(
+        {
+            "query_id": np.repeat(np.asarray(query_ids, dtype=object), k)[valid.ravel()],
+            "doc_id": np.asarray(doc_ids, dtype=object)[indices[valid]],
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), count)[valid.ravel()],
+            "score": scores[valid].astype(np.float32),
+        }
+    )
+
+
+def embedding_schema(dim: int, dtype: str) -> pa.Schema:
+    value = pa.float16() if dtype == "float16" else pa.float32()
+    return pa.schema([("id", pa.string()), ("embedding", pa.list_(value, dim))])
+
+
+def write_embeddings(path: Path, ids: list[str], embeddings: np.ndarray, dtype: str = "float16") -> None:
+    """Embeddings as Parquet: ``id`` and ``embedding`` as a fixed-size list of float16 or float32."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float16 if dtype == "float16" else np.float32)
+    rows, dim = embeddings.shape
+    values = pa.array(embeddings.reshape(-1))
+    column = pa.FixedSizeListArray.from_arrays(values, dim)
+    table = pa.Table.from_arrays([pa.array(ids, pa.string()), column], schema=embedding_schema(dim, dtype))
+    pq.write_table(table, path, compression="none", row_group_size=65536)
+
+
+def iter_embeddings(paths: Iterable[Path], batch_rows: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Stream (ids, float32 matrix) batches from embedding files, never holding more than one batch."""
+    for path in paths:
+        parquet = pq.ParquetFile(path)
+        dim = parquet.schema_arrow.field("embedding").type.list_size
+        for batch in parquet.iter_batches(batch_size=batch_rows):
+            flat = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
+            yield batch.column("id").to_pylist(), flat.reshape(-1, dim).astype(np.float32, copy=False)
+
+
+def read_embeddings(paths: Iterable[Path]) -> tuple[list[str], np.ndarray]:
+    ids: list[str] = []
+    blocks = []
+    for batch_ids, block in iter_embeddings(paths):
+        ids += batch_ids
+        blocks.append(block)
+    return ids, np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)

@@ -1,0 +1,36 @@
+import json
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+sys.path.insert(0, workflow.basedir)
+
+from stages.plan import Plan
+from stages.store import write_pointers
+
+
+validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+PLAN = Plan(config)
+
+wildcard_constraints:
+    key="[0-9a-f]{16}",
+
+
+def stage_inputs(stage):
+    """Input function: the artifact's named inputs. ancient(): a key already pins its inputs' content."""
+    return lambda wildcards: {
+        name: ancient(path) for name, path in PLAN.node(stage, wildcards.key).input_paths().items()
+    }
+
+
+def stage_params(stage):
+    return lambda wildcards: json.dumps(PLAN.node(stage, wildcards.key).params, sort_keys=True)
+
+
+def stage_input_json(stage):
+    return lambda wildcards: json.dumps(PLAN.node(stage, wildcards.key).input_paths(), sort_keys=True)
+
+
+onsuccess:
+    write_pointers("results", PLAN.pointers())
