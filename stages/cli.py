@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
@@ -39,7 +41,11 @@ def run_stage(
     work: Callable[[P, Mapping[str, Path], Path], Mapping[str, Any] | None],
     argv: list[str] | None = None,
 ) -> int:
-    """Parse the CLI, run ``work(params, inputs, tmp_dir)`` inside an atomic artifact write, report user errors."""
+    """Parse the CLI, run ``work(params, inputs, tmp_dir)`` inside an atomic artifact write, report user errors.
+
+    A ``work`` function that takes ``work_dir`` gets ``results/work/<stage>/<key>/``: a folder that is not a
+    Snakemake output (so it survives a failed or killed job) for checkpoints; it is removed once the artifact exists.
+    """
     parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
     parser.add_argument("out", type=Path, help="artifact directory to create (results/<stage>/<key>)")
     parser.add_argument("--params", required=True, help="JSON object with every parameter of the stage")
@@ -52,11 +58,22 @@ def run_stage(
         params = build_params(params_cls, values, stage)
         inputs = {name: Path(path) for name, path in json.loads(args.inputs).items()}
         with write_artifact(args.out, stage, values, inputs, check_key=not args.no_check_key) as tmp:
-            extra = work(params, inputs, tmp)
+            work_dir = work_dir_for(args.out, stage)
+            if "work_dir" in inspect.signature(work).parameters:
+                work_dir.mkdir(parents=True, exist_ok=True)
+                extra = work(params, inputs, tmp, work_dir=work_dir)
+            else:
+                extra = work(params, inputs, tmp)
             if extra:
                 (tmp / "summary.json").write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n")
     except PipelineError as error:
         print(f"error in stage {stage}: {error.render()}", file=sys.stderr)
         return 2
+    shutil.rmtree(work_dir, ignore_errors=True)
     log.info("wrote %s", args.out)
     return 0
+
+
+def work_dir_for(out: Path, stage: str) -> Path:
+    """``results/<stage>/<key>`` -> ``results/work/<stage>/<key>``."""
+    return Path(out).parent.parent / "work" / stage / Path(out).name
