@@ -53,18 +53,40 @@ def load_config(path: Path) -> dict:
         raise ConfigError("config file not found", path=path)
     with open(path) as handle:
         config = yaml.safe_load(handle) or {}
-    validate_config(config)
+    validate_config(config, str(path))
     return config
 
 
-def validate_config(config: dict) -> None:
-    from snakemake.exceptions import WorkflowError
+def validate_config(config: dict, source: str = "config") -> None:
+    """Validate against the JSON schema, naming each wrong key and what is allowed; then fill defaults."""
+    import jsonschema
+    import yaml
     from snakemake.utils import validate
 
-    try:
-        validate(config, str(SCHEMA), set_default=True)
-    except WorkflowError as error:
-        raise ConfigError(f"invalid config: {error}", fix=f"see {SCHEMA} for the allowed keys and values") from None
+    schema = yaml.safe_load(SCHEMA.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"{_dotted(error.path) or '(top level)'}: {_explain(error)}" for error in errors]
+        raise ConfigError(
+            f"{source} is invalid:\n  " + "\n  ".join(lines), fix=f"the allowed keys and values are in {SCHEMA}"
+        )
+    validate(config, str(SCHEMA), set_default=True)
+
+
+def _dotted(path) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _explain(error) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return f"unknown key(s) {unknown}; allowed: {allowed}"
+    if error.validator == "enum":
+        return f"{error.instance!r} is not allowed; choose one of {error.validator_value}"
+    if error.validator == "type":
+        return f"{error.instance!r} should be of type {error.validator_value}"
+    return error.message
 
 
 class Plan:

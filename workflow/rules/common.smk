@@ -6,12 +6,16 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 
-from stages.plan import Plan
+from stages.errors import PipelineError
+from stages.plan import Plan, validate_config
 from stages.store import write_pointers
 
-
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))
-PLAN = Plan(config)
+try:
+    validate_config(config)  # readable messages first; then snakemake's validate fills the defaults
+    validate(config, workflow.source_path("../schemas/config.schema.yaml"), set_default=True)
+    PLAN = Plan(config)
+except PipelineError as error:
+    sys.exit(f"error: {error.render()}")
 
 wildcard_constraints:
     key="[0-9a-f]{16}",
