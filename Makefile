@@ -4,6 +4,8 @@ VENV ?= .venv
 # The CPU build of torch; on a GPU machine set TORCH_SPEC to the build you want (e.g. TORCH_SPEC=torch).
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# Rules call `python -m stages.<stage>`: that must be the venv's python.
+export PATH := $(abspath $(BIN)):$(PATH)
 CORES ?= all
 
 .PHONY: setup run test lint dry-run verify gc clean

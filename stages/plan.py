@@ -61,7 +61,6 @@ def validate_config(config: dict, source: str = "config") -> None:
     """Validate against the JSON schema, naming each wrong key and what is allowed; then fill defaults."""
     import jsonschema
     import yaml
-    from snakemake.utils import validate
 
     schema = yaml.safe_load(SCHEMA.read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
@@ -70,7 +69,20 @@ def validate_config(config: dict, source: str = "config") -> None:
         raise ConfigError(
             f"{source} is invalid:\n  " + "\n  ".join(lines), fix=f"the allowed keys and values are in {SCHEMA}"
         )
-    validate(config, str(SCHEMA), set_default=True)
+    fill_defaults(config, schema)
+
+
+def fill_defaults(instance, schema: dict) -> None:
+    """Set the schema's defaults for absent keys, recursively (what snakemake's validate(set_default=True) does)."""
+    if isinstance(instance, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name not in instance and "default" in sub:
+                instance[name] = copy.deepcopy(sub["default"])
+            if name in instance:
+                fill_defaults(instance[name], sub)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for item in instance:
+            fill_defaults(item, schema["items"])
 
 
 def _dotted(path) -> str:

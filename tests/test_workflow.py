@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# Rules run `python -m stages.<stage>`: the interpreter running the tests must be first on PATH.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
 def write_config(workdir: Path, dataset: Path, experiments: list[dict], **sections) -> None:
@@ -30,7 +33,7 @@ def write_config(workdir: Path, dataset: Path, experiments: list[dict], **sectio
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir)]
-    result = subprocess.run(command + ["--cores", "2", *args], capture_output=True, text=True, cwd=workdir)
+    result = subprocess.run(command + ["--cores", "2", *args], capture_output=True, text=True, cwd=workdir, env=ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -128,7 +131,17 @@ def test_gc_lists_then_removes_artifacts_the_config_no_longer_reaches(workdir, s
 def test_bad_config_stops_with_the_key_and_what_is_allowed(workdir, scifact_slice):
     write_config(workdir, scifact_slice, [{"name": "x", "method": "bm25", "params": {"bm25": {"k2": 1}}}])
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "-n"]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV)
     assert result.returncode != 0
     assert "params.bm25.k2 is not a bm25 parameter" in result.stderr and "k1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_plan_makes_the_same_artifacts_without_snakemake(workdir):
+    """The GPU box has no Snakemake: stages.run_plan runs the same DAG; Snakemake then finds nothing to do."""
+    result = subprocess.run([sys.executable, "-m", "stages.run_plan"], cwd=workdir, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "3 of 3 artifacts to make" in result.stdout
+    assert (workdir / "results" / "runs" / "bm25" / "score-test" / "metrics.json").is_file()
+    again = subprocess.run([sys.executable, "-m", "stages.run_plan", "-n"], cwd=workdir, capture_output=True, text=True)
+    assert "0 of 3 artifacts to make" in again.stdout
