@@ -1,0 +1,128 @@
+"""Stage `encode`: embed one contiguous shard of the corpus (or of a split's queries) with an encoder.
+
+Inputs: ``prepared`` (a `prepare` artifact) and optionally ``model`` (a training artifact; its ``model/`` folder is
+the encoder and wins over the ``model`` param). Shard i of n holds rows [i*N/n, (i+1)*N/n) in file order, so the
+shards concatenated in order are the whole table. Output: embeddings.parquet (id, embedding: fixed-size list of
+float16 or float32) and summary.json (rows, dim, seconds, texts/s, non-padding tokens/s). Runs on the GPU when
+there is one (bf16 autocast there by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from stages.cli import run_stage
+from stages.errors import ConfigError
+from stages.tables import read_corpus, read_queries, write_embeddings
+
+VERSION = 1
+log = logging.getLogger("stages.encode")
+
+EMBEDDINGS = "embeddings.parquet"
+WHAT = ("corpus", "queries")
+DTYPES = ("float16", "float32")
+
+
+@dataclass
+class EncodeParams:
+    model: str = "bundled"
+    """Encoder when there is no ``model`` input: 'bundled' (all-MiniLM-L6-v2) or a local model folder."""
+    what: str = "corpus"
+    """'corpus' (title + " " + text) or 'queries' (of ``split``)."""
+    split: str = "test"
+    """Whose queries, when ``what`` is 'queries'."""
+    shard: int = 0
+    """Which contiguous shard of the rows to encode (0-based)."""
+    num_shards: int = 1
+    max_length: int = 256
+    """Truncation in tokens of whatever is encoded (documents: 256, MiniLM's own; queries: shorter)."""
+    batch_size: int = 128
+    dtype: str = "float16"
+    """Storage precision of the embeddings: float16 or float32."""
+    pooling: str = "auto"
+    """mean, cls, or 'auto' (the model's own; see stages.models)."""
+    normalize: str = "auto"
+    """true, false, or 'auto' (the model's own)."""
+    autocast: str = "auto"
+    """auto (bf16 on CUDA, none on CPU), bf16, fp16 or none."""
+
+
+def check_params(params: EncodeParams) -> None:
+    if params.what not in WHAT:
+        raise ConfigError(f"encode what={params.what!r}", fix=f"use one of {WHAT}")
+    if params.dtype not in DTYPES:
+        raise ConfigError(f"encode dtype={params.dtype!r}", fix=f"use one of {DTYPES}")
+    if params.num_shards < 1 or not 0 <= params.shard < params.num_shards:
+        raise ConfigError(
+            f"shard {params.shard} of {params.num_shards}", fix="need num_shards >= 1 and 0 <= shard < num_shards"
+        )
+    if params.max_length < 2 or params.batch_size < 1:
+        raise ConfigError("max_length must be >= 2 and batch_size >= 1")
+
+
+def shard_range(rows: int, shard: int, num_shards: int) -> tuple[int, int]:
+    """Rows [start, stop) of shard ``shard`` of ``num_shards`` contiguous shards."""
+    return shard * rows // num_shards, (shard + 1) * rows // num_shards
+
+
+def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
+    import torch
+
+    from stages.models import document_texts, load_encoder, model_spec
+
+    check_params(params)
+    if params.what == "corpus":
+        table = read_corpus(inputs["prepared"])
+        ids_column, texts_of = "doc_id", document_texts
+    else:
+        table = read_queries(inputs["prepared"], params.split)
+        ids_column, texts_of = "query_id", lambda frame: frame["text"].tolist()
+    start, stop = shard_range(len(table), params.shard, params.num_shards)
+    table = table.iloc[start:stop]
+    ids, texts = table[ids_column].tolist(), texts_of(table)
+
+    spec = model_spec(params.model, inputs)
+    encoder = load_encoder(spec, pooling=params.pooling, normalize=params.normalize)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder.to(device)
+    began = time.perf_counter()
+    lengths = encoder.token_lengths(texts, params.max_length)
+    embeddings = encoder.encode(
+        texts,
+        params.max_length,
+        batch_size=params.batch_size,
+        autocast=params.autocast,
+        desc=f"encode {params.what} {params.shard + 1}/{params.num_shards}",
+        lengths=lengths,
+    )
+    seconds = time.perf_counter() - began
+    write_embeddings(Path(out_dir) / EMBEDDINGS, ids, embeddings, params.dtype)
+    log.info("encoded %d %s rows [%d, %d) on %s in %.1f s", len(ids), params.what, start, stop, device, seconds)
+    return {
+        "what": params.what,
+        "model": spec,
+        "pooling": encoder.pooling,
+        "normalize": encoder.normalize,
+        "rows": len(ids),
+        "first_row": start,
+        "stop_row": stop,
+        "dim": encoder.dim,
+        "device": str(device),
+        "seconds": round(seconds, 3),
+        "texts_per_s": round(len(ids) / seconds, 1) if seconds > 0 else None,
+        "tokens": int(lengths.sum()),
+        "tokens_per_s": round(float(lengths.sum()) / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("encode", EncodeParams, encode, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

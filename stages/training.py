@@ -1,0 +1,349 @@
+"""The training loop shared by the trainers (STAR, the warm-up, later ADORE): AdamW with linear warm-up and linear
+decay, bf16 autocast on CUDA, a per-step log (``train_log.parquet``) with its loss curve (``loss.png``), and
+checkpoint/resume.
+
+A trainer supplies ``batch_loss(epoch, batch) -> (loss, extra log values)``; the data of a step must be a function of
+(seed, epoch, batch) alone (``epoch_order``, ``batch_rng``), so that a resumed run draws the same batches as an
+uninterrupted one. Everything else that changes while training is in the checkpoint: weights, optimiser and scheduler
+state, the RNG states (dropout draws from torch's) and the log so far. On CPU a resumed run ends with bitwise the same
+weights as an uninterrupted one.
+
+A checkpoint is one safetensors file, ``<work_dir>/checkpoint.safetensors``: tensors as tensors and everything else as
+JSON in its metadata, so nothing is pickled. It is written to a temporary file that is renamed into place, so a kill
+leaves either the previous checkpoint or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from stages.errors import ArtifactError, ConfigError
+from stages.models import MODEL_SUBDIR, save_encoder
+from stages.tables import write_table
+
+log = logging.getLogger("stages.training")
+
+CHECKPOINT = "checkpoint.safetensors"
+TRAIN_LOG, LOSS_PLOT = "train_log.parquet", "loss.png"
+# Test hook: exit abruptly (as if killed) right after this step, to exercise resuming.
+STOP_AFTER_ENV = "HARDNEG_STOP_AFTER_STEP"
+STOPPED_EXIT_CODE = 75
+
+BatchLoss = Callable[[int, int], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+@dataclass
+class TrainConfig:
+    """Fields common to every trainer; stage params dataclasses inherit them."""
+
+    learning_rate: float = 2e-5
+    """Peak AdamW learning rate (paper's STAR: 1e-4 with LAMB on RoBERTa-base)."""
+    batch_size: int = 32
+    """Queries per step (paper code's default: 64 per device)."""
+    epochs: int = 3
+    """Passes over the training queries; ignored when max_steps > 0."""
+    max_steps: int = 0
+    """Total optimiser steps; 0 = epochs decide."""
+    warmup_fraction: float = 0.1
+    """Share of the steps with a linear warm-up from 0; then linear decay to 0 (paper code: 1000 warm-up steps)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay, not applied to biases and LayerNorm weights (paper code: 0.01)."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this; 0 = no clipping (paper code: 1.0)."""
+    seed: int = 42
+    """Seeds model dropout and the data order (non-negative; paper code: 42)."""
+    checkpoint_every: int = 200
+    """Write a resumable checkpoint into the work folder every this many steps; 0 = never."""
+    bf16: bool = True
+    """bfloat16 autocast for the encoder forward passes on CUDA (never on CPU); losses stay float32."""
+    gradient_checkpointing: bool = False
+    """Trade compute for activation memory (paper: on, with fp16)."""
+    query_max_length: int = 64
+    """Query truncation in tokens (paper: 24 on MS MARCO)."""
+    doc_max_length: int = 256
+    """Document truncation in tokens (paper: 120 for passages, 512 for documents)."""
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of ``count`` training examples in ``epoch``: a function of (seed, epoch) only."""
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
+    """Randomness for sampling within one batch (positives, negatives): a function of (seed, epoch, batch) only."""
+    return np.random.default_rng([seed, epoch, batch, 1])
+
+
+def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    return config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            exempt = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+            (no_decay if exempt else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up from 0 over ``warmup_fraction`` of the steps, then linear decay to 0 (as transformers does)."""
+    warmup = round(config.warmup_fraction * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    meta = {"python": [version, list(internal), gauss], "numpy": [kind, keys.tolist(), position, has_gauss, cached]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {int(i): dict(values) for i, values in meta["scalars"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            index, name = key[len("optimizer.") :].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _log_tensors(rows: list[dict[str, float]]) -> dict[str, torch.Tensor]:
+    frame = pd.DataFrame(rows)
+    return {f"log.{column}": torch.tensor(frame[column].to_numpy(np.float64)) for column in frame.columns}
+
+
+def _log_rows(tensors: dict[str, torch.Tensor]) -> list[dict[str, float]]:
+    columns = {key[4:]: tensors[key].tolist() for key in tensors if key.startswith("log.")}
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    for row in rows:
+        row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])
+    return rows
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    rows: list[dict[str, float]],
+    shape: dict[str, int],
+) -> None:
+    """Everything needed to continue after ``step`` completed steps, written atomically (temp file + rename)."""
+    # clone: tensors that share storage (tied weights) cannot be saved as they are
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    optimizer_tensors, optimizer_meta = _optimizer_state(optimizer)
+    rng_tensors, rng_meta = _rng_state()
+    tensors.update(optimizer_tensors | rng_tensors | _log_tensors(rows))
+    meta = {"step": step, "shape": shape, "optimizer": optimizer_meta, "rng": rng_meta}
+    meta["scheduler"] = scheduler.state_dict()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    shape: dict[str, int],
+) -> tuple[int, list[dict[str, float]]]:
+    """Restore a checkpoint in place; returns (completed steps, log rows so far)."""
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["state"])
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    if meta["shape"] != shape:
+        raise ArtifactError(
+            f"checkpoint was written for a run of shape {meta['shape']}, this run has {shape}",
+            path=path,
+            fix="delete the checkpoint to train from scratch",
+        )
+    model.load_state_dict({key[len("model.") :]: value for key, value in tensors.items() if key.startswith("model.")})
+    _load_optimizer_state(optimizer, tensors, meta["optimizer"])
+    scheduler.load_state_dict(meta["scheduler"])
+    _set_rng_state(tensors, meta["rng"])
+    return meta["step"], _log_rows(tensors)
+
+
+# --- the loop ------------------------------------------------------------------------------------------------------
+
+
+def train(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    steps_per_epoch: int,
+    batch_loss: BatchLoss,
+    out_dir: Path,
+    work_dir: Path | None = None,
+    queries_per_step: int | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` (already on its device) and write model/, train_log.parquet and loss.png into ``out_dir``.
+
+    ``batch_loss(epoch, batch)`` runs the forward pass of one batch and returns the loss and extra values to log.
+    With ``work_dir`` a checkpoint is written there every ``checkpoint_every`` steps and resumed from when present.
+    Returns the summary (steps, seconds, queries per second, final loss, peak GPU memory); ``queries_per_step``
+    (default ``batch_size``) is for the throughput.
+    """
+    device = next(model.parameters()).device
+    total = total_steps(config, steps_per_epoch)
+    if config.gradient_checkpointing:
+        transformer = getattr(model, "model", model)
+        transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, total)
+    shape = {"total_steps": total, "steps_per_epoch": steps_per_epoch}
+    checkpoint = Path(work_dir) / CHECKPOINT if work_dir is not None else None
+    every = config.checkpoint_every if checkpoint is not None else 0
+    start, rows = 0, []
+    if checkpoint is not None and checkpoint.is_file():
+        start, rows = load_checkpoint(checkpoint, model, optimizer, scheduler, shape)
+        log.info("resuming from step %d (of %d) with %s", start, total, checkpoint)
+    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+    autocast = config.bf16 and device.type == "cuda"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    progress = tqdm(range(start, total), initial=start, total=total, desc="train", unit="step")
+    for step in progress:
+        began = time.perf_counter()
+        epoch, batch = divmod(step, steps_per_epoch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss, extras = batch_loss(epoch, batch)
+        if not torch.isfinite(loss):
+            raise ConfigError(
+                f"the training loss is {float(loss)} at step {step + 1}",
+                fix="lower learning_rate (or turn bf16 off); the last checkpoint is kept in the work folder",
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip if config.grad_clip > 0 else math.inf)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        row = {"step": step + 1, "epoch": epoch, "loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm)}
+        rows.append(row | {k: float(v) for k, v in extras.items()} | {"seconds": time.perf_counter() - began})
+        progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+        done = step + 1
+        if every > 0 and done % every == 0 and done < total:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, done, rows, shape)
+        if done == stop_after:
+            log.warning("%s=%d: stopping abruptly after step %d", STOP_AFTER_ENV, stop_after, done)
+            os._exit(STOPPED_EXIT_CODE)
+    progress.close()
+
+    save_encoder(model, Path(out_dir) / MODEL_SUBDIR, max_seq_length=config.doc_max_length)
+    frame = pd.DataFrame(rows)
+    write_table(frame, Path(out_dir) / TRAIN_LOG)
+    plot_losses(frame, Path(out_dir) / LOSS_PLOT)
+    return summarise(frame, queries_per_step or config.batch_size, device, resumed_from=start)
+
+
+def summarise(frame: pd.DataFrame, queries_per_step: int, device: torch.device, resumed_from: int) -> dict[str, Any]:
+    seconds = float(frame["seconds"].sum()) if len(frame) else 0.0
+    tail = frame["loss"].tail(max(1, len(frame) // 10))
+    summary = {
+        "steps": len(frame),
+        "seconds": round(seconds, 3),
+        "queries_per_second": round(len(frame) * queries_per_step / seconds, 2) if seconds else None,
+        "first_loss": float(frame["loss"].iloc[0]) if len(frame) else None,
+        "final_loss": float(tail.mean()) if len(frame) else None,
+        "resumed_from_step": resumed_from,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    first, final = summary["first_loss"], summary["final_loss"]
+    log.info("trained %d steps in %.1f s; loss %s -> %s", len(frame), seconds, first, final)
+    return summary
+
+
+def plot_losses(frame: pd.DataFrame, path: Path) -> None:
+    """The loss (and any other ``*_loss`` column) per step, raw and as a running mean; headless (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    window = max(1, len(frame) // 50)
+    for column in ["loss"] + [c for c in frame.columns if c.endswith("_loss")]:
+        values = frame[column]
+        (line,) = axes.plot(frame["step"], values.rolling(window, min_periods=1).mean(), label=column)
+        if window > 1:
+            axes.plot(frame["step"], values, color=line.get_color(), alpha=0.25, linewidth=0.8)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(f"training loss (running mean over {window} steps)" if window > 1 else "training loss")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
