@@ -8,6 +8,10 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/bm25.smk"
+include: "workflow/rules/encode.smk"
+include: "workflow/rules/index.smk"
+include: "workflow/rules/retrieve.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/score.smk"
 
 

@@ -17,6 +17,16 @@ from stages.store import HashCache, artifact_key, raw_key, stage_version
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 RESULTS = Path("results")
+UNTRAINED = ("bm25", "zeroshot")
+NOT_OVERRIDABLE = {"dataset", "evaluate", "experiments"}
+MINED_MODES = ("star", "static")  # train_star modes that read mined negatives
+
+
+def instances(experiment: Mapping[str, Any], seeds: list[int]) -> list[tuple[str, int | None]]:
+    """(name, seed) of each run of an experiment: trained methods once per seed, as ``<name>/seed-<seed>``."""
+    if experiment["method"] in UNTRAINED:
+        return [(experiment["name"], None)]
+    return [(f"{experiment['name']}/seed-{seed}", seed) for seed in experiment.get("seeds", seeds)]
 
 
 class RawFile:
@@ -112,8 +122,10 @@ class Plan:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"experiment names must be unique; repeated: {duplicates}")
+        self._check_splits()
         for index, experiment in enumerate(config["experiments"]):
-            self.experiments[experiment["name"]] = self._build(index, experiment)
+            for instance, seed in instances(experiment, config["seeds"]):
+                self.experiments[instance] = self._build(index, experiment, seed)
         self.cache.save()
 
     # --- lookups used by the Snakefile -------------------------------------------------------------------------
@@ -146,11 +158,12 @@ class Plan:
         """A stage's config section with the experiment's overrides applied."""
         section = copy.deepcopy(self.config.get(name, {}))
         overrides = experiment.get("params", {})
-        unknown_sections = sorted(set(overrides) - {k for k in self.config if k not in {"experiments", "dataset"}})
+        sections = sorted(k for k, v in self.config.items() if isinstance(v, dict) and k not in NOT_OVERRIDABLE)
+        unknown_sections = sorted(set(overrides) - set(sections))
         if unknown_sections:
             raise ConfigError(
                 f"experiments[{index}] ({experiment['name']}): params names unknown sections {unknown_sections}",
-                fix=f"override keys of: {sorted(k for k in self.config if k not in {'experiments', 'dataset'})}",
+                fix=f"override keys of: {sections}",
             )
         for key, value in overrides.get(name, {}).items():
             if key not in section:
@@ -171,25 +184,154 @@ class Plan:
         params = {k: dataset[k] for k in ("format", "splits", "dev_fraction", "dev_source", "seed", "unknown_ids")}
         return self._add("prepare", params, {name: RawFile(path, self.cache) for name, path in files.items()})
 
-    def _build(self, index: int, experiment: Mapping[str, Any]) -> dict[str, Node]:
-        roles: dict[str, Node] = {"prepare": self._prepare()}
-        splits = self.config["evaluate"]["splits"]
-        available = set(self.config["dataset"]["splits"]) | ({"dev"} if self.config["dataset"]["dev_fraction"] else set())
-        for split in splits:
+    def _build(self, index: int, experiment: Mapping[str, Any], seed: int | None) -> dict[str, Node]:
+        chain = Chain(self, index, experiment, seed)
+        for split in self.config["evaluate"]["splits"]:
+            chain.score(split)
+        return chain.roles
+
+    def _check_splits(self) -> None:
+        dataset = self.config["dataset"]
+        available = set(dataset["splits"]) | ({"dev"} if dataset["dev_fraction"] else set())
+        for split in self.config["evaluate"]["splits"]:
             if split not in available:
                 raise ConfigError(
                     f"evaluate.splits names {split!r}, which the dataset does not have",
                     fix=f"use some of {sorted(available)} (dev exists when dataset.dev_fraction > 0)",
                 )
-            run = self._run(index, experiment, split, roles)
-            score = {**self._section(index, experiment, "score"), "split": split}
-            roles[f"score-{split}"] = self._add("score", score, {"prepared": roles["prepare"], "run": run})
-        return roles
+        if any(e["method"] not in UNTRAINED for e in self.config["experiments"]) and "train" not in available:
+            raise ConfigError("trained methods need a 'train' split", fix="add train to dataset.splits")
 
-    def _run(self, index: int, experiment: Mapping[str, Any], split: str, roles: dict[str, Node]) -> Node:
-        method = experiment["method"]
+
+class Chain:
+    """The nodes of one experiment instance (one seed), built on demand and recorded under their roles."""
+
+    def __init__(self, plan: Plan, index: int, experiment: Mapping[str, Any], seed: int | None):
+        self.plan, self.index, self.experiment, self.seed = plan, index, experiment, seed
+        self.roles: dict[str, Node] = {"prepare": plan._prepare()}
+
+    def section(self, name: str) -> dict:
+        return self.plan._section(self.index, self.experiment, name)
+
+    def add(self, role: str, stage: str, params: Mapping[str, Any], inputs: Mapping[str, Node | RawFile]) -> Node:
+        self.roles[role] = self.plan._add(stage, params, inputs)
+        return self.roles[role]
+
+    # --- runs and scores --------------------------------------------------------------------------------------
+    def score(self, split: str) -> Node:
+        score = {**self.section("score"), "split": split}
+        return self.add(f"score-{split}", "score", score, {"prepared": self.roles["prepare"], "run": self.run(split)})
+
+    def run(self, split: str, top_k: int | None = None) -> Node:
+        """The experiment's run over a split (top_k: override, for mining)."""
+        method = self.experiment["method"]
         if method == "bm25":
-            params = {**self._section(index, experiment, "bm25"), "split": split}
-            roles[f"bm25-{split}"] = self._add("bm25", params, {"prepared": roles["prepare"]})
-            return roles[f"bm25-{split}"]
-        raise ConfigError(f"experiments[{index}]: unknown method {method!r}")
+            return self.bm25(split, top_k)
+        if method == "adore":
+            index, query_encoder = self.adore()
+            return self.retrieve(split, index, query_encoder, top_k)
+        encoder = self.document_encoder()
+        return self.retrieve(split, self.index_of(self.shards(encoder)), encoder, top_k)
+
+    def bm25(self, split: str, top_k: int | None = None) -> Node:
+        params = {**self.section("bm25"), "split": split}
+        if top_k is not None:
+            params["top_k"] = max(params["top_k"], top_k)
+        return self.add(f"bm25-{split}", "bm25", params, {"prepared": self.roles["prepare"]})
+
+    # --- encoders ---------------------------------------------------------------------------------------------
+    def model_params(self) -> dict[str, Any]:
+        encoder = self.section("encoder")
+        return {"model": encoder["model"], "pooling": encoder["pooling"], "normalize": encoder["normalize"]}
+
+    def base_model_inputs(self) -> dict[str, RawFile]:
+        """A local base model folder is an input (its content in the key); 'bundled' and Hub ids are not."""
+        model = self.section("encoder")["model"]
+        return {"base_model": RawFile(Path(model), self.plan.cache)} if Path(model).is_dir() else {}
+
+    def model_inputs(self, encoder: Node | None) -> dict[str, Node | RawFile]:
+        return {"model": encoder} if encoder is not None else self.base_model_inputs()
+
+    def document_encoder(self) -> Node | None:
+        """The trained encoder of a warmup/star experiment; None for the base encoder (zeroshot)."""
+        method = self.experiment["method"]
+        if method == "zeroshot":
+            return None
+        if method == "warmup":
+            return self.warmup()
+        if method == "star":
+            return self.star()
+        raise ConfigError(f"experiments[{self.index}]: method {method!r} has no document encoder")
+
+    def train_params(self, section: str) -> dict[str, Any]:
+        encoder = self.section("encoder")
+        params = {k: v for k, v in self.section(section).items() if k != "init"}
+        lengths = {k: encoder[k] for k in ("query_max_length", "doc_max_length")}
+        return {**params, **lengths, **self.model_params(), "seed": self.seed}
+
+    def negatives(self, source: str) -> Node:
+        mine = self.section("mine")
+        params = {"split": "train", "depth": mine["depth"], "exclude_positives": mine["exclude_positives"]}
+        if source == "bm25":
+            run = self.bm25("train", top_k=mine["depth"])
+        else:
+            warmup = self.warmup()
+            index = self.index_of(self.shards(warmup, "warmup-"), "warmup-", flat=True)
+            run = self.retrieve("train", index, warmup, mine["depth"], "warmup-")
+        return self.add(f"negatives-{source}", "mine_negatives", params, {"prepared": self.roles["prepare"], "run": run})
+
+    def warmup(self) -> Node:
+        inputs = {"prepared": self.roles["prepare"], "negatives": self.negatives("bm25"), **self.base_model_inputs()}
+        return self.add("warmup", "train_warmup", self.train_params("warmup"), inputs)
+
+    def star(self) -> Node:
+        star = self.section("star")
+        inputs: dict[str, Node | RawFile] = {"prepared": self.roles["prepare"]}
+        if star["negatives"] in MINED_MODES:
+            inputs["negatives"] = self.negatives(self.section("mine")["source"])
+        if star["init"] == "warmup":
+            inputs["init"] = self.warmup()
+        else:
+            inputs.update(self.base_model_inputs())
+        return self.add("star", "train_star", self.train_params("star"), inputs)
+
+    # --- dense retrieval --------------------------------------------------------------------------------------
+    def shards(self, encoder: Node | None, prefix: str = "") -> list[Node]:
+        encode, lengths = self.section("encode"), self.section("encoder")
+        nodes = []
+        for shard in range(encode["num_shards"]):
+            params = {
+                **self.model_params(),
+                "what": "corpus",
+                "split": "",
+                "shard": shard,
+                "num_shards": encode["num_shards"],
+                "max_length": lengths["doc_max_length"],
+                "batch_size": encode["batch_size"],
+                "dtype": encode["dtype"],
+                "autocast": encode["autocast"],
+            }
+            inputs = {"prepared": self.roles["prepare"], **self.model_inputs(encoder)}
+            nodes.append(self.add(f"{prefix}encode-{shard}", "encode", params, inputs))
+        return nodes
+
+    def index_of(self, shards: list[Node], prefix: str = "", flat: bool = False) -> Node:
+        """An index over the shards; ``flat`` forces exact search (mining negatives is not what PQ is for)."""
+        inputs = {f"shard_{n}": node for n, node in enumerate(shards)}
+        params = {**self.section("index"), **({"kind": "flat"} if flat else {})}
+        return self.add(f"{prefix}index", "index", params, inputs)
+
+    def retrieve(
+        self, split: str, index: Node, encoder: Node | None, top_k: int | None = None, prefix: str = ""
+    ) -> Node:
+        retrieve, lengths = self.section("retrieve"), self.section("encoder")
+        params = {
+            **retrieve,
+            **self.model_params(),
+            "split": split,
+            "query_max_length": lengths["query_max_length"],
+        }
+        if top_k is not None:
+            params["top_k"] = top_k
+        inputs = {"prepared": self.roles["prepare"], "index": index, **self.model_inputs(encoder)}
+        return self.add(f"{prefix}retrieve-{split}", "retrieve", params, inputs)

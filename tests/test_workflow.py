@@ -27,7 +27,7 @@ def write_config(workdir: Path, dataset: Path, experiments: list[dict], **sectio
         "experiments": experiments,
     }
     for name, values in sections.items():
-        config[name] = {**config.get(name, {}), **values}
+        config[name] = {**config.get(name, {}), **values} if isinstance(values, dict) else values
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
 

@@ -1,0 +1,70 @@
+"""The plan without Snakemake: every node's params are exactly its stage's fields; seeds and sharing."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections import Counter
+
+import pytest
+import yaml
+
+from stages.errors import ConfigError
+from stages.plan import Plan, load_config
+
+EXPERIMENTS = [
+    {"name": "bm25", "method": "bm25"},
+    {"name": "zeroshot", "method": "zeroshot"},
+    {"name": "warmup", "method": "warmup"},
+    {"name": "star", "method": "star"},
+    {"name": "star-pq", "method": "star", "params": {"index": {"kind": "pq"}}},
+    {"name": "randneg", "method": "star", "seeds": [5], "params": {"star": {"negatives": "randneg", "init": "base"}}},
+]
+
+
+def plan_for(tmp_path, scifact_slice, experiments=EXPERIMENTS, **sections) -> Plan:
+    config = {"dataset": {"path": str(scifact_slice)}, "seeds": [1, 2], "experiments": experiments, **sections}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return Plan(load_config(path), tmp_path / "results")
+
+
+def params_class(stage: str):
+    module = importlib.import_module(f"stages.{stage}")
+    (cls,) = [v for k, v in vars(module).items() if k.endswith("Params") and v.__module__ == module.__name__]
+    return cls
+
+
+def test_every_node_passes_exactly_its_stage_params(tmp_path, scifact_slice):
+    plan = plan_for(tmp_path, scifact_slice)
+    for node in plan.nodes():
+        fields = {field.name for field in dataclasses.fields(params_class(node.stage))}
+        assert set(node.params) == fields, node.stage
+
+
+def test_trained_methods_run_per_seed_and_share_untrained_upstream(tmp_path, scifact_slice):
+    plan = plan_for(tmp_path, scifact_slice)
+    assert sorted(plan.experiments) == [
+        "bm25", "randneg/seed-5", "star-pq/seed-1", "star-pq/seed-2", "star/seed-1", "star/seed-2",
+        "warmup/seed-1", "warmup/seed-2", "zeroshot",
+    ]  # fmt: skip
+    stages = Counter(node.stage for node in plan.nodes())
+    assert stages["train_warmup"] == 2 and stages["train_star"] == 3 and stages["prepare"] == 1
+    star, star_pq, warmup = (plan.experiments[f"{n}/seed-1"] for n in ("star", "star-pq", "warmup"))
+    assert star["star"] is star_pq["star"] and star["warmup"] is warmup["warmup"]
+    assert star["index"].params["kind"] == "flat" and star_pq["index"].params["kind"] == "pq"
+    assert star_pq["warmup-index"].params["kind"] == "flat"  # negatives are always mined with exact search
+    assert star["star"].params["seed"] == 1 and plan.experiments["star/seed-2"]["star"].params["seed"] == 2
+    assert "negatives" not in plan.experiments["randneg/seed-5"]["star"].inputs
+
+
+def test_mining_from_bm25_skips_the_warmup_encoding(tmp_path, scifact_slice):
+    plan = plan_for(tmp_path, scifact_slice, mine={"source": "bm25"}, star={"init": "base"})
+    roles = plan.experiments["star/seed-1"]
+    assert "warmup" not in roles and roles["star"].inputs["negatives"] is roles["negatives-bm25"]
+
+
+def test_an_override_of_an_unknown_parameter_names_it(tmp_path, scifact_slice):
+    experiments = [{"name": "bad", "method": "star", "params": {"star": {"lr": 1}}}]
+    with pytest.raises(ConfigError, match=r"params.star.lr is not a star parameter"):
+        plan_for(tmp_path, scifact_slice, experiments)

@@ -1,0 +1,21 @@
+rule encode_corpus:
+    input:
+        unpack(stage_inputs("encode")),
+    output:
+        artifact=directory("results/encode/{key}"),
+    params:
+        stage=stage_params("encode"),
+        inputs=stage_input_json("encode"),
+    log:
+        "results/logs/encode/{key}.log",
+    benchmark:
+        "results/benchmarks/encode/{key}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/dense.yaml"
+    shell:
+        "python -m stages.encode {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
