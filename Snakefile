@@ -12,6 +12,7 @@ include: "workflow/rules/encode.smk"
 include: "workflow/rules/index.smk"
 include: "workflow/rules/retrieve.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
 include: "workflow/rules/score.smk"
 
 

@@ -91,14 +91,12 @@ def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> d
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder.to(device)
     began = time.perf_counter()
-    lengths = encoder.token_lengths(texts, params.max_length)
-    embeddings = encoder.encode(
+    embeddings, lengths = encoder.encode_counted(
         texts,
         params.max_length,
         batch_size=params.batch_size,
         autocast=params.autocast,
         desc=f"encode {params.what} {params.shard + 1}/{params.num_shards}",
-        lengths=lengths,
     )
     seconds = time.perf_counter() - began
     write_embeddings(Path(out_dir) / EMBEDDINGS, ids, embeddings, params.dtype)

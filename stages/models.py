@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping
 
@@ -31,7 +32,7 @@ MODEL_SUBDIR = "model"
 """Training artifacts keep their encoder in this subfolder."""
 POOLINGS = ("mean", "cls")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-LENGTH_CHUNK = 8192
+TOKENIZE_CHUNK = 16384  # texts tokenized at a time, ahead of the GPU
 """Texts tokenised at a time when measuring lengths (keeps only the lengths, not the tokens)."""
 
 
@@ -112,15 +113,14 @@ class Encoder(torch.nn.Module):
 
     def token_lengths(self, texts: list[str], max_length: int) -> np.ndarray:
         """Tokens per text after truncation (special tokens included), i.e. the non-padding tokens encoded."""
-        lengths = np.empty(len(texts), dtype=np.int64)
-        for start in range(0, len(texts), LENGTH_CHUNK):
-            chunk = [str(t).strip() for t in texts[start : start + LENGTH_CHUNK]]
-            tokens = self.tokenizer(chunk, truncation=True, max_length=max_length, return_attention_mask=False)
-            lengths[start : start + len(chunk)] = [len(row) for row in tokens["input_ids"]]
-        return lengths
+        return np.array([len(row) for row in self._token_ids(texts, max_length)], dtype=np.int64)
+
+    def encode(self, texts: list[str], max_length: int, **options) -> np.ndarray:
+        """Embeddings (len(texts), dim) float32 in input order; see `encode_counted` for the options."""
+        return self.encode_counted(texts, max_length, **options)[0]
 
     @torch.inference_mode()
-    def encode(
+    def encode_counted(
         self,
         texts: list[str],
         max_length: int,
@@ -129,14 +129,15 @@ class Encoder(torch.nn.Module):
         autocast: str | None = "auto",
         progress: bool = True,
         desc: str = "encode",
-        lengths: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Embeddings (len(texts), dim) float32 in input order; batches of similar length (longest first).
+        chunk_size: int = TOKENIZE_CHUNK,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings (len(texts), dim) float32 in input order, tokens per text after truncation).
 
-        ``device`` moves the encoder there first (default: where it is).
-
-        ``autocast``: 'bf16', 'fp16', None (off), or 'auto' (bf16 on CUDA, off on CPU). ``lengths`` may pass
-        precomputed ``token_lengths`` to skip measuring them again.
+        Pipelined for throughput: a worker thread tokenizes chunks of ``chunk_size`` texts ahead of the GPU; within
+        a chunk, batches hold texts of similar length (longest first) padded to their longest; batches go to the
+        device from pinned memory without waiting, and results come back once per chunk. ``device`` moves the
+        encoder there first (default: where it is). ``autocast``: 'bf16', 'fp16', None/'none' (off), or 'auto'
+        (bf16 on CUDA, off on CPU).
         """
         if device is not None:
             self.to(device)
@@ -145,23 +146,53 @@ class Encoder(torch.nn.Module):
             autocast = default_autocast(device)
         if autocast not in (None, "none", *AUTOCAST_DTYPES):
             raise ConfigError(f"unknown autocast {autocast!r}", fix="use 'auto', 'bf16', 'fp16' or 'none'")
-        enabled = autocast in AUTOCAST_DTYPES
+        dtype, enabled = AUTOCAST_DTYPES.get(autocast, torch.bfloat16), autocast in AUTOCAST_DTYPES
         was_training = self.training
         self.eval()
-        lengths = self.token_lengths(texts, max_length) if lengths is None else np.asarray(lengths)
-        order = np.argsort(-lengths, kind="stable")
         embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        pad = self.tokenizer.pad_token_id or 0
+        pin = device.type == "cuda"
         bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            batch = self.tokenize([texts[i] for i in rows], max_length)
-            with torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(autocast, torch.bfloat16), enabled=enabled):
-                output = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            embeddings[rows] = output.float().cpu().numpy()
-            bar.update(len(rows))
+        starts = list(range(0, len(texts), chunk_size))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = [pool.submit(self._token_ids, texts[s : s + chunk_size], max_length) for s in starts[:2]]
+            for number, start in enumerate(starts):
+                ids = pending.pop(0).result()
+                if number + 2 < len(starts):  # keep one chunk tokenizing ahead
+                    s = starts[number + 2]
+                    pending.append(pool.submit(self._token_ids, texts[s : s + chunk_size], max_length))
+                chunk_lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+                order = np.argsort(-chunk_lengths, kind="stable")
+                outputs = []
+                for b in range(0, len(ids), batch_size):
+                    rows = order[b : b + batch_size]
+                    batch = np.full((len(rows), int(chunk_lengths[rows[0]])), pad, dtype=np.int64)
+                    for i, row in enumerate(rows):
+                        batch[i, : chunk_lengths[row]] = ids[row]
+                    input_ids = torch.from_numpy(batch)
+                    input_ids = (input_ids.pin_memory() if pin else input_ids).to(device, non_blocking=pin)
+                    row_lengths = torch.from_numpy(chunk_lengths[rows]).to(device, non_blocking=pin)
+                    mask = (torch.arange(batch.shape[1], device=device) < row_lengths[:, None]).long()
+                    with torch.autocast(device.type, dtype=dtype, enabled=enabled):
+                        outputs.append(self(input_ids, mask))
+                    bar.update(len(rows))
+                embeddings[start + order] = torch.cat(outputs).cpu().numpy()
+                lengths[start : start + len(ids)] = chunk_lengths
         bar.close()
         self.train(was_training)
-        return embeddings
+        return embeddings, lengths
+
+    def _token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
+        """Token ids of each text, special tokens included, truncated to ``max_length``; no padding."""
+        encoded = self.tokenizer(
+            [str(t).strip() for t in texts],
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return encoded["input_ids"]
 
 
 def _parse_normalize(value: bool | str) -> bool | None:

@@ -122,10 +122,14 @@ class Plan:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"experiment names must be unique; repeated: {duplicates}")
+        if "report" in names:
+            raise ConfigError("'report' is reserved for the results report", fix="rename that experiment")
         self._check_splits()
+        self.rows: list[dict[str, Any]] = []
         for index, experiment in enumerate(config["experiments"]):
             for instance, seed in instances(experiment, config["seeds"]):
                 self.experiments[instance] = self._build(index, experiment, seed)
+        self.report = self._report()
         self.cache.save()
 
     # --- lookups used by the Snakefile -------------------------------------------------------------------------
@@ -139,15 +143,13 @@ class Plan:
             raise ConfigError(f"no experiment in the config makes {stage} artifact {key}") from None
 
     def targets(self) -> list[str]:
-        return sorted(
-            str(node.path(self.results))
-            for roles in self.experiments.values()
-            for role, node in roles.items()
-            if node.stage == "score"
-        )
+        """The report, which depends on every score."""
+        return [str(self.report.path(self.results))]
 
     def pointers(self) -> dict[str, dict[str, Path]]:
-        return {name: {role: n.path(self.results) for role, n in roles.items()} for name, roles in self.experiments.items()}
+        """``results/runs/<experiment>/<role>`` and ``results/runs/report``."""
+        pointers = {name: {role: n.path(self.results) for role, n in roles.items()} for name, roles in self.experiments.items()}
+        return {**pointers, "": {"report": self.report.path(self.results)}}
 
     # --- building ----------------------------------------------------------------------------------------------
     def _add(self, stage: str, params: Mapping[str, Any], inputs: Mapping[str, Node | RawFile]) -> Node:
@@ -188,7 +190,48 @@ class Plan:
         chain = Chain(self, index, experiment, seed)
         for split in self.config["evaluate"]["splits"]:
             chain.score(split)
+            self.rows.append({"experiment": experiment, "seed": seed, "split": split, "roles": chain.roles})
         return chain.roles
+
+    def _report(self) -> Node:
+        """One report over every score, with the training artifacts of each chain for times and loss curves."""
+        section = self.config["report"]
+        reference = section["reference"]
+        if reference == "auto":
+            stars = [e["name"] for e in self.config["experiments"] if e["method"] == "star" and not e.get("params")]
+            reference = stars[0] if stars else ""
+        inputs: dict[str, Node] = {}
+        names: dict[str, str] = {}
+
+        def input_name(node: Node, kind: str) -> str:
+            if node.key not in names:
+                names[node.key] = f"{kind}_{sum(1 for n in names.values() if n.startswith(kind))}"
+                inputs[names[node.key]] = node
+            return names[node.key]
+
+        rows = []
+        for row in self.rows:
+            roles, split = row["roles"], row["split"]
+            trained = [n for role, n in roles.items() if n.stage.startswith("train_") and not role.startswith("warmup-")]
+            rows.append(
+                {
+                    "variant": row["experiment"]["name"],
+                    "method": row["experiment"]["method"],
+                    "seed": row["seed"],
+                    "split": split,
+                    "index": roles["index"].params["kind"] if "index" in roles else "",
+                    "score": input_name(roles[f"score-{split}"], "score"),
+                    "train": [input_name(node, "train") for node in trained],
+                }
+            )
+        params = {
+            "rows": rows,
+            "reference": reference,
+            "measures": section["measures"],
+            "bootstrap_samples": self.config["score"]["bootstrap_samples"],
+            "seed": self.config["score"]["seed"],
+        }
+        return self._add("report", params, inputs)
 
     def _check_splits(self) -> None:
         dataset = self.config["dataset"]

@@ -62,7 +62,7 @@ def artifacts(workdir: Path, stage: str) -> list[str]:
 
 
 def test_complete_run_leaves_nothing_to_do_and_pointers(workdir):
-    assert planned_jobs(workdir) == Counter(prepare_dataset=1, bm25_retrieve=1, score_run=1)
+    assert planned_jobs(workdir) == Counter(prepare_dataset=1, bm25_retrieve=1, score_run=1, report_results=1)
     snakemake(workdir)
     assert planned_jobs(workdir) == Counter()
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
@@ -76,12 +76,12 @@ def test_complete_run_leaves_nothing_to_do_and_pointers(workdir):
 def test_param_change_reruns_descendants_only_and_revert_reruns_nothing(workdir, scifact_slice):
     snakemake(workdir)
     write_config(workdir, scifact_slice, [{"name": "bm25", "method": "bm25"}], bm25={"k1": 1.2})
-    assert planned_jobs(workdir) == Counter(bm25_retrieve=1, score_run=1)
+    assert planned_jobs(workdir) == Counter(bm25_retrieve=1, score_run=1, report_results=1)
     snakemake(workdir)
     assert len(artifacts(workdir, "bm25")) == 2 and len(artifacts(workdir, "prepare")) == 1
 
     write_config(workdir, scifact_slice, [{"name": "bm25", "method": "bm25"}], score={"bootstrap_samples": 300})
-    assert planned_jobs(workdir) == Counter(score_run=1)  # a scoring knob reruns scoring only
+    assert planned_jobs(workdir) == Counter(score_run=1, report_results=1)  # scoring knob: scoring (and report)
 
     write_config(workdir, scifact_slice, [{"name": "bm25", "method": "bm25"}])  # back to the first config
     assert planned_jobs(workdir) == Counter()
@@ -94,7 +94,7 @@ def test_experiments_share_upstream_artifacts(workdir, scifact_slice):
         {"name": "bm25-again", "method": "bm25"},
     ]
     write_config(workdir, scifact_slice, experiments)
-    assert planned_jobs(workdir) == Counter(prepare_dataset=1, bm25_retrieve=2, score_run=2)
+    assert planned_jobs(workdir) == Counter(prepare_dataset=1, bm25_retrieve=2, score_run=2, report_results=1)
     snakemake(workdir)
     assert len(artifacts(workdir, "prepare")) == 1
     runs = workdir / "results" / "runs"
@@ -107,7 +107,7 @@ def test_verify_reports_a_file_changed_since_written(workdir):
     snakemake(workdir)
     verify = [sys.executable, "-m", "stages.store", "verify"]
     clean = subprocess.run(verify, cwd=workdir, capture_output=True, text=True)
-    assert clean.returncode == 0 and "3 artifacts checked, 0 problems" in clean.stdout
+    assert clean.returncode == 0 and "4 artifacts checked, 0 problems" in clean.stdout
     run_file = workdir / "results" / "runs" / "bm25" / "bm25-test" / "run.trec"
     run_file.write_text(run_file.read_text().replace(" 1 ", " 2 ", 1))
     dirty = subprocess.run(verify, cwd=workdir, capture_output=True, text=True)
@@ -141,7 +141,7 @@ def test_run_plan_makes_the_same_artifacts_without_snakemake(workdir):
     """The GPU box has no Snakemake: stages.run_plan runs the same DAG; Snakemake then finds nothing to do."""
     result = subprocess.run([sys.executable, "-m", "stages.run_plan"], cwd=workdir, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "3 of 3 artifacts to make" in result.stdout
+    assert "4 of 4 artifacts to make" in result.stdout
     assert (workdir / "results" / "runs" / "bm25" / "score-test" / "metrics.json").is_file()
     again = subprocess.run([sys.executable, "-m", "stages.run_plan", "-n"], cwd=workdir, capture_output=True, text=True)
-    assert "0 of 3 artifacts to make" in again.stdout
+    assert "0 of 4 artifacts to make" in again.stdout

@@ -1,0 +1,124 @@
+"""Corpus-encoding throughput of the pipeline's encoder against the bare model, on a GPU.
+
+- pipeline: `stages.models.Encoder.encode_counted` (what the `encode` stage runs: tokenisation in a worker thread,
+  length-sorted dynamic-padding batches, bf16 autocast, pooling + normalisation) over SciFact's documents repeated to
+  ``--docs`` texts, so the lengths follow SciFact's distribution;
+- bare: `transformers.AutoModel` with bf16 weights on full batches of ``--max-length`` random tokens (no tokeniser,
+  no padding, no pooling): the ceiling.
+
+Tokens/s count non-padding tokens only. FLOPs per text: 2 x non-embedding parameters x tokens + attention
+(4 x layers x hidden x tokens^2: QK^T and AV). MFU is against 798 TFLOP/s (a large bf16 matmul on the H100) and the
+989 TFLOP/s spec. Prints one JSON object (and writes it to ``--out``).
+
+    python benchmarks/encode_throughput.py --model PATH [--docs 1000000] [--batch-size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stages.models import document_texts, load_encoder, resolve_model
+
+SCIFACT = Path(__file__).resolve().parent.parent / "resources" / "scifact" / "corpus.jsonl"
+MATMUL_PEAK, SPEC_PEAK = 798e12, 989e12
+
+
+def flops(model_config, non_embedding_params: int, lengths: np.ndarray) -> float:
+    layers, hidden = model_config.num_hidden_layers, model_config.hidden_size
+    lengths = lengths.astype(np.float64)
+    return float(2 * non_embedding_params * lengths.sum() + 4 * layers * hidden * (lengths**2).sum())
+
+
+def non_embedding_parameters(model: torch.nn.Module) -> int:
+    embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    return sum(p.numel() for p in model.parameters()) - embedding
+
+
+def synchronize_time() -> float:
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def bare(model_path: str, batch_size: int, length: int, batches: int) -> dict:
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_path, dtype=torch.bfloat16).cuda().eval()
+    ids = torch.randint(1000, 20000, (batch_size, length), device="cuda")
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        for _ in range(5):
+            model(input_ids=ids, attention_mask=mask)
+        began = synchronize_time()
+        for _ in range(batches):
+            model(input_ids=ids, attention_mask=mask)
+        seconds = synchronize_time() - began
+    lengths = np.full(batch_size * batches, length)
+    total = flops(model.config, non_embedding_parameters(model), lengths)
+    return {
+        "tokens_per_s": lengths.sum() / seconds,
+        "tflops": total / seconds / 1e12,
+        "mfu_matmul_peak": total / seconds / MATMUL_PEAK,
+        "mfu_spec": total / seconds / SPEC_PEAK,
+        "batch": [batch_size, length],
+        "seconds": seconds,
+    }
+
+
+def pipeline(model_path: str, docs: int, batch_size: int, max_length: int) -> dict:
+    corpus = pd.read_json(SCIFACT, lines=True, dtype={"_id": str})
+    texts = document_texts(corpus)
+    texts = (texts * (docs // len(texts) + 1))[:docs]
+    encoder = load_encoder(model_path, pooling="mean", normalize=True).cuda()
+    encoder.encode(texts[:4096], max_length, batch_size=batch_size, progress=False)  # warm-up
+    torch.cuda.reset_peak_memory_stats()
+    began = synchronize_time()
+    _, lengths = encoder.encode_counted(texts, max_length, batch_size=batch_size, desc="pipeline encode")
+    seconds = synchronize_time() - began
+    total = flops(encoder.model.config, non_embedding_parameters(encoder.model), lengths)
+    return {
+        "docs": docs,
+        "docs_per_s": docs / seconds,
+        "tokens_per_s": lengths.sum() / seconds,
+        "mean_tokens_per_doc": float(lengths.mean()),
+        "tflops": total / seconds / 1e12,
+        "mfu_matmul_peak": total / seconds / MATMUL_PEAK,
+        "mfu_spec": total / seconds / SPEC_PEAK,
+        "seconds": seconds,
+        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="bundled")
+    parser.add_argument("--docs", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--bare-batches", type=int, default=200)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU")
+    model = resolve_model(args.model)
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "bare": bare(model, args.batch_size, args.max_length, args.bare_batches),
+        "pipeline": pipeline(model, args.docs, args.batch_size, args.max_length),
+    }
+    result["pipeline_vs_bare_tokens"] = result["pipeline"]["tokens_per_s"] / result["bare"]["tokens_per_s"]
+    text = json.dumps(result, indent=2, default=float)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
