@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.cli import run_stage
-from stages.errors import ArtifactError, DataError
+from stages.errors import ArtifactError, ConfigError, DataError
 from stages.tables import read_qrels, read_run, write_table
 
 VERSION = 1
@@ -37,6 +37,9 @@ class MineParams:
     """Take negatives from the run's top this many documents (paper: top-200)."""
     exclude_positives: bool = True
     """Drop documents judged relevant (relevance >= 1) to the query."""
+    skip_top: int = 0
+    """Also drop the run's top this many ranks: on sparsely judged data they hold unjudged relevant documents
+    (false negatives); sentence-transformers' recipe mines from ranks 10-100. 0 = the paper (top-200 minus positives)."""
 
 
 def mine(params: MineParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
@@ -53,7 +56,10 @@ def mine(params: MineParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
             path=Path(inputs["run"]),
             fix=f"mine from a run over the {params.split!r} queries",
         )
-    top = run[run["query_id"].isin(answered) & (run["rank"] <= params.depth)].sort_values(["query_id", "rank"])
+    if not 0 <= params.skip_top < params.depth:
+        raise ConfigError(f"skip_top={params.skip_top}, depth={params.depth}", fix="need 0 <= skip_top < depth")
+    window = (run["rank"] > params.skip_top) & (run["rank"] <= params.depth)
+    top = run[run["query_id"].isin(answered) & window].sort_values(["query_id", "rank"])
     ranked = top.groupby("query_id", sort=False)["doc_id"].agg(list).to_dict()
     rows, removed = [], 0
     for query_id in judged:
@@ -69,6 +75,7 @@ def mine(params: MineParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
     summary = {
         "split": params.split,
         "depth": params.depth,
+        "skip_top": params.skip_top,
         "queries": len(negatives),
         "queries_not_in_run": len(judged) - len(answered),
         "queries_without_negatives": int((counts == 0).sum()),

@@ -314,7 +314,7 @@ class Chain:
 
     def negatives(self, source: str) -> Node:
         mine = self.section("mine")
-        params = {"split": "train", "depth": mine["depth"], "exclude_positives": mine["exclude_positives"]}
+        params = {"split": "train", **{k: mine[k] for k in ("depth", "exclude_positives", "skip_top")}}
         if source == "bm25":
             run = self.bm25("train", top_k=mine["depth"])
         else:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from stages.bm25 import Bm25Params, bm25_run
-from stages.errors import DataError
+from stages.errors import ConfigError, DataError
 from stages.mine_negatives import MineParams, main, mine, read_negatives
 from stages.tables import read_qrels, write_run
 
@@ -78,8 +78,19 @@ def test_cli_writes_artifact_with_summary(prepared, train_qrels, tmp_path):
     first = sorted(train_qrels["query_id"].unique())[0]
     run = fake_run(tmp_path / "run", {first: ["x1", "x2"]})
     out = tmp_path / "results" / "mine_negatives" / "test"
-    params = {"split": "train", "depth": 200, "exclude_positives": True}
+    params = {"split": "train", "depth": 200, "exclude_positives": True, "skip_top": 0}
     inputs = {"prepared": str(prepared), "run": str(run)}
     assert main([str(out), "--params", json.dumps(params), "--inputs", json.dumps(inputs), "--no-check-key"]) == 0
     assert json.loads((out / "summary.json").read_text())["queries_without_negatives"] == len(read_negatives(out)) - 1
     assert json.loads((out / "manifest.json").read_text())["stage"] == "mine_negatives"
+
+
+def test_skip_top_drops_the_highest_ranks(prepared, train_qrels, tmp_path):
+    first = sorted(train_qrels["query_id"].unique())[0]
+    run = fake_run(tmp_path / "run", {first: ["x1", "x2", "x3", "x4"]})
+    out = tmp_path / "out"
+    out.mkdir()
+    mine(MineParams(depth=3, skip_top=1), {"prepared": prepared, "run": run}, out)
+    assert read_negatives(out)[first] == ["x2", "x3"]
+    with pytest.raises(ConfigError, match="skip_top"):
+        mine(MineParams(depth=3, skip_top=3), {"prepared": prepared, "run": run}, tmp_path)

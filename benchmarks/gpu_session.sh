@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One GPU-machine session (no snakemake, faiss or bm25s installed there; no network): install the carried wheels,
+# unpack the carried fp16 MiniLM, run a config's DAG in order with stages.run_plan, then optional benchmarks, and pack
+# metrics, logs, plots and summaries (never models, embeddings or runs) into $OUT/results.tgz.
+#
+#   bash benchmarks/gpu_session.sh CONFIG [BENCHMARK COMMAND...]
+# with carry [".whl", ".gpu"] (see README, "GPU runs").
+set -uo pipefail
+config=$1; shift
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
+tar -xJf .gpu/all-MiniLM-L6-v2-fp16.tar.xz -C /tmp
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+timeout "${PLAN_TIMEOUT:-3600}" python3 -m stages.run_plan --configfile "$config" 2>&1 | tee "$OUT/run_plan.txt"
+if [ $# -gt 0 ]; then "$@" 2>&1 | tee "$OUT/benchmark.txt"; fi
+tar -czf "$OUT/results.tgz" --exclude='*/model' --exclude=embeddings.parquet --exclude=run.parquet \
+    --exclude=run.trec --exclude=index.faiss --exclude=negatives.parquet --exclude='results/prepare' \
+    --exclude='results/work' results
+ls -la "$OUT"
