@@ -26,7 +26,7 @@ import torch
 
 from stages.models import document_texts, load_encoder, resolve_model
 
-SCIFACT = Path(__file__).resolve().parent.parent / "resources" / "scifact" / "corpus.jsonl"
+SCIFACT = Path(__file__).resolve().parent.parent / "resources" / "scifact" / "corpus.jsonl.gz"
 MATMUL_PEAK, SPEC_PEAK = 798e12, 989e12
 
 

@@ -188,7 +188,7 @@ class Plan:
 
     def _build(self, index: int, experiment: Mapping[str, Any], seed: int | None) -> dict[str, Node]:
         chain = Chain(self, index, experiment, seed)
-        for split in self.config["evaluate"]["splits"]:
+        for split in experiment.get("splits", self.config["evaluate"]["splits"]):
             chain.score(split)
             self.rows.append({"experiment": experiment, "seed": seed, "split": split, "roles": chain.roles})
         return chain.roles
@@ -236,7 +236,8 @@ class Plan:
     def _check_splits(self) -> None:
         dataset = self.config["dataset"]
         available = set(dataset["splits"]) | ({"dev"} if dataset["dev_fraction"] else set())
-        for split in self.config["evaluate"]["splits"]:
+        wanted = set(self.config["evaluate"]["splits"]).union(*(e.get("splits", []) for e in self.config["experiments"]))
+        for split in sorted(wanted):
             if split not in available:
                 raise ConfigError(
                     f"evaluate.splits names {split!r}, which the dataset does not have",
@@ -312,19 +313,24 @@ class Chain:
         lengths = {k: encoder[k] for k in ("query_max_length", "doc_max_length")}
         return {**params, **lengths, **self.model_params(), "seed": self.seed}
 
-    def negatives(self, source: str) -> Node:
+    def negatives(self, source: str, for_warmup: bool = False) -> Node:
+        """Mined train negatives; the warm-up's are the paper's BM25 top-``depth`` (no ``skip_top``)."""
         mine = self.section("mine")
         params = {"split": "train", **{k: mine[k] for k in ("depth", "exclude_positives", "skip_top")}}
+        if for_warmup:
+            params["skip_top"] = 0
         if source == "bm25":
             run = self.bm25("train", top_k=mine["depth"])
         else:
             warmup = self.warmup()
             index = self.index_of(self.shards(warmup, "warmup-"), "warmup-", flat=True)
             run = self.retrieve("train", index, warmup, mine["depth"], "warmup-")
-        return self.add(f"negatives-{source}", "mine_negatives", params, {"prepared": self.roles["prepare"], "run": run})
+        role = "warmup-negatives" if for_warmup else f"negatives-{source}"
+        return self.add(role, "mine_negatives", params, {"prepared": self.roles["prepare"], "run": run})
 
     def warmup(self) -> Node:
-        inputs = {"prepared": self.roles["prepare"], "negatives": self.negatives("bm25"), **self.base_model_inputs()}
+        negatives = self.negatives("bm25", for_warmup=True)
+        inputs = {"prepared": self.roles["prepare"], "negatives": negatives, **self.base_model_inputs()}
         return self.add("warmup", "train_warmup", self.train_params("warmup"), inputs)
 
     def star(self) -> Node:

@@ -1,7 +1,9 @@
 """Inner-product search backends shared by `index`, `retrieve` (and ADORE's training loop).
 
 - faiss (CPU, or GPU when faiss was built with it) over an `index` artifact (index.faiss + doc_ids.parquet);
-- ``FlatTorchSearcher``: exact search as chunked matmul + top-k in torch, for a GPU when faiss has no GPU support.
+- ``FlatTorchSearcher``: exact search as chunked matmul + top-k in torch, for a GPU when faiss has no GPU support;
+- ``PQTorchSearcher``: a PQ (optionally OPQ) index's codes on the device, scored by asymmetric distance computation
+  (a Triton kernel on CUDA, `stages.pq_kernels`), with the same scores as faiss's IndexPQ.
 
 Every searcher has ``.search(queries, k) -> (scores float32 (q, k), indices int64 (q, k))`` (row numbers, -1 where
 fewer than k documents exist), ``.doc_ids`` (row number -> document id), ``.ntotal`` and ``.dim``.
@@ -68,6 +70,15 @@ class FlatTorchSearcher:
             scores[start : start + len(block), :kept] = best_scores.float().cpu().numpy()
             indices[start : start + len(block), :kept] = best_indices.cpu().numpy()
         return scores, indices
+
+    @torch.no_grad()
+    def topk(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `search` for ``k <= ntotal``, but the results stay on the device as tensors (scores in float32)."""
+        blocks = [
+            self._search_block(queries[start : start + self.query_batch].to(self.device, self.dtype), k)
+            for start in range(0, queries.shape[0], self.query_batch)
+        ]
+        return torch.cat([s for s, _ in blocks]).float(), torch.cat([i for _, i in blocks])
 
     def _search_block(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k over corpus chunks, merging each chunk's top-k into the running best."""
@@ -139,11 +150,11 @@ def flat_vectors(index) -> np.ndarray:
     return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
 
 
-def searcher_for(index_artifact: Path, backend: str = "auto") -> FaissSearcher | FlatTorchSearcher:
+def searcher_for(index_artifact: Path, backend: str = "auto") -> "FaissSearcher | FlatTorchSearcher | PQTorchSearcher":
     """A searcher over an index artifact.
 
-    backend 'auto': faiss on CPU; on a GPU, faiss-gpu when faiss has GPU support, else (flat index) the torch
-    searcher; 'faiss', 'faiss-gpu' and 'torch' force one.
+    backend 'auto': faiss on CPU; on a GPU, faiss-gpu when faiss has GPU support, else the torch searcher (flat or
+    PQ); 'faiss', 'faiss-gpu' and 'torch' force one.
     """
     import faiss
 
@@ -157,10 +168,11 @@ def searcher_for(index_artifact: Path, backend: str = "auto") -> FaissSearcher |
         elif faiss_has_gpu():
             backend = "faiss-gpu"
         else:
-            backend = "torch" if flat else "faiss"
+            backend = "torch" if flat or _torch_searchable(index) else "faiss"
     if backend == "torch":
         if not flat:
-            raise ConfigError("the torch backend searches flat indexes only", fix="use backend 'faiss' for PQ")
+            log.info("search: torch PQ searcher over %d vectors", index.ntotal)
+            return PQTorchSearcher.from_faiss(index, doc_ids=doc_ids)
         log.info("search: torch flat searcher over %d vectors", index.ntotal)
         return FlatTorchSearcher(flat_vectors(index), doc_ids=doc_ids)
     if backend == "faiss-gpu":
@@ -171,3 +183,223 @@ def searcher_for(index_artifact: Path, backend: str = "auto") -> FaissSearcher |
         return FaissSearcher(faiss.index_cpu_to_gpu(resources, 0, index), doc_ids, resources)
     log.info("search: faiss CPU over %d vectors", index.ntotal)
     return FaissSearcher(index, doc_ids)
+
+
+# --- product quantisation in torch ---------------------------------------------------------------------------------
+
+PQ_KERNELS = ("auto", "triton", "torch")
+
+
+def merge_topk(
+    best: tuple[torch.Tensor, torch.Tensor], scores: torch.Tensor, indices: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` of the running best (scores, indices) and one more block of them."""
+    merged_scores, merged_indices = torch.cat([best[0], scores], dim=1), torch.cat([best[1], indices], dim=1)
+    top, position = torch.topk(merged_scores, min(k, merged_scores.shape[1]), dim=1)
+    return top, torch.gather(merged_indices, 1, position)
+
+
+def pq_parts(index) -> tuple["faiss.IndexPQ", np.ndarray | None, np.ndarray | None]:  # noqa: F821
+    """The IndexPQ inside a faiss index and the linear map its queries go through first (an IndexPreTransform's chain
+    of linear transforms such as OPQ, composed into ``y = A x + b``; None, None without one)."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    matrix = bias = None
+    if isinstance(index, faiss.IndexPreTransform):
+        for position in range(index.chain.size()):
+            transform = faiss.downcast_VectorTransform(index.chain.at(position))
+            if not isinstance(transform, faiss.LinearTransform):
+                raise ConfigError(
+                    f"the torch PQ searcher supports linear pre-transforms (OPQ, PCA) only, not {type(transform).__name__}",
+                    fix="use search backend 'faiss'",
+                )
+            a = faiss.vector_to_array(transform.A).reshape(transform.d_out, transform.d_in).astype(np.float64)
+            b = faiss.vector_to_array(transform.b).astype(np.float64) if transform.have_bias else np.zeros(len(a))
+            matrix, bias = (a, b) if matrix is None else (a @ matrix, a @ bias + b)
+        index = faiss.downcast_index(index.index)
+    if not isinstance(index, faiss.IndexPQ):
+        raise ConfigError(
+            f"the torch searchers handle flat and PQ (optionally OPQ) indexes, not {type(index).__name__}",
+            fix="use search backend 'faiss'",
+        )
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise ConfigError("the torch PQ searcher needs an inner-product index", fix="use search backend 'faiss'")
+    return index, matrix, bias
+
+
+def pq_codes(pq_index, rows_per_block: int = 1 << 20) -> np.ndarray:
+    """An IndexPQ's codes as an (ntotal, M) array of centroid numbers: uint8 for up to 8 bits, else int32.
+
+    faiss packs codes of other widths as one little-endian bit string per vector (sub-quantiser m at bit m * nbits).
+    """
+    import faiss
+
+    m, nbits, count = pq_index.pq.M, pq_index.pq.nbits, pq_index.ntotal
+    raw = faiss.vector_to_array(pq_index.codes).reshape(count, pq_index.code_size)
+    if nbits == 8:
+        return raw
+    codes = np.empty((count, m), dtype=np.uint8 if nbits < 8 else np.int32)
+    weights = (1 << np.arange(nbits)).astype(np.int32)
+    for start in range(0, count, rows_per_block):
+        bits = np.unpackbits(raw[start : start + rows_per_block], axis=1, bitorder="little")[:, : m * nbits]
+        codes[start : start + len(bits)] = (bits.reshape(len(bits), m, nbits).astype(np.int32) * weights).sum(axis=2)
+    return codes
+
+
+def reconstructed_vectors(index, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows [start, stop) of a faiss index as it reconstructs them (PQ: the decoded centroids, mapped back through an
+    OPQ rotation), float32 (rows, d)."""
+    stop = index.ntotal if stop is None else stop
+    return index.reconstruct_n(start, stop - start)
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class PQTorchSearcher:
+    """Inner-product search over product-quantisation codes held on ``device`` by asymmetric distance computation.
+
+    The score of query q and document n is ``sum_m <T(q)_m, centroid[m, code[n, m]]>`` (T: the optional linear
+    pre-transform, e.g. OPQ; applied to the queries), what faiss's IndexPQ computes with per-query lookup tables.
+    Only the (N, M) codes and the (M, ksub, dsub) centroids are resident. On CUDA a Triton kernel decodes tiles of
+    codes on the fly and multiplies them with the queries on the tensor cores (`stages.pq_kernels`); elsewhere
+    (or with ``kernel='torch'``) chunks of codes are decoded with ``F.embedding`` and multiplied with a matmul.
+    Tables and queries are float16 on CUDA (float32 accumulation) and float32 on CPU, unless ``dtype`` says.
+    """
+
+    def __init__(
+        self,
+        codes: np.ndarray | torch.Tensor,
+        centroids: np.ndarray | torch.Tensor,
+        transform: tuple[np.ndarray, np.ndarray] | None = None,
+        doc_ids: list[str] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        chunk_size: int | None = None,
+        query_batch: int = 64,
+        kernel: str = "auto",
+    ):
+        if kernel not in PQ_KERNELS:
+            raise ConfigError(f"unknown PQ kernel {kernel!r}", fix=f"use one of {PQ_KERNELS}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.m, self.ksub, self.dsub = (int(n) for n in centroids.shape)
+        if codes.shape[1] != self.m:
+            raise ValueError(f"codes have {codes.shape[1]} columns for {self.m} sub-quantisers")
+        self.codes = torch.as_tensor(codes).to(self.device)
+        self.table = torch.as_tensor(centroids).reshape(self.m * self.ksub, self.dsub).to(self.device, self.dtype)
+        self.offsets = torch.arange(self.m, device=self.device) * self.ksub
+        self.matrix = self.bias = None
+        if transform is not None:
+            self.matrix = torch.as_tensor(np.asarray(transform[0]), dtype=torch.float32, device=self.device)
+            self.bias = torch.as_tensor(np.asarray(transform[1]), dtype=torch.float32, device=self.device)
+        self.doc_ids = doc_ids
+        self.query_batch = query_batch
+        self.kernel = self._pick_kernel(kernel)
+        default_chunk = (1 << 23 if self.kernel == "triton" else 1 << 19) if self.device.type == "cuda" else 1 << 16
+        self.chunk_size = chunk_size or default_chunk
+
+    @classmethod
+    def from_faiss(cls, index, doc_ids: list[str] | None = None, **options) -> "PQTorchSearcher":
+        """From a faiss IndexPQ, or an IndexPreTransform (OPQ / linear) over one; inner product only."""
+        import faiss
+
+        pq_index, matrix, bias = pq_parts(index)
+        centroids = faiss.vector_to_array(pq_index.pq.centroids).reshape(pq_index.pq.M, pq_index.pq.ksub, -1)
+        transform = None if matrix is None else (matrix.astype(np.float32), bias.astype(np.float32))
+        return cls(pq_codes(pq_index), centroids, transform, doc_ids=doc_ids, **options)
+
+    def _pick_kernel(self, kernel: str) -> str:
+        if kernel == "torch" or (kernel == "auto" and self.device.type != "cuda"):
+            return "torch"
+        from_triton = self.device.type == "cuda" and _triton_available()
+        if from_triton:
+            from stages.pq_kernels import supports
+
+            from_triton = supports(self.m, self.dsub)
+        if kernel == "triton" and not from_triton:
+            raise ConfigError(
+                f"the Triton PQ kernel needs CUDA, triton and a power-of-two sub-vector size (here {self.dsub})",
+                fix="use kernel 'torch' or 'auto'",
+            )
+        return "triton" if from_triton else "torch"
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """The dimension of the queries (before the pre-transform)."""
+        return int(self.matrix.shape[1]) if self.matrix is not None else self.m * self.dsub
+
+    def transform_queries(self, queries: torch.Tensor) -> torch.Tensor:
+        """The queries as the PQ sees them (through the pre-transform), float32; differentiable."""
+        queries = queries.float()
+        if self.matrix is None:
+            return queries
+        return queries @ self.matrix.to(queries.device).T + self.bias.to(queries.device)
+
+    def decode(self, rows: torch.Tensor) -> torch.Tensor:
+        """The PQ-space vectors (decoded centroids) of ``rows`` (any shape), float32 (*rows.shape, M * dsub).
+
+        ``transform_queries(q) @ decode(rows).T`` are the scores the search ranks by."""
+        codes = self.codes[rows.to(self.device)].long()
+        return torch.nn.functional.embedding(codes + self.offsets, self.table).flatten(-2).float()
+
+    @torch.no_grad()
+    def topk(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores float32, indices int64) of the top ``k <= ntotal`` documents, as tensors on the device."""
+        queries = torch.as_tensor(queries)
+        results = []
+        for start in range(0, queries.shape[0], self.query_batch):
+            block = self.transform_queries(queries[start : start + self.query_batch].to(self.device))
+            results.append(self._search_block(block.to(self.dtype), k))
+        return torch.cat([s for s, _ in results]), torch.cat([i for _, i in results])
+
+    def search(self, queries: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = torch.as_tensor(queries)
+        scores = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
+        indices = np.full((queries.shape[0], k), -1, dtype=np.int64)
+        kept = min(k, self.ntotal)
+        if kept:
+            top_scores, top_indices = self.topk(queries, kept)
+            scores[:, :kept], indices[:, :kept] = top_scores.cpu().numpy(), top_indices.cpu().numpy()
+        return scores, indices
+
+    def _search_block(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        best = (
+            torch.empty((len(queries), 0), dtype=torch.float32, device=self.device),
+            torch.empty((len(queries), 0), dtype=torch.int64, device=self.device),
+        )
+        for start in range(0, self.ntotal, self.chunk_size):
+            scores = self._chunk_scores(queries, start, min(self.ntotal, start + self.chunk_size))
+            top, position = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+            best = merge_topk(best, top, position + start, k)
+        return best
+
+    def _chunk_scores(self, queries: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """(queries, stop - start) float32 scores of documents [start, stop)."""
+        if self.kernel == "triton":
+            from stages.pq_kernels import pq_scores
+
+            return pq_scores(self.codes[start:stop], self.table, queries, self.ksub)
+        index_dtype = torch.int32 if self.device.type == "cuda" else torch.int64
+        entries = self.codes[start:stop].to(index_dtype) + self.offsets.to(index_dtype)
+        vectors = torch.nn.functional.embedding(entries, self.table).reshape(stop - start, -1)
+        return (queries @ vectors.T).float()
+
+
+def _torch_searchable(index) -> bool:
+    """Whether PQTorchSearcher can search ``index``."""
+    try:
+        pq_parts(index)
+    except ConfigError:
+        return False
+    return True
