@@ -91,7 +91,9 @@ def tune(docs: int) -> None:
     queries = torch.randn((32, m * dsub), device="cuda", generator=generator).half()
     out = torch.empty((32, docs), dtype=torch.float32, device="cuda")
     best = None
-    for gather_rows, block_n, block_m, warps in itertools.product((True, False), (64, 128, 256), (4, 8, 16), (4, 8)):
+    configs = list(itertools.product((True,), (64, 128, 256), (4, 8, 16), (4, 8)))
+    configs += [(False, 128, 8, 4), (False, 128, 16, 4)]
+    for gather_rows, block_n, block_m, warps in configs:
         try:
             ms = cuda_ms(
                 lambda: pq_scores(

@@ -113,7 +113,7 @@ class Encoder(torch.nn.Module):
 
     def token_lengths(self, texts: list[str], max_length: int) -> np.ndarray:
         """Tokens per text after truncation (special tokens included), i.e. the non-padding tokens encoded."""
-        return np.array([len(row) for row in self._token_ids(texts, max_length)], dtype=np.int64)
+        return self._token_chunk(texts, max_length)[1] if texts else np.zeros(0, dtype=np.int64)
 
     def encode(self, texts: list[str], max_length: int, **options) -> np.ndarray:
         """Embeddings (len(texts), dim) float32 in input order; see `encode_counted` for the options."""
@@ -133,9 +133,9 @@ class Encoder(torch.nn.Module):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings (len(texts), dim) float32 in input order, tokens per text after truncation).
 
-        Pipelined for throughput: a worker thread tokenizes chunks of ``chunk_size`` texts ahead of the GPU; within
-        a chunk, batches hold texts of similar length (longest first) padded to their longest; batches go to the
-        device from pinned memory without waiting, and results come back once per chunk. ``device`` moves the
+        Pipelined for throughput: a worker thread tokenizes chunks of ``chunk_size`` texts ahead of the GPU (as numpy
+        arrays, no Python lists); each chunk goes to the device in one copy; within it, batches hold texts of
+        similar length (longest first) cut to their longest, and results come back once per chunk. ``device`` moves the
         encoder there first (default: where it is). ``autocast``: 'bf16', 'fp16', None/'none' (off), or 'auto'
         (bf16 on CUDA, off on CPU).
         """
@@ -151,48 +151,47 @@ class Encoder(torch.nn.Module):
         self.eval()
         embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
         lengths = np.zeros(len(texts), dtype=np.int64)
-        pad = self.tokenizer.pad_token_id or 0
-        pin = device.type == "cuda"
         bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
         starts = list(range(0, len(texts), chunk_size))
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = [pool.submit(self._token_ids, texts[s : s + chunk_size], max_length) for s in starts[:2]]
+            pending = [pool.submit(self._token_chunk, texts[s : s + chunk_size], max_length) for s in starts[:2]]
             for number, start in enumerate(starts):
-                ids = pending.pop(0).result()
+                ids, chunk_lengths = pending.pop(0).result()
                 if number + 2 < len(starts):  # keep one chunk tokenizing ahead
                     s = starts[number + 2]
-                    pending.append(pool.submit(self._token_ids, texts[s : s + chunk_size], max_length))
-                chunk_lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+                    pending.append(pool.submit(self._token_chunk, texts[s : s + chunk_size], max_length))
+                # the chunk's ids go to the device at once; batches are slices of it (no per-batch copies)
+                ids_on_device = torch.from_numpy(ids).to(device)
+                lengths_on_device = torch.from_numpy(chunk_lengths).to(device)
+                positions = torch.arange(ids.shape[1], device=device)
                 order = np.argsort(-chunk_lengths, kind="stable")
                 outputs = []
-                for b in range(0, len(ids), batch_size):
-                    rows = order[b : b + batch_size]
-                    batch = np.full((len(rows), int(chunk_lengths[rows[0]])), pad, dtype=np.int64)
-                    for i, row in enumerate(rows):
-                        batch[i, : chunk_lengths[row]] = ids[row]
-                    input_ids = torch.from_numpy(batch)
-                    input_ids = (input_ids.pin_memory() if pin else input_ids).to(device, non_blocking=pin)
-                    row_lengths = torch.from_numpy(chunk_lengths[rows]).to(device, non_blocking=pin)
-                    mask = (torch.arange(batch.shape[1], device=device) < row_lengths[:, None]).long()
+                for b in range(0, len(order), batch_size):
+                    rows = torch.from_numpy(order[b : b + batch_size]).to(device)
+                    longest = int(chunk_lengths[order[b]])
+                    input_ids = ids_on_device[rows, :longest]
+                    mask = (positions[:longest] < lengths_on_device[rows, None]).long()
                     with torch.autocast(device.type, dtype=dtype, enabled=enabled):
                         outputs.append(self(input_ids, mask))
                     bar.update(len(rows))
                 embeddings[start + order] = torch.cat(outputs).cpu().numpy()
-                lengths[start : start + len(ids)] = chunk_lengths
+                lengths[start : start + len(order)] = chunk_lengths
         bar.close()
         self.train(was_training)
         return embeddings, lengths
 
-    def _token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
-        """Token ids of each text, special tokens included, truncated to ``max_length``; no padding."""
+    def _token_chunk(self, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (n, longest) int64 padded, tokens per text): special tokens included, truncated to max_length."""
         encoded = self.tokenizer(
             [str(t).strip() for t in texts],
+            padding="longest",
             truncation=True,
             max_length=max_length,
-            return_attention_mask=False,
             return_token_type_ids=False,
+            return_tensors="np",
         )
-        return encoded["input_ids"]
+        return encoded["input_ids"].astype(np.int64), encoded["attention_mask"].sum(axis=1).astype(np.int64)
+
 
 
 def _parse_normalize(value: bool | str) -> bool | None:

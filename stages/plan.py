@@ -233,6 +233,19 @@ class Plan:
         }
         return self._add("report", params, inputs)
 
+    def documents_experiment(self, index: int, experiment: Mapping[str, Any]) -> tuple[int, Mapping[str, Any]]:
+        """The experiment an ADORE experiment takes its document encoder from, with its position."""
+        name = experiment.get("documents")
+        found = [(i, e) for i, e in enumerate(self.config["experiments"]) if e["name"] == name]
+        dense = [e["name"] for e in self.config["experiments"] if e["method"] in ("zeroshot", "warmup", "star")]
+        if not found or found[0][1]["method"] not in ("zeroshot", "warmup", "star"):
+            raise ConfigError(
+                f"experiments[{index}] ({experiment['name']}): adore needs 'documents' naming a zeroshot, warmup or "
+                f"star experiment; got {name!r}",
+                fix=f"set documents to one of {dense}",
+            )
+        return found[0]
+
     def _check_splits(self) -> None:
         dataset = self.config["dataset"]
         available = set(dataset["splits"]) | ({"dev"} if dataset["dev_fraction"] else set())
@@ -295,6 +308,22 @@ class Chain:
 
     def model_inputs(self, encoder: Node | None) -> dict[str, Node | RawFile]:
         return {"model": encoder} if encoder is not None else self.base_model_inputs()
+
+    def adore(self) -> tuple[Node, Node]:
+        """(the index, the ADORE query encoder): documents from the ``documents`` experiment's encoder (same seed),
+        indexed with this experiment's index section, so that ``index.kind: pq`` gives ADORE on PQ."""
+        base = self.plan.documents_experiment(self.index, self.experiment)
+        base_chain = Chain(self.plan, *base, None if base[1]["method"] in UNTRAINED else self.seed)
+        encoder = base_chain.document_encoder()
+        shards = base_chain.shards(encoder)
+        self.roles.update({role: node for role, node in base_chain.roles.items() if role != "prepare"})
+        index = self.index_of(shards)
+        inputs: dict[str, Node | RawFile] = {"prepared": self.roles["prepare"], "index": index}
+        inputs.update({"init": encoder} if encoder is not None else self.base_model_inputs())
+        params = self.train_params("adore")
+        if index.params["kind"] == "pq" and params["pq_scoring"] == "uncompressed":
+            inputs.update({f"shard_{n}": node for n, node in enumerate(shards)})
+        return index, self.add("adore", "train_adore", params, inputs)
 
     def document_encoder(self) -> Node | None:
         """The trained encoder of a warmup/star experiment; None for the base encoder (zeroshot)."""

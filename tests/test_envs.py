@@ -26,6 +26,7 @@ PACKAGES = {
     "Stemmer": {"pystemmer"},
     "ir_measures": {"ir-measures", "ir_measures"},
     "torch": {"pytorch", "torch"},
+    "triton": {"triton", "pytorch", "torch"},  # ships with torch's CUDA builds; imported only on CUDA (pq_kernels)
     "transformers": {"transformers"},
     "safetensors": {"safetensors"},
     "faiss": {"faiss-cpu", "faiss-gpu", "faiss"},

@@ -19,7 +19,11 @@ EXPERIMENTS = [
     {"name": "star", "method": "star"},
     {"name": "star-pq", "method": "star", "params": {"index": {"kind": "pq"}}},
     {"name": "randneg", "method": "star", "seeds": [5], "params": {"star": {"negatives": "randneg", "init": "base"}}},
-]
+    {"name": "adore-star", "method": "adore", "documents": "star"},
+    {"name": "adore-star-pq", "method": "adore", "documents": "star",
+     "params": {"index": {"kind": "pq"}, "adore": {"pq_scoring": "uncompressed"}}},
+    {"name": "adore-zeroshot", "method": "adore", "documents": "zeroshot", "seeds": [1]},
+]  # fmt: skip
 
 
 def plan_for(tmp_path, scifact_slice, experiments=EXPERIMENTS, **sections) -> Plan:
@@ -45,7 +49,8 @@ def test_every_node_passes_exactly_its_stage_params(tmp_path, scifact_slice):
 def test_trained_methods_run_per_seed_and_share_untrained_upstream(tmp_path, scifact_slice):
     plan = plan_for(tmp_path, scifact_slice)
     assert sorted(plan.experiments) == [
-        "bm25", "randneg/seed-5", "star-pq/seed-1", "star-pq/seed-2", "star/seed-1", "star/seed-2",
+        "adore-star-pq/seed-1", "adore-star-pq/seed-2", "adore-star/seed-1", "adore-star/seed-2",
+        "adore-zeroshot/seed-1", "bm25", "randneg/seed-5", "star-pq/seed-1", "star-pq/seed-2", "star/seed-1", "star/seed-2",
         "warmup/seed-1", "warmup/seed-2", "zeroshot",
     ]  # fmt: skip
     stages = Counter(node.stage for node in plan.nodes())
@@ -67,4 +72,21 @@ def test_mining_from_bm25_skips_the_warmup_encoding(tmp_path, scifact_slice):
 def test_an_override_of_an_unknown_parameter_names_it(tmp_path, scifact_slice):
     experiments = [{"name": "bad", "method": "star", "params": {"star": {"lr": 1}}}]
     with pytest.raises(ConfigError, match=r"params.star.lr is not a star parameter"):
+        plan_for(tmp_path, scifact_slice, experiments)
+
+
+def test_adore_fixes_the_documents_of_its_base_experiment(tmp_path, scifact_slice):
+    plan = plan_for(tmp_path, scifact_slice)
+    star, adore, adore_pq = (plan.experiments[f"{n}/seed-2"] for n in ("star", "adore-star", "adore-star-pq"))
+    assert adore["adore"].inputs["init"] is star["star"] and adore["index"] is star["index"]
+    assert adore_pq["index"].params["kind"] == "pq" and adore_pq["index"].inputs == star["index"].inputs
+    assert {"shard_0", "shard_1"} <= set(adore_pq["adore"].inputs)  # uncompressed scoring reads the embeddings
+    assert adore["retrieve-test"].inputs["model"] is adore["adore"]
+    zeroshot = plan.experiments["adore-zeroshot/seed-1"]
+    assert "init" not in zeroshot["adore"].inputs and zeroshot["index"] is plan.experiments["zeroshot"]["index"]
+
+
+def test_adore_needs_a_dense_documents_experiment(tmp_path, scifact_slice):
+    experiments = [{"name": "bm25", "method": "bm25"}, {"name": "a", "method": "adore", "documents": "bm25"}]
+    with pytest.raises(ConfigError, match="adore needs 'documents'"):
         plan_for(tmp_path, scifact_slice, experiments)

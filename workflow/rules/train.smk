@@ -42,3 +42,26 @@ rule train_star:
         "../../envs/train.yaml"
     shell:
         "python -m stages.train_star {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+
+
+rule train_adore:
+    input:
+        unpack(stage_inputs("train_adore")),
+    output:
+        artifact=directory("results/train_adore/{key}"),
+    params:
+        stage=stage_params("train_adore"),
+        inputs=stage_input_json("train_adore"),
+    log:
+        "results/logs/train_adore/{key}.log",
+    benchmark:
+        "results/benchmarks/train_adore/{key}.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m stages.train_adore {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

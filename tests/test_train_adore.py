@@ -1,0 +1,319 @@
+"""Stage train_adore: LambdaLoss weights, positives outside the top-k, a frozen document side, PQ scoring, the CLI
+with resume, and evaluating the trained query encoder with `retrieve`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stages.encode import EMBEDDINGS, EncodeParams, encode
+from stages.errors import ConfigError
+from stages.index import IndexParams, build_index
+from stages.retrieve import RetrieveParams, retrieve
+from stages.search import faiss_search, load_index
+from stages.tables import read_embeddings, read_run
+from stages.train_adore import (
+    AdoreParams,
+    batch_loss,
+    batch_queries,
+    frozen_documents,
+    lambda_loss,
+    load_training_data,
+    rank_pairs,
+    swap_weights,
+    train_adore,
+)
+from stages.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- weights, by hand and by brute force ---------------------------------------------------------------------------
+
+
+def metric_of(gains: list[float], metric: str, cutoff: int, ideal: float) -> float:
+    """MRR or nDCG of a full ranked list of gains (position i = rank i + 1)."""
+    if metric == "mrr":
+        return next((1 / (i + 1) for i, g in enumerate(gains[:cutoff]) if g > 0), 0.0)
+    return sum(g / math.log2(i + 2) for i, g in enumerate(gains[:cutoff])) / ideal
+
+
+def brute_force_weights(retrieved, positives, gains, metric, cutoff) -> np.ndarray:
+    """Swap each (positive, retrieved negative) in a full list: the top-k, then the unretrieved positives."""
+    k = len(retrieved)
+    gain_of = dict(zip(positives, gains))
+    ranked = list(retrieved) + [None] * len(positives)  # unretrieved positive j at rank k + 1 + j
+    for j, p in enumerate(positives):
+        if p not in retrieved:
+            ranked[k + j] = p
+    listed = [gain_of.get(d, 0.0) if d is not None else 0.0 for d in ranked]
+    ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted(gains, reverse=True)[:cutoff]))
+    before = metric_of(listed, metric, cutoff, ideal)
+    weights = np.zeros((len(positives), k))
+    for j, p in enumerate(positives):
+        for n, doc in enumerate(retrieved):
+            if doc in gain_of:
+                continue
+            swapped = list(listed)
+            position = ranked.index(p)
+            swapped[position], swapped[n] = swapped[n], swapped[position]
+            weights[j, n] = abs(metric_of(swapped, metric, cutoff, ideal) - before)
+    return weights
+
+
+def test_mrr_and_ndcg_weights_by_hand():
+    # ranks: 10@1 11@2 12@3 13@4 14@5; positives 12 (rank 3), 14 (rank 5, grade 2) and 99 (not retrieved)
+    pairs = rank_pairs(np.array([[10, 11, 12, 13, 14]]), [np.array([12, 14, 99])], [np.array([1.0, 2.0, 1.0])])
+    assert pairs.positive_ranks.tolist() == [[3, 5, 8]]
+    assert pairs.negative.tolist() == [[True, True, False, True, False]]
+    mrr = swap_weights(pairs, "mrr", cutoff=5)[0]
+    # the first positive (rank 3) with negatives at 1, 2 (it becomes first) and 4 (it drops below the next, rank 4)
+    np.testing.assert_allclose(mrr[0], [1 - 1 / 3, 1 / 2 - 1 / 3, 0, 1 / 3 - 1 / 4, 0])
+    # the other positives only matter against negatives above the first one
+    np.testing.assert_allclose(mrr[1], [1 - 1 / 3, 1 / 2 - 1 / 3, 0, 0, 0])
+    np.testing.assert_allclose(mrr[2], [1 - 1 / 3, 1 / 2 - 1 / 3, 0, 0, 0])
+    ndcg = swap_weights(pairs, "ndcg", cutoff=5)[0]
+    disc = [1 / math.log2(r + 1) for r in range(1, 6)]
+    ideal = 2 * disc[0] + disc[1] + disc[2]
+    np.testing.assert_allclose(ndcg[0], [abs(disc[2] - disc[r]) / ideal if r in (0, 1, 3) else 0 for r in range(5)])
+    np.testing.assert_allclose(ndcg[1], [2 * abs(disc[4] - disc[r]) / ideal if r in (0, 1, 3) else 0 for r in range(5)])
+    np.testing.assert_allclose(ndcg[2], [disc[r] / ideal if r in (0, 1, 3) else 0 for r in range(5)])
+
+
+@pytest.mark.parametrize("metric", ["mrr", "ndcg"])
+def test_weights_equal_brute_force_swaps(metric):
+    rng = np.random.default_rng(3)
+    for trial, cutoff in itertools.product(range(30), (3, 6)):
+        retrieved = rng.permutation(20)[:6]
+        positives = rng.choice(20, size=rng.integers(1, 4), replace=False)
+        gains = rng.integers(1, 4, size=len(positives)).astype(float)
+        pairs = rank_pairs(retrieved[None, :], [positives], [gains])
+        expected = brute_force_weights(list(retrieved), list(positives), list(gains), metric, cutoff)
+        np.testing.assert_allclose(swap_weights(pairs, metric, cutoff)[0], expected, atol=1e-12, err_msg=str(trial))
+
+
+def test_positives_outside_the_top_k_still_pull():
+    pairs = rank_pairs(np.array([[5, 6, 7], [1, 2, 3]]), [np.array([9]), np.array([2, 8])], [np.ones(1), np.ones(2)])
+    assert pairs.positive_ranks[0, 0] == 4 and pairs.valid.tolist() == [[True, False], [True, True]]
+    # no positive retrieved: swapping it with the negative at rank r gains 1/r (the paper code's weight); cut at 2
+    np.testing.assert_allclose(swap_weights(pairs, "mrr", cutoff=3)[0, 0], [1, 1 / 2, 1 / 3])
+    np.testing.assert_allclose(swap_weights(pairs, "mrr", cutoff=2)[0, 0], [1, 1 / 2, 0])
+    assert not swap_weights(pairs, "mrr", cutoff=3)[0, 1].any()  # padding
+    # second query: the unretrieved positive 8 pairs with the negative above the first positive
+    np.testing.assert_allclose(swap_weights(pairs, "mrr", cutoff=3)[1], [[1 / 2, 0, 1 / 2 - 1 / 3], [1 / 2, 0, 0]])
+    scores = torch.zeros(2, 3, requires_grad=True)
+    positive_scores = torch.zeros(2, 2, requires_grad=True)
+    weights = torch.from_numpy(swap_weights(pairs, "mrr", cutoff=3)).float()
+    real = torch.from_numpy(pairs.valid[:, :, None] & pairs.negative[:, None, :])
+    lambda_loss(scores, positive_scores, weights, real).backward()
+    assert positive_scores.grad[1, 1] < 0  # the unretrieved positive is pushed up
+
+
+def test_lambda_loss_is_the_mean_over_pairs_then_queries():
+    retrieved = torch.tensor([[1.0, 0.0, 2.0]])
+    positive = torch.tensor([[0.5]])
+    weights = torch.tensor([[[0.2, 0.0, 0.4]]])
+    real = torch.tensor([[[True, False, True]]])
+    expected = (0.2 * math.log1p(math.exp(0.5)) + 0.4 * math.log1p(math.exp(1.5))) / 2
+    assert float(lambda_loss(retrieved, positive, weights, real)) == pytest.approx(expected)
+
+
+# --- the stage on the SciFact slice --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoded(prepared, tiny_model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("adore-encode")
+    encode(EncodeParams(model=str(tiny_model_dir), max_length=64, dtype="float32"), {"prepared": prepared}, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def flat_index(encoded, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("adore-flat")
+    build_index(IndexParams(), {"shard_0": encoded}, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pq_index(encoded, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("adore-pq")
+    build_index(IndexParams(kind="pq", pq_m=8, pq_bits=4), {"shard_0": encoded}, out)
+    return out
+
+
+def assert_same_topk(scores, rows, expected_scores, expected_rows, tolerance: float = 1e-5) -> None:
+    """Same scores, and the same rows wherever a score is not tied with another (ties may come in any order)."""
+    np.testing.assert_allclose(scores, expected_scores, rtol=tolerance, atol=tolerance)
+    for got, wanted, values in zip(rows, expected_rows, expected_scores):
+        gaps = np.abs(values[:, None] - values[None, :]) + np.eye(len(values)) * 1e9
+        untied = gaps.min(axis=1) > tolerance
+        assert np.array_equal(got[untied], wanted[untied])
+
+
+def tiny_params(model: Path, **changes) -> AdoreParams:
+    base = AdoreParams(
+        model=str(model),
+        batch_size=4,
+        max_steps=3,
+        learning_rate=1e-3,
+        warmup_fraction=0.0,
+        query_max_length=16,
+        top_k=20,
+        metric_cutoff=10,
+        checkpoint_every=0,
+        seed=5,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def model_tensors(artifact: Path) -> dict[str, torch.Tensor]:
+    return {k: v for path in sorted((artifact / "model").rglob("*.safetensors")) for k, v in load_file(path).items()}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_only_the_query_encoder_learns(prepared, flat_index, tiny_model_dir, tmp_path):
+    from stages.models import load_encoder
+
+    params = tiny_params(tiny_model_dir)
+    documents, doc_ids = frozen_documents(params, {"index": flat_index}, torch.device("cpu"))
+    data = load_training_data(prepared, doc_ids)
+    encoder = load_encoder(tiny_model_dir)
+    frozen = documents.searcher.matrix.clone()
+    loss, extras = batch_loss(encoder, data, params, batch_queries(len(data.query_texts), params, 0, 0), documents,
+                              torch.device("cpu"))
+    loss.backward()
+    assert loss > 0 and 0 <= extras["train_mrr"] <= 1 and extras["search_seconds"] >= 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+    assert not documents.searcher.matrix.requires_grad and documents.searcher.matrix.grad is None
+
+    index_hash = sha256(flat_index / "index.faiss")
+    train_adore(params, {"prepared": prepared, "index": flat_index}, tmp_path)
+    assert sha256(flat_index / "index.faiss") == index_hash
+    assert torch.equal(documents.searcher.matrix, frozen)
+    before, after = model_tensors_of(tiny_model_dir), model_tensors(tmp_path)
+    assert any(not torch.equal(before[name], after[name]) for name in before if name in after)
+
+
+def model_tensors_of(folder: Path) -> dict[str, torch.Tensor]:
+    return {k: v for path in sorted(Path(folder).rglob("*.safetensors")) for k, v in load_file(path).items()}
+
+
+def test_pq_scoring_reconstructed_scores_what_the_index_ranks_by(prepared, pq_index, tiny_model_dir, tmp_path):
+    params = tiny_params(tiny_model_dir)
+    documents, _ = frozen_documents(params, {"index": pq_index}, torch.device("cpu"))
+    assert documents.scoring == "reconstructed"
+    queries = torch.randn(3, 32)
+    index, _ = load_index(pq_index)
+    expected_scores, expected_rows = faiss_search(index, queries.numpy(), 10)
+    rows = documents.search(queries, 10)
+    assert_same_topk(documents.scores(queries, rows).numpy(), rows.numpy(), expected_scores, expected_rows)
+    summary = train_adore(params, {"prepared": prepared, "index": pq_index}, tmp_path)
+    assert summary["scoring"] == "reconstructed" and summary["steps"] == 3
+
+
+def test_pq_scoring_uncompressed_needs_the_shards(prepared, pq_index, encoded, tiny_model_dir, tmp_path):
+    params = tiny_params(tiny_model_dir, pq_scoring="uncompressed", max_steps=2)
+    with pytest.raises(ConfigError, match="no shard inputs were given") as error:
+        train_adore(params, {"prepared": prepared, "index": pq_index}, tmp_path)
+    assert "shard_0" in error.value.fix and "reconstructed" in error.value.fix
+    documents, doc_ids = frozen_documents(params, {"index": pq_index, "shard_0": encoded}, torch.device("cpu"))
+    ids, vectors = read_embeddings([encoded / EMBEDDINGS])
+    assert ids == doc_ids and torch.equal(documents.uncompressed, torch.from_numpy(vectors))
+    summary = train_adore(params, {"prepared": prepared, "index": pq_index, "shard_0": encoded}, tmp_path)
+    assert summary["scoring"] == "uncompressed" and summary["steps"] == 2
+
+
+def test_params_are_checked(prepared, flat_index, tiny_model_dir, tmp_path):
+    inputs = {"prepared": prepared, "index": flat_index}
+    for changes, message in (
+        ({"metric": "map"}, "unknown metric"),
+        ({"pq_scoring": "exact"}, "unknown pq_scoring"),
+        ({"metric_cutoff": 50}, "metric_cutoff"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            train_adore(tiny_params(tiny_model_dir, **changes), inputs, tmp_path)
+
+
+def test_cli_run_resumes_to_the_same_weights_and_retrieve_uses_it(prepared, flat_index, tiny_model_dir, tmp_path):
+    params = tiny_params(tiny_model_dir, max_steps=6, checkpoint_every=2, warmup_fraction=0.3, metric="ndcg")
+    inputs = {"prepared": prepared, "index": flat_index}
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    train_adore(params, inputs, straight)
+
+    out = tmp_path / "results" / "train_adore" / "resumed"
+    work = tmp_path / "results" / "work" / "train_adore" / "resumed"
+    command = [sys.executable, "-m", "stages.train_adore", str(out), "--no-check-key"]
+    command += ["--params", json.dumps(dataclasses.asdict(params))]
+    command += ["--inputs", json.dumps({k: str(v) for k, v in inputs.items()})]
+    env = {k: v for k, v in os.environ.items() if k != STOP_AFTER_ENV}
+    killed = subprocess.run(command, cwd=ROOT, env=env | {STOP_AFTER_ENV: "3"}, capture_output=True, text=True)
+    assert killed.returncode == STOPPED_EXIT_CODE, killed.stderr[-3000:]
+    assert (work / CHECKPOINT).is_file() and not out.exists()
+    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step 2" in resumed.stderr
+
+    expected, actual = model_tensors(straight), model_tensors(out)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    log = pd.read_parquet(out / "train_log.parquet")
+    assert list(log["step"]) == [1, 2, 3, 4, 5, 6]
+    assert log["loss"].tolist() == pytest.approx(pd.read_parquet(straight / "train_log.parquet")["loss"].tolist())
+    for column in ("train_mrr", "train_recall", "encode_seconds", "search_seconds", "loss_seconds"):
+        assert log[column].notna().all() and (log[column] >= 0).all(), column
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 2 and summary["scoring"] == "flat"
+    assert {"encode_seconds_mean", "search_seconds_mean", "loss_seconds_mean", "search_share"} <= summary.keys()
+    assert (out / "loss.png").is_file()
+
+    run = tmp_path / "run"
+    run.mkdir()
+    retrieve(
+        RetrieveParams(split="test", top_k=10, query_max_length=16),
+        {"prepared": prepared, "index": flat_index, "model": out},
+        run,
+    )
+    assert read_run(run)["query_id"].nunique() > 0
+
+
+def test_missing_shards_error_reads_well_through_the_cli(prepared, pq_index, tiny_model_dir, tmp_path, capsys):
+    from stages.train_adore import main
+
+    params = dataclasses.asdict(tiny_params(tiny_model_dir, pq_scoring="uncompressed"))
+    inputs = {"prepared": str(prepared), "index": str(pq_index)}
+    out = tmp_path / "results" / "train_adore" / "x"
+    assert main([str(out), "--params", json.dumps(params), "--inputs", json.dumps(inputs), "--no-check-key"]) == 2
+    message = capsys.readouterr().err
+    assert "error in stage train_adore" in message and "fix: pass the index's encode artifacts" in message
+    assert not out.exists()
+
+
+def test_flat_scores_are_what_the_search_ranks_by(flat_index):
+    documents, _ = frozen_documents(tiny_params("unused"), {"index": flat_index}, torch.device("cpu"))
+    queries = torch.randn(2, 32, requires_grad=True)
+    rows = documents.search(queries, 5)
+    scores = documents.scores(queries, rows)
+    index, _ = load_index(flat_index)
+    expected, expected_rows = faiss_search(index, queries.detach().numpy(), 5)
+    assert_same_topk(scores.detach().numpy(), rows.numpy(), expected, expected_rows)
+    scores.sum().backward()
+    assert queries.grad is not None and queries.grad.abs().sum() > 0
