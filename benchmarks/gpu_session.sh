@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # One GPU-machine session (no snakemake, faiss or bm25s installed there; no network): install the carried wheels,
-# unpack the carried fp16 MiniLM, run a config's DAG in order with stages.run_plan, then optional benchmarks, and pack
-# metrics, logs, plots and summaries (never models, embeddings or runs) into $OUT/results.tgz.
+# unpack the carried fp16 MiniLM, run a config's DAG in order with stages.run_plan, pack metrics, logs, plots and
+# summaries (never models, embeddings or runs) into $OUT/results.tgz, then run optional benchmark commands, each
+# writing into $OUT.
 #
-#   bash benchmarks/gpu_session.sh CONFIG [BENCHMARK COMMAND...]
-# with carry [".whl", ".gpu"] (see README, "GPU runs").
+#   bash benchmarks/gpu_session.sh CONFIG ["BENCHMARK COMMAND" ...]
+# with carry [".whl", ".gpu"] (see README, "GPU runs"). PLAN_TIMEOUT (s) bounds the DAG.
 set -uo pipefail
 config=$1; shift
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 tar -xJf .gpu/all-MiniLM-L6-v2-fp16.tar.xz -C /tmp
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-timeout "${PLAN_TIMEOUT:-3600}" python3 -m stages.run_plan --configfile "$config" 2>&1 | tee "$OUT/run_plan.txt"
-if [ $# -gt 0 ]; then "$@" 2>&1 | tee "$OUT/benchmark.txt"; fi
+timeout "${PLAN_TIMEOUT:-3600}" python3 -m stages.run_plan --keep-going --configfile "$config" > "$OUT/run_plan.txt" 2>&1
+echo "run_plan exit $?"; tail -5 "$OUT/run_plan.txt"
 tar -czf "$OUT/results.tgz" --exclude='*/model' --exclude=embeddings.parquet --exclude=run.parquet \
     --exclude=run.trec --exclude=index.faiss --exclude=negatives.parquet --exclude='results/prepare' \
     --exclude='results/work' results
+for command in "$@"; do
+    echo "== $command" | tee -a "$OUT/benchmarks.txt"
+    bash -c "$command" >> "$OUT/benchmarks.txt" 2>&1
+    tail -c 3000 "$OUT/benchmarks.txt"
+done
 ls -la "$OUT"

@@ -107,7 +107,8 @@ def tune(docs: int) -> None:
             emit(kernel="pq_scores", gather_rows=gather_rows, block_n=block_n, block_m=block_m, warps=warps,
                  error=str(error)[:200])
             continue
-        emit(kernel="pq_scores", gather_rows=gather_rows, block_n=block_n, block_m=block_m, warps=warps, ms=round(ms, 3))
+        tiling = {"gather_rows": gather_rows, "block_n": block_n, "block_m": block_m, "warps": warps}
+        emit(kernel="pq_scores", **tiling, ms=round(ms, 3))
         if best is None or ms < best[0]:
             best = (ms, gather_rows, block_n, block_m, warps)
     emit(best_kernel=best)

@@ -148,8 +148,11 @@ class Plan:
 
     def pointers(self) -> dict[str, dict[str, Path]]:
         """``results/runs/<experiment>/<role>`` and ``results/runs/report``."""
-        pointers = {name: {role: n.path(self.results) for role, n in roles.items()} for name, roles in self.experiments.items()}
-        return {**pointers, "": {"report": self.report.path(self.results)}}
+        nodes = self.pointers_nodes()
+        return {name: {role: n.path(self.results) for role, n in roles.items()} for name, roles in nodes.items()}
+
+    def pointers_nodes(self) -> dict[str, dict[str, Node]]:
+        return {**self.experiments, "": {"report": self.report}}
 
     # --- building ----------------------------------------------------------------------------------------------
     def _add(self, stage: str, params: Mapping[str, Any], inputs: Mapping[str, Node | RawFile]) -> Node:

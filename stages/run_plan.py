@@ -30,6 +30,10 @@ from stages.plan import Node, Plan, load_config
 from stages.store import MANIFEST, write_pointers
 
 
+class StageFailed(Exception):
+    pass
+
+
 def ordered(plan: Plan) -> list[Node]:
     """Every node after its inputs (depth-first from each experiment's nodes)."""
     seen: dict[tuple[str, str], Node] = {}
@@ -62,7 +66,7 @@ def run_node(node: Node, results: Path, isolate: bool = False) -> float:
     seconds = time.time() - started
     if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise SystemExit(f"stage {node.stage} ({node.key}) failed with exit code {code}; log {log}:\n{tail}")
+        raise StageFailed(f"stage {node.stage} ({node.key}) failed with exit code {code}; log {log}:\n{tail}")
     with open(results / "benchmarks" / "run_plan.jsonl", "a") as bench:
         bench.write(json.dumps({"stage": node.stage, "key": node.key, "seconds": round(seconds, 3)}) + "\n")
     return seconds
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("-n", "--dry-run", action="store_true", help="list what would run")
     parser.add_argument("--isolate", action="store_true", help="run each stage in its own process")
+    parser.add_argument("-k", "--keep-going", action="store_true", help="after a failure, go on with what does not need it")
     args = parser.parse_args(argv)
     try:
         plan = Plan(load_config(args.configfile), args.results)
@@ -103,14 +108,33 @@ def main(argv: list[str] | None = None) -> int:
     todo = [node for node in ordered(plan) if not (node.path(args.results) / MANIFEST).is_file()]
     print(f"{len(todo)} of {len(plan.nodes())} artifacts to make")
     (args.results / "benchmarks").mkdir(parents=True, exist_ok=True)
+    failed: dict[str, str] = {}  # key -> why
     for number, node in enumerate(todo, start=1):
         print(f"[{number}/{len(todo)}] {node.stage} {node.key}", end="" if not args.dry_run else "\n", flush=True)
-        if not args.dry_run:
+        if args.dry_run:
+            continue
+        broken = [item.key for item in node.inputs.values() if isinstance(item, Node) and item.key in failed]
+        if broken:
+            failed[node.key] = f"skipped: input {broken[0]} failed"
+            print(f"  {failed[node.key]}", flush=True)
+            continue
+        try:
             print(f"  {run_node(node, args.results, args.isolate):.1f} s", flush=True)
-    if not args.dry_run:
-        write_pointers(args.results, plan.pointers())
+        except StageFailed as error:
+            failed[node.key] = str(error)
+            print(f"  FAILED\n{error}", flush=True)
+            if not args.keep_going:
+                break
+    if args.dry_run:
+        return 0
+    write_pointers(args.results, {
+        name: {role: n.path(args.results) for role, n in roles.items() if n.key not in failed}
+        for name, roles in plan.pointers_nodes().items()
+    })  # fmt: skip
+    if failed:
+        print(f"{len(failed)} artifacts not made (failed or skipped); see results/logs", file=sys.stderr)
+        return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -210,8 +210,9 @@ def pq_parts(index) -> tuple["faiss.IndexPQ", np.ndarray | None, np.ndarray | No
         for position in range(index.chain.size()):
             transform = faiss.downcast_VectorTransform(index.chain.at(position))
             if not isinstance(transform, faiss.LinearTransform):
+                kind = type(transform).__name__
                 raise ConfigError(
-                    f"the torch PQ searcher supports linear pre-transforms (OPQ, PCA) only, not {type(transform).__name__}",
+                    f"the torch PQ searcher supports linear pre-transforms (OPQ, PCA) only, not {kind}",
                     fix="use search backend 'faiss'",
                 )
             a = faiss.vector_to_array(transform.A).reshape(transform.d_out, transform.d_in).astype(np.float64)
