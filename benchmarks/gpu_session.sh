@@ -12,7 +12,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 tar -xJf .gpu/all-MiniLM-L6-v2-fp16.tar.xz -C /tmp
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-timeout "${PLAN_TIMEOUT:-3600}" python3 -m stages.run_plan --keep-going --configfile "$config" > "$OUT/run_plan.txt" 2>&1
+timeout "${PLAN_TIMEOUT:-3600}" python3 -m stages.run_plan --keep-going --deadline "${PLAN_DEADLINE:-0}" --configfile "$config" > "$OUT/run_plan.txt" 2>&1
 echo "run_plan exit $?"; tail -5 "$OUT/run_plan.txt"
 tar -czf "$OUT/results.tgz" --exclude='*/model' --exclude=embeddings.parquet --exclude=run.parquet \
     --exclude=run.trec --exclude=index.faiss --exclude=negatives.parquet --exclude='results/prepare' \

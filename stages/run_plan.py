@@ -92,12 +92,31 @@ def run_in_process(stage: str, argv: list[str], handle) -> int:
             sys.modules["torch"].cuda.empty_cache()
 
 
+def partial_report(plan: Plan, results: Path) -> None:
+    """The report over the scores that exist, into ``results/report-partial`` (not a store artifact)."""
+    from stages.report import ReportParams, report
+
+    inputs = plan.report.input_paths(results)
+    params = dict(plan.report.params)
+    params["rows"] = [row for row in params["rows"] if (Path(inputs[row["score"]]) / MANIFEST).is_file()]
+    params["rows"] = [r for r in params["rows"] if all((Path(inputs[t]) / MANIFEST).is_file() for t in r["train"])]
+    if not params["rows"]:
+        return
+    if params["reference"] not in {row["variant"] for row in params["rows"]}:
+        params["reference"] = ""
+    out = results / "report-partial"
+    out.mkdir(parents=True, exist_ok=True)
+    report(ReportParams(**params), {name: Path(path) for name, path in inputs.items()}, out)
+    print(f"partial report over {len(params['rows'])} scored runs: {out}/results.md", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.run_plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--configfile", type=Path, default=Path("config.yaml"))
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("-n", "--dry-run", action="store_true", help="list what would run")
     parser.add_argument("--isolate", action="store_true", help="run each stage in its own process")
+    parser.add_argument("--deadline", type=float, default=0, help="start nothing new after this many seconds")
     parser.add_argument("-k", "--keep-going", action="store_true", help="after a failure, go on with what does not need it")
     args = parser.parse_args(argv)
     try:
@@ -109,11 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(todo)} of {len(plan.nodes())} artifacts to make")
     (args.results / "benchmarks").mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}  # key -> why
+    began = time.time()
     for number, node in enumerate(todo, start=1):
         print(f"[{number}/{len(todo)}] {node.stage} {node.key}", end="" if not args.dry_run else "\n", flush=True)
         if args.dry_run:
             continue
         broken = [item.key for item in node.inputs.values() if isinstance(item, Node) and item.key in failed]
+        if args.deadline and time.time() - began > args.deadline:
+            failed[node.key] = f"skipped: past the {args.deadline} s deadline"
+            print(f"  {failed[node.key]}", flush=True)
+            continue
         if broken:
             failed[node.key] = f"skipped: input {broken[0]} failed"
             print(f"  {failed[node.key]}", flush=True)
@@ -133,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     })  # fmt: skip
     if failed:
         print(f"{len(failed)} artifacts not made (failed or skipped); see results/logs", file=sys.stderr)
+        if plan.report.key in failed:
+            partial_report(plan, args.results)
         return 1
     return 0
 

@@ -388,9 +388,14 @@ class PQTorchSearcher:
     def _chunk_scores(self, queries: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """(queries, stop - start) float32 scores of documents [start, stop)."""
         if self.kernel == "triton":
-            from stages.pq_kernels import pq_scores
+            try:
+                from stages.pq_kernels import pq_scores
 
-            return pq_scores(self.codes[start:stop], self.table, queries, self.ksub)
+                return pq_scores(self.codes[start:stop], self.table, queries, self.ksub)
+            except Exception as error:  # noqa: BLE001 - e.g. no C compiler for Triton's launcher on this machine
+                log.warning("Triton PQ kernel failed (%s: %s); using the torch decode + matmul", type(error).__name__, error)
+                self.kernel = "torch"
+                self.chunk_size = min(self.chunk_size, 1 << 19)
         index_dtype = torch.int32 if self.device.type == "cuda" else torch.int64
         entries = self.codes[start:stop].to(index_dtype) + self.offsets.to(index_dtype)
         vectors = torch.nn.functional.embedding(entries, self.table).reshape(stop - start, -1)
