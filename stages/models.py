@@ -165,9 +165,12 @@ class Encoder(torch.nn.Module):
                 lengths_on_device = torch.from_numpy(chunk_lengths).to(device)
                 positions = torch.arange(ids.shape[1], device=device)
                 order = np.argsort(-chunk_lengths, kind="stable")
+                # batch rows are slices of a device tensor: a host-to-device copy per batch would wait for the GPU
+                # to finish the previous batch and serialise Python's kernel launches with the GPU's work
+                order_on_device = torch.from_numpy(order).to(device)
                 outputs = []
                 for b in range(0, len(order), batch_size):
-                    rows = torch.from_numpy(order[b : b + batch_size]).to(device)
+                    rows = order_on_device[b : b + batch_size]
                     longest = int(chunk_lengths[order[b]])
                     input_ids = ids_on_device[rows, :longest]
                     mask = (positions[:longest] < lengths_on_device[rows, None]).long()
