@@ -151,15 +151,19 @@ def plot_metrics(table: pd.DataFrame, measures: list[str], split: str, path: Pat
 
 
 def plot_losses(params: ReportParams, inputs: Mapping[str, Path], path: Path) -> bool:
-    curves, seen = [], set()
+    """One curve per training artifact (first seed of each variant); variants sharing it share the curve."""
+    variants: dict[str, list[str]] = {}
+    first_seed: dict[str, object] = {}
     for row in params.rows:
-        if not row["train"] or row["variant"] in seen:
-            continue
-        seen.add(row["variant"])
-        last = row["train"][-1]
-        frame = _read(Path(inputs[last]) / "train_log.parquet", ["step", "loss"])
-        stage = json.loads((Path(inputs[last]) / "manifest.json").read_text())["stage"]
-        curves.append((f"{row['variant']} ({stage}, seed {row['seed']})", frame))
+        if row["train"] and first_seed.setdefault(row["variant"], row["seed"]) == row["seed"]:
+            names = variants.setdefault(row["train"][-1], [])
+            if row["variant"] not in names:
+                names.append(row["variant"])
+    curves = []
+    for artifact, names in variants.items():
+        frame = _read(Path(inputs[artifact]) / "train_log.parquet", ["step", "loss"])
+        stage = json.loads((Path(inputs[artifact]) / "manifest.json").read_text())["stage"]
+        curves.append((f"{', '.join(names)} ({stage}, seed {first_seed[names[0]]})", frame))
     if not curves:
         return False
     fig = figure(7.5, 4.5)
