@@ -19,6 +19,10 @@ SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "conf
 RESULTS = Path("results")
 UNTRAINED = ("bm25", "zeroshot")
 NOT_OVERRIDABLE = {"dataset", "evaluate", "experiments"}
+# (section, preset) -> the values it sets, over the section's own
+PRESETS = {
+    ("adore", "paper"): {"learning_rate": 5e-6, "batch_size": 32, "warmup_steps": 2000, "epochs": 6, "max_steps": 0},
+}
 MINED_MODES = ("star", "static")  # train_star modes that read mined negatives
 
 
@@ -341,7 +345,9 @@ class Chain:
 
     def train_params(self, section: str) -> dict[str, Any]:
         encoder = self.section("encoder")
-        params = {k: v for k, v in self.section(section).items() if k != "init"}
+        values = self.section(section)
+        params = {k: v for k, v in values.items() if k not in ("init", "preset")}
+        params.update(PRESETS.get((section, values.get("preset")), {}))
         lengths = {k: encoder[k] for k in ("query_max_length", "doc_max_length")}
         return {**params, **lengths, **self.model_params(), "seed": self.seed}
 

@@ -60,7 +60,9 @@ class TrainConfig:
     max_steps: int = 0
     """Total optimiser steps; 0 = epochs decide."""
     warmup_fraction: float = 0.1
-    """Share of the steps with a linear warm-up from 0; then linear decay to 0 (paper code: 1000 warm-up steps)."""
+    """Share of the steps with a linear warm-up from 0; then linear decay to 0."""
+    warmup_steps: int = 0
+    """Warm-up steps; > 0 overrides warmup_fraction (paper code: 1000 for STAR, 2000 for ADORE)."""
     weight_decay: float = 0.01
     """AdamW weight decay, not applied to biases and LayerNorm weights (paper code: 0.01)."""
     grad_clip: float = 1.0
@@ -116,8 +118,9 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 def make_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, total: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up from 0 over ``warmup_fraction`` of the steps, then linear decay to 0 (as transformers does)."""
-    warmup = round(config.warmup_fraction * total)
+    """Linear warm-up from 0 over ``warmup_steps`` (else ``warmup_fraction`` of the steps), then linear decay to 0
+    (as transformers does). Warm-up longer than training (the paper's 2000 steps on a small dataset) never peaks."""
+    warmup = config.warmup_steps if config.warmup_steps > 0 else round(config.warmup_fraction * total)
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -90,3 +90,11 @@ def test_adore_needs_a_dense_documents_experiment(tmp_path, scifact_slice):
     experiments = [{"name": "bm25", "method": "bm25"}, {"name": "a", "method": "adore", "documents": "bm25"}]
     with pytest.raises(ConfigError, match="adore needs 'documents'"):
         plan_for(tmp_path, scifact_slice, experiments)
+
+
+def test_the_paper_preset_sets_the_paper_codes_adore_values(tmp_path, scifact_slice):
+    experiments = [{"name": "star", "method": "star"}, {"name": "a", "method": "adore", "documents": "star"}]
+    plan = plan_for(tmp_path, scifact_slice, experiments, adore={"preset": "paper", "learning_rate": 1e-3})
+    params = plan.experiments["a/seed-1"]["adore"].params
+    assert (params["learning_rate"], params["warmup_steps"], params["epochs"]) == (5e-6, 2000, 6)
+    assert "preset" not in params

@@ -117,3 +117,15 @@ def test_loss_plot_is_a_png(tmp_path):
     frame = pd.DataFrame({"step": range(1, 121), "loss": np.linspace(2, 0.5, 120), "hard_loss": np.linspace(3, 1, 120)})
     plot_losses(frame, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_warmup_steps_override_the_fraction():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1.0)
+    scheduler = make_scheduler(optimizer, TrainConfig(warmup_fraction=0.5, warmup_steps=20), total=10)
+    rates = []
+    for _ in range(10):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([step / 20 for step in range(10)])  # longer than training: never peaks
