@@ -16,7 +16,7 @@ timeout "${PLAN_TIMEOUT:-3600}" python3 -m stages.run_plan --keep-going --deadli
 echo "run_plan exit $?"; tail -5 "$OUT/run_plan.txt"
 tar -czf "$OUT/results.tgz" --exclude='*/model' --exclude=embeddings.parquet --exclude=run.parquet \
     --exclude=run.trec --exclude=index.faiss --exclude=negatives.parquet --exclude='results/prepare' \
-    --exclude='results/work' results
+    --exclude='results/work' --exclude='results/export' results
 for command in "$@"; do
     echo "== $command" | tee -a "$OUT/benchmarks.txt"
     bash -c "$command" >> "$OUT/benchmarks.txt" 2>&1

@@ -130,6 +130,7 @@ class Plan:
             raise ConfigError("'report' is reserved for the results report", fix="rename that experiment")
         self._check_splits()
         self.rows: list[dict[str, Any]] = []
+        self.exports: list[Node] = []
         for index, experiment in enumerate(config["experiments"]):
             for instance, seed in instances(experiment, config["seeds"]):
                 self.experiments[instance] = self._build(index, experiment, seed)
@@ -147,8 +148,8 @@ class Plan:
             raise ConfigError(f"no experiment in the config makes {stage} artifact {key}") from None
 
     def targets(self) -> list[str]:
-        """The report, which depends on every score."""
-        return [str(self.report.path(self.results))]
+        """The report, which depends on every score, and the exports."""
+        return [str(node.path(self.results)) for node in [self.report, *self.exports]]
 
     def pointers(self) -> dict[str, dict[str, Path]]:
         """``results/runs/<experiment>/<role>`` and ``results/runs/report``."""
@@ -198,6 +199,8 @@ class Plan:
         for split in experiment.get("splits", self.config["evaluate"]["splits"]):
             chain.score(split)
             self.rows.append({"experiment": experiment, "seed": seed, "split": split, "roles": chain.roles})
+        if experiment.get("export"):
+            self.exports.append(chain.export())
         return chain.roles
 
     def _report(self) -> Node:
@@ -280,6 +283,29 @@ class Chain:
     def add(self, role: str, stage: str, params: Mapping[str, Any], inputs: Mapping[str, Node | RawFile]) -> Node:
         self.roles[role] = self.plan._add(stage, params, inputs)
         return self.roles[role]
+
+    def export(self) -> Node:
+        """The experiment's retriever as sentence-transformers folders (ADORE: with its own query encoder)."""
+        method = self.experiment["method"]
+        if method == "bm25":
+            raise ConfigError(f"experiments[{self.index}] ({self.experiment['name']}): bm25 has no encoder to export")
+        inputs: dict[str, Node | RawFile] = {}
+        if method == "adore":
+            _, adore = self.adore()
+            inputs["queries"] = adore
+            encoder = adore.inputs.get("init")  # the encoder that filled the index; none: the base encoder
+        else:
+            encoder = self.document_encoder()
+        if encoder is not None:
+            inputs["documents"] = encoder
+        encoder_section = self.section("encoder")
+        params = {
+            "name": self.experiment["name"],
+            "method": method,
+            **self.model_params(),
+            **{k: encoder_section[k] for k in ("query_max_length", "doc_max_length")},
+        }
+        return self.add("export", "export", params, {**inputs, **self.base_model_inputs()})
 
     # --- runs and scores --------------------------------------------------------------------------------------
     def score(self, split: str) -> Node:

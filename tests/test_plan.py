@@ -98,3 +98,17 @@ def test_the_paper_preset_sets_the_paper_codes_adore_values(tmp_path, scifact_sl
     params = plan.experiments["a/seed-1"]["adore"].params
     assert (params["learning_rate"], params["warmup_steps"], params["epochs"]) == (5e-6, 2000, 6)
     assert "preset" not in params
+
+
+def test_export_takes_adores_query_encoder_and_the_documents_encoder(tmp_path, scifact_slice):
+    experiments = [
+        {"name": "star", "method": "star", "export": True},
+        {"name": "a", "method": "adore", "documents": "star", "export": True},
+    ]
+    plan = plan_for(tmp_path, scifact_slice, experiments)
+    star, adore = plan.experiments["star/seed-2"], plan.experiments["a/seed-2"]
+    exports = {node.params["name"]: node for node in plan.exports}  # the last seed (2) of each
+    assert len(plan.exports) == 4
+    assert exports["star"].inputs["documents"] is star["star"] and "queries" not in exports["star"].inputs
+    assert exports["a"].inputs["queries"] is adore["adore"] and exports["a"].inputs["documents"] is star["star"]
+    assert {str(node.path(plan.results)) for node in plan.exports} <= set(plan.targets())

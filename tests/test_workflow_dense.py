@@ -13,7 +13,7 @@ TRAIN = {"max_steps": 2, "batch_size": 4, "checkpoint_every": 0}
 def dense_config(workdir, dataset, model, **overrides) -> None:
     experiments = [
         {"name": "zeroshot", "method": "zeroshot"},
-        {"name": "star", "method": "star"},
+        {"name": "star", "method": "star", "export": True},
         {"name": "star-pq", "method": "star", "params": {"index": {"kind": "pq"}}},
         {"name": "inbatch", "method": "star", "params": {"star": {"negatives": "inbatch", "init": "base"}}},
     ]
@@ -38,7 +38,7 @@ def test_dense_dag_runs_and_a_star_change_reruns_star_and_below_only(tmp_path, s
     # encode: zero-shot, warm-up (mining), STAR (shared by star and star-pq), inbatch: 4 models x 2 shards
     assert first == Counter(
         prepare_dataset=1, bm25_retrieve=1, mine_negatives=2, train_warmup=1, train_star=2,
-        encode_corpus=8, index_build=5, retrieve_dense=5, score_run=4, report_results=1,
+        encode_corpus=8, index_build=5, retrieve_dense=5, score_run=4, report_results=1, export_retriever=1,
     )  # fmt: skip
     snakemake(tmp_path)
     assert planned_jobs(tmp_path) == Counter()
@@ -53,12 +53,16 @@ def test_dense_dag_runs_and_a_star_change_reruns_star_and_below_only(tmp_path, s
     init = json.loads((star / "star" / "manifest.json").read_text())["inputs"]
     assert {"prepared", "negatives", "init"} <= set(init)  # STAR starts from the warm-up model, as in the paper
     assert (star / "star" / "loss.png").is_file() and (star / "star" / "train_log.parquet").is_file()
+    assert (star / "export" / "document-encoder" / "modules.json").is_file()
     table = (runs / "report" / "results.md").read_text()
     assert all(f"| {variant} |" in table for variant in ("zeroshot", "star", "star-pq", "inbatch"))
     assert {"loss_curves.png", "index_kinds.png"} <= {p.name for p in (runs / "report").iterdir()}
+    snakemake(tmp_path, "--report", "report.html")  # the same plots in snakemake's HTML report
+    assert (tmp_path / "report.html").stat().st_size > 10000
 
     dense_config(tmp_path, scifact_slice, tiny_model_dir, star={"temperature": 0.1})
     # the warm-up model, its mining run and zero-shot are untouched; STAR and inbatch retrain and re-encode
     assert planned_jobs(tmp_path) == Counter(
-        train_star=2, encode_corpus=4, index_build=3, retrieve_dense=3, score_run=3, report_results=1
+        train_star=2, encode_corpus=4, index_build=3, retrieve_dense=3, score_run=3, report_results=1,
+        export_retriever=1,
     )

@@ -2,7 +2,12 @@ rule report_results:
     input:
         unpack(stage_inputs("report")),
     output:
-        artifact=directory("results/report/{key}"),
+        artifact=report(
+            directory("results/report/{key}"),
+            patterns=["{name}.png"],
+            caption="../report/results.rst",
+            category="Results",
+        ),
     params:
         stage=stage_params("report"),
         inputs=stage_input_json("report"),
