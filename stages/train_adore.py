@@ -72,7 +72,15 @@ import torch.nn.functional as F
 from stages.cli import run_stage
 from stages.errors import ArtifactError, ConfigError, DataError
 from stages.tables import read_qrels, read_queries, write_table
-from stages.training import TRAIN_LOG, TrainConfig, epoch_order, pick_device, seed_everything, train
+from stages.training import (
+    TRAIN_LOG,
+    InitialEncoder,
+    TrainConfig,
+    epoch_order,
+    pick_device,
+    seed_everything,
+    train,
+)
 
 VERSION = 1
 log = logging.getLogger("stages.train_adore")
@@ -84,7 +92,7 @@ SHARD_INPUT = re.compile(r"shard_\d+")
 
 
 @dataclass
-class AdoreParams(TrainConfig):
+class AdoreParams(InitialEncoder, TrainConfig):
     top_k: int = 200
     """Documents retrieved per query and step: the dynamic hard negatives (paper: 200)."""
     metric: str = "mrr"
@@ -95,12 +103,6 @@ class AdoreParams(TrainConfig):
     """score = dot product / temperature; 1 = the paper's plain inner product (see the module docstring)."""
     pq_scoring: str = "reconstructed"
     """PQ index: score with the reconstructed vectors, or the uncompressed ones (shard inputs; the paper's code)."""
-    model: str = "bundled"
-    """Initial query encoder when there is no ``init`` input: 'bundled' (all-MiniLM-L6-v2) or a model folder."""
-    pooling: str = "auto"
-    """Encoder pooling (see stages.models); 'auto' keeps the model's own."""
-    normalize: bool | str = "auto"
-    """L2-normalise embeddings (see stages.models); 'auto' keeps the model's own."""
 
 
 @dataclass

@@ -47,7 +47,15 @@ from stages.cli import run_stage
 from stages.errors import ConfigError, DataError
 from stages.mine_negatives import read_negatives
 from stages.tables import read_corpus, read_qrels, read_queries
-from stages.training import TrainConfig, batch_rng, epoch_order, pick_device, seed_everything, train
+from stages.training import (
+    InitialEncoder,
+    TrainConfig,
+    batch_rng,
+    epoch_order,
+    pick_device,
+    seed_everything,
+    train,
+)
 
 VERSION = 1
 log = logging.getLogger("stages.train_star")
@@ -64,7 +72,7 @@ LOSSES = ("pairwise", "softmax")
 
 
 @dataclass
-class StarParams(TrainConfig):
+class StarParams(InitialEncoder, TrainConfig):
     negatives: str = "star"
     """star (static hard + random in-batch), static (hard only), inbatch (Inbatch-Neg), randneg (Rand-Neg)."""
     hard_negatives_per_query: int = 1
@@ -75,12 +83,6 @@ class StarParams(TrainConfig):
     """pairwise = softplus(s_neg - s_pos) per pair (paper); softmax = cross-entropy of the positive vs the negatives."""
     temperature: float = 0.05
     """score = dot product / temperature; 1 = STAR's plain inner product (see the module docstring)."""
-    model: str = "bundled"
-    """Initial encoder when there is no ``init`` input: 'bundled' (all-MiniLM-L6-v2) or a safetensors model folder."""
-    pooling: str = "auto"
-    """Encoder pooling (see stages.models); 'auto' keeps the model's own."""
-    normalize: bool | str = "auto"
-    """L2-normalise embeddings (see stages.models); 'auto' keeps the model's own."""
 
 
 @dataclass

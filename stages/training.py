@@ -81,6 +81,18 @@ class TrainConfig:
     """Document truncation in tokens (paper: 120 for passages, 512 for documents)."""
 
 
+@dataclass
+class InitialEncoder:
+    """Fields of trainers that start from an encoder: the one used when there is no ``init`` input."""
+
+    model: str = "bundled"
+    """'bundled' (all-MiniLM-L6-v2) or a safetensors model folder."""
+    pooling: str = "auto"
+    """Encoder pooling (see stages.models); 'auto' keeps the model's own."""
+    normalize: bool | str = "auto"
+    """L2-normalise embeddings (see stages.models); 'auto' keeps the model's own."""
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
