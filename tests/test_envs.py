@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -91,12 +92,23 @@ def test_there_are_rules():
 
 @pytest.mark.parametrize("rule, body", rule_blocks(), ids=[name for name, _ in rule_blocks()])
 def test_rule_declares_log_resources_env_and_stage(rule, body):
-    for directive in ("output:", "log:", "threads:", "resources:", "conda:", "shell:"):
+    for directive in ("output:", "log:", "threads:", "resources:", "conda:", "container:", "shell:"):
         assert directive in body, f"rule {rule} lacks {directive}"
     assert re.match(r"[a-z0-9]+_[a-z]+", rule), "rules are named <stage>_<action>"
-    stage = re.search(r"python -m stages\.(\w+)", body).group(1)
+    stage = re.search(r"stages\.(\w+) \{output", body).group(1)  # GPU rules start it through stages.launch
     env_file = (RULES[0].parent / re.search(r'conda:\s*\n\s*"([^"]+)"', body).group(1)).resolve()
     assert env_file.is_file(), f"rule {rule}: env file {env_file} missing"
     listed = env_packages(env_file)
     for module in sorted(third_party_imports(stage)):
         assert PACKAGES[module] & listed, f"{env_file.name} lacks {module} (imported by stages.{stage})"
+
+
+def test_env_pins_follow_the_constraints_file():
+    result = subprocess.run([sys.executable, str(ROOT / "envs" / "sync_pins.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_gpu_rules_start_their_stage_through_the_launcher():
+    for rule, body in rule_blocks():
+        if re.search(r"^\s+gpu=", body, re.MULTILINE):
+            assert "python -m stages.launch --gpus {resources.gpu} -- stages." in body, rule

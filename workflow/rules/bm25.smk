@@ -16,5 +16,7 @@ rule bm25_retrieve:
         runtime=60,
     conda:
         "../../envs/bm25.yaml"
+    container:
+        CONTAINER
     shell:
         "python -m stages.bm25 {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

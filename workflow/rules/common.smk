@@ -17,6 +17,8 @@ try:
 except PipelineError as error:
     sys.exit(f"error: {error.render()}")
 
+CONTAINER = config["container"]  # each rule's image for --software-deployment-method apptainer
+
 wildcard_constraints:
     key="[0-9a-f]{16}",
 

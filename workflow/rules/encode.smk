@@ -17,5 +17,7 @@ rule encode_corpus:
         gpu=1,
     conda:
         "../../envs/dense.yaml"
+    container:
+        CONTAINER
     shell:
-        "python -m stages.encode {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "python -m stages.launch --gpus {resources.gpu} -- stages.encode {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

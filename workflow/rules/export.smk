@@ -14,5 +14,7 @@ rule export_retriever:
         runtime=15,
     conda:
         "../../envs/dense.yaml"
+    container:
+        CONTAINER
     shell:
         "python -m stages.export {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

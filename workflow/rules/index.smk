@@ -16,5 +16,7 @@ rule index_build:
         runtime=60,
     conda:
         "../../envs/dense.yaml"
+    container:
+        CONTAINER
     shell:
         "python -m stages.index {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

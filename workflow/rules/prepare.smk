@@ -16,5 +16,7 @@ rule prepare_dataset:
         runtime=30,
     conda:
         "../../envs/prepare.yaml"
+    container:
+        CONTAINER
     shell:
         "python -m stages.prepare {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

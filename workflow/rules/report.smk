@@ -19,5 +19,7 @@ rule report_results:
         runtime=15,
     conda:
         "../../envs/report.yaml"
+    container:
+        CONTAINER
     shell:
         "python -m stages.report {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

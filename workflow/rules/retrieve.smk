@@ -17,8 +17,10 @@ rule retrieve_dense:
         gpu=1,
     conda:
         "../../envs/dense.yaml"
+    container:
+        CONTAINER
     shell:
-        "python -m stages.retrieve {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "python -m stages.launch --gpus {resources.gpu} -- stages.retrieve {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
 
 
 rule mine_negatives:
@@ -37,5 +39,7 @@ rule mine_negatives:
         runtime=15,
     conda:
         "../../envs/dense.yaml"
+    container:
+        CONTAINER
     shell:
         "python -m stages.mine_negatives {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

@@ -14,5 +14,7 @@ rule score_run:
         runtime=15,
     conda:
         "../../envs/score.yaml"
+    container:
+        CONTAINER
     shell:
         "python -m stages.score {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

@@ -17,8 +17,10 @@ rule train_warmup:
         gpu=1,
     conda:
         "../../envs/train.yaml"
+    container:
+        CONTAINER
     shell:
-        "python -m stages.train_warmup {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "python -m stages.launch --gpus {resources.gpu} -- stages.train_warmup {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
 
 
 rule train_star:
@@ -40,8 +42,10 @@ rule train_star:
         gpu=1,
     conda:
         "../../envs/train.yaml"
+    container:
+        CONTAINER
     shell:
-        "python -m stages.train_star {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "python -m stages.launch --gpus {resources.gpu} -- stages.train_star {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
 
 
 rule train_adore:
@@ -63,5 +67,7 @@ rule train_adore:
         gpu=1,
     conda:
         "../../envs/train.yaml"
+    container:
+        CONTAINER
     shell:
-        "python -m stages.train_adore {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "python -m stages.launch --gpus {resources.gpu} -- stages.train_adore {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

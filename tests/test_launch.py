@@ -1,0 +1,62 @@
+"""The GPU launcher: each concurrent job gets its own devices; more than one GPU runs the stage under torchrun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from stages import launch
+
+
+def test_concurrent_claims_get_disjoint_devices(tmp_path):
+    pool = ["0", "1", "2"]
+    first = launch.claim_gpus(2, pool, tmp_path, timeout=0)
+    second = launch.claim_gpus(1, pool, tmp_path, timeout=0)
+    assert list(first) == ["0", "1"] and list(second) == ["2"]
+    with pytest.raises(TimeoutError):
+        launch.claim_gpus(1, pool, tmp_path, timeout=0)
+    for fd in first.values():
+        os.close(fd)  # a finished job releases its devices
+    assert list(launch.claim_gpus(2, pool, tmp_path, timeout=0)) == ["0", "1"]
+
+
+def test_claim_leaves_nothing_held_when_too_few_are_free(tmp_path):
+    pool = ["0", "1"]
+    held = launch.claim_gpus(1, ["1"], tmp_path, timeout=0)
+    assert launch.try_claim(2, pool, tmp_path) is None
+    assert list(launch.claim_gpus(1, pool, tmp_path, timeout=0)) == ["0"]  # device 0 was not left locked
+    assert list(held) == ["1"]
+
+
+def test_asking_for_more_gpus_than_exist_names_the_fix(tmp_path):
+    with pytest.raises(SystemExit, match="asks for 3 GPU"):
+        launch.claim_gpus(3, ["0", "1"], tmp_path)
+
+
+def test_stage_command_uses_torchrun_for_several_gpus():
+    assert launch.stage_command("stages.train_star", ["out"], 1)[1:] == ["-m", "stages.train_star", "out"]
+    command = launch.stage_command("stages.train_star", ["out"], 2)
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert command[-3:] == ["-m", "stages.train_star", "out"]
+
+
+def run_launcher(tmp_path, gpus: int, **env: str) -> str:
+    script = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ.get('WORLD_SIZE', '1'))"
+    probe = tmp_path / "probe.py"
+    probe.write_text(script)
+    environment = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
+    environment.update(HARDNEG_GPU_LOCKS=str(tmp_path / "locks"), PYTHONPATH=f"{tmp_path}{os.pathsep}{os.getcwd()}", **env)
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.launch", f"--gpus={gpus}", "--", "probe"],
+        env=environment, capture_output=True, text=True, timeout=120, check=True,
+    )
+    return " ".join(sorted(set(result.stdout.split("\n")) - {""}))
+
+
+def test_launcher_sets_the_devices_and_starts_one_process_per_gpu(tmp_path):
+    assert run_launcher(tmp_path, 1, HARDNEG_GPU_IDS="5,7") == "5 1"
+    assert run_launcher(tmp_path, 2, HARDNEG_GPU_IDS="5,7") == "5,7 2"  # torchrun: two ranks, same devices
+    assert run_launcher(tmp_path, 0, HARDNEG_GPU_IDS="5,7") == " 1"  # no GPU job: sees none
