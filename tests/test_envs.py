@@ -95,6 +95,8 @@ def test_rule_declares_log_resources_env_and_stage(rule, body):
     for directive in ("output:", "log:", "threads:", "resources:", "conda:", "container:", "shell:"):
         assert directive in body, f"rule {rule} lacks {directive}"
     assert re.match(r"[a-z0-9]+_[a-z]+", rule), "rules are named <stage>_<action>"
+    for resource in ("mem_mb=", "runtime="):  # what a cluster profile needs to size the job
+        assert resource in body, f"rule {rule} lacks resource {resource[:-1]}"
     stage = re.search(r"stages\.(\w+) \{output", body).group(1)  # GPU rules start it through stages.launch
     env_file = (RULES[0].parent / re.search(r'conda:\s*\n\s*"([^"]+)"', body).group(1)).resolve()
     assert env_file.is_file(), f"rule {rule}: env file {env_file} missing"
