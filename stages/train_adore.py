@@ -45,6 +45,10 @@ PQ indexes (``pq_scoring``): the search always runs over the codes; the loss sco
 (the decoded centroids, with the query through the OPQ rotation: exactly the scores inference ranks by) or
 ``uncompressed`` ones (the original embeddings from the ``shard_*`` inputs, what the paper's code did).
 
+Several processes (torchrun, see `stages.distributed`): each rank holds its own copy of the index on its device and
+takes its slice of the global batch's queries; its loss is its share of the global loss (the sum of its queries'
+losses over the global batch size); the documents are frozen, so nothing else crosses ranks but the logged values.
+
 Inputs: ``prepared`` (train split queries and qrels), ``index`` (an `index` artifact, flat or PQ), optional ``init``
 (an artifact with model/; otherwise ``model``), optional ``shard_0`` .. ``shard_<n-1>`` (the `encode` artifacts the
 index was built from; only for a PQ index with ``pq_scoring: uncompressed``). Search and scoring run in torch on the
@@ -69,7 +73,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from stages.cli import run_stage
+from stages import distributed
 from stages.errors import ArtifactError, ConfigError, DataError
 from stages.tables import read_qrels, read_queries, write_table
 from stages.training import (
@@ -257,14 +261,19 @@ def swap_weights(pairs: Pairs, metric: str, cutoff: int) -> np.ndarray:
 
 
 def lambda_loss(
-    retrieved_scores: torch.Tensor, positive_scores: torch.Tensor, weights: torch.Tensor, real: torch.Tensor
+    retrieved_scores: torch.Tensor,
+    positive_scores: torch.Tensor,
+    weights: torch.Tensor,
+    real: torch.Tensor,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Mean over queries of (sum over real pairs of weight * softplus(s_neg - s_pos)) / (real pairs of the query).
 
-    ``retrieved_scores`` (B, k), ``positive_scores`` (B, P), ``weights`` and ``real`` (B, P, k)."""
+    ``retrieved_scores`` (B, k), ``positive_scores`` (B, P), ``weights`` and ``real`` (B, P, k). With ``batch_size``
+    (the global batch, of which these B queries are one rank's part), the sum over the B queries / ``batch_size``."""
     pair_losses = F.softplus(retrieved_scores[:, None, :] - positive_scores[:, :, None])
     per_query = (weights * pair_losses * real).sum(dim=(1, 2)) / real.sum(dim=(1, 2)).clamp(min=1)
-    return per_query.mean()
+    return per_query.mean() if batch_size is None else per_query.sum() / batch_size
 
 
 def _clock(device: torch.device) -> float:
@@ -281,9 +290,14 @@ def batch_loss(
     documents: FrozenDocuments,
     device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Encode the queries, retrieve their top-k, and return the LambdaLoss with the values to log."""
+    """Encode the queries, retrieve their top-k, and return the LambdaLoss with the values to log.
+
+    Several processes: ``queries`` is the global batch; this rank takes its slice and returns its share of the loss
+    (the logged values are the whole batch's; the seconds this rank's)."""
+    batch_size = len(queries)
+    queries = queries[distributed.local_slice(batch_size)]
     began = _clock(device)
-    tokens = encoder.tokenize([data.query_texts[q] for q in queries], params.query_max_length)
+    tokens = distributed.unwrap(encoder).tokenize([data.query_texts[q] for q in queries], params.query_max_length)
     embeddings = encoder(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
     encoded = _clock(device)
     with torch.autocast(device.type, enabled=False):
@@ -296,12 +310,14 @@ def batch_loss(
         real = torch.from_numpy(pairs.valid[:, :, None] & pairs.negative[:, None, :]).to(device)
         retrieved_scores = documents.scores(embeddings, retrieved) / params.temperature
         positive_scores = documents.scores(embeddings, torch.from_numpy(pairs.positive_rows).to(device))
-        loss = lambda_loss(retrieved_scores, positive_scores / params.temperature, weights, real)
+        share = batch_size if distributed.active() else None
+        loss = lambda_loss(retrieved_scores, positive_scores / params.temperature, weights, real, share)
     first = pairs.positive_ranks.min(axis=1)
     k = pairs.retrieved.shape[1]
+    reciprocal_ranks, hits = distributed.all_sum([np.where(first <= k, 1.0 / first, 0.0).sum(), (first <= k).sum()])
     return loss, {
-        "train_mrr": float(np.where(first <= k, 1.0 / first, 0.0).mean()),
-        "train_recall": float((first <= k).mean()),
+        "train_mrr": float(reciprocal_ranks / batch_size),
+        "train_recall": float(hits / batch_size),
         "encode_seconds": encoded - began,
         "search_seconds": searched - encoded,
     }
@@ -395,11 +411,12 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
             )
     encoder.to(device)
     size = min(params.batch_size, len(data.query_texts))
+    distributed.rank_slices(size)  # fails early if the batch is smaller than the number of processes
     steps_per_epoch = max(1, len(data.query_texts) // size)
 
-    def step_loss(epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_loss(model: torch.nn.Module, epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, float]]:
         queries = batch_queries(len(data.query_texts), params, epoch, batch)
-        return batch_loss(encoder, data, params, queries, documents, device)
+        return batch_loss(model, data, params, queries, documents, device)
 
     log.info(
         "ADORE: %d train queries, %d per step, %d steps per epoch, top %d of %d documents (%s scoring), %s",
@@ -414,6 +431,8 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
     summary: dict[str, Any] = train(
         encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size
     )
+    if not distributed.is_main():
+        return summary  # only rank 0 wrote the log
     frame = add_loss_seconds(out_dir)
     step = frame[["seconds", "encode_seconds", "search_seconds", "loss_seconds"]].mean()
     return {
@@ -432,7 +451,7 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("train_adore", AdoreParams, train_adore, argv)
+    return distributed.run_stage("train_adore", AdoreParams, train_adore, argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ only; ``inbatch`` (Inbatch-Neg) = no extra negatives, the random term over the o
 (Rand-Neg) = negatives drawn uniformly from the corpus, + random (the paper's code scores Rand-Neg only against the
 batch's random documents, not against other queries' positives).
 
+Several processes (torchrun, see `stages.distributed`): each rank encodes its slice of the global batch's queries
+with their positives and negatives; the document embeddings of all ranks are gathered (gradients flow back to the rank
+that encoded them), so each query still meets every document of the global batch, with the same masks. A rank's loss
+is its share of the global loss: its pairs' (or queries') losses over the global count.
+
 Why a temperature: STAR scores with the plain inner product of un-normalised RoBERTa embeddings. A normalising model
 (MiniLM) gives cosines in [-1, 1], so score differences stay below 2 and the logistic loss saturates early with weak
 gradients; dividing by 0.05 (sentence-transformers' default scale 20) restores a useful range. Use temperature 1 for
@@ -43,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.cli import run_stage
+from stages import distributed
 from stages.errors import ConfigError, DataError
 from stages.mine_negatives import read_negatives
 from stages.tables import read_corpus, read_qrels, read_queries
@@ -211,9 +216,9 @@ def pair_masks(
     return hard, random
 
 
-def _mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean that is 0 (still part of the graph) when there are no values."""
-    return values.sum() / max(1, values.numel())
+def _share(values: torch.Tensor, count: int) -> torch.Tensor:
+    """Sum over ``count`` (a mean when ``values`` are all of them); 0 (still part of the graph) when there are none."""
+    return values.sum() / max(1, count)
 
 
 def _listwise(scores: torch.Tensor, positive: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -230,51 +235,92 @@ def star_loss(
     random_mask: torch.Tensor,
     random_weight: float = -1.0,
     loss: str = "pairwise",
+    rows: slice = slice(None),
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of (queries, documents) ``scores`` and the per-term values to log (nan for an empty term).
 
     ``positive_column[i]`` is the column of query i's positive. Pairwise: each (query, negative) pair costs
     softplus(s_neg - s_pos); ``random_weight < 0`` takes the mean over all pairs of both terms, otherwise
     mean(hard) + random_weight * mean(random). Softmax: the same with per-query cross-entropy in place of pairs.
+
+    ``scores`` may hold only ``rows`` of the batch's queries (one rank's; the masks still cover the whole batch):
+    the loss and the extras are then their share; the shares of all rows sum to the whole batch's values.
     """
     positive = scores.gather(1, positive_column[:, None])
+    hard_rows, random_rows = hard_mask[rows], random_mask[rows]
     if loss == "pairwise":
         pairs = F.softplus(scores - positive)
-        hard, random = pairs[hard_mask], pairs[random_mask]
+        hard, random = pairs[hard_rows], pairs[random_rows]
         combined = torch.cat([hard, random])
+        counts = {"hard": int(hard_mask.sum()), "random": int(random_mask.sum())}
+        counts["combined"] = counts["hard"] + counts["random"]  # the masks are disjoint
     else:
-        hard, random = _listwise(scores, positive, hard_mask), _listwise(scores, positive, random_mask)
-        combined = _listwise(scores, positive, hard_mask | random_mask)
-    total = _mean(combined) if random_weight < 0 else _mean(hard) + random_weight * _mean(random)
+        hard, random = _listwise(scores, positive, hard_rows), _listwise(scores, positive, random_rows)
+        combined = _listwise(scores, positive, hard_rows | random_rows)
+        masks = {"hard": hard_mask, "random": random_mask, "combined": hard_mask | random_mask}
+        counts = {name: int(mask.any(dim=1).sum()) for name, mask in masks.items()}  # queries with negatives
+    if random_weight < 0:
+        total = _share(combined, counts["combined"])
+    else:
+        total = _share(hard, counts["hard"]) + random_weight * _share(random, counts["random"])
     extras = {
-        f"{term}_loss": float(values.detach().mean()) if values.numel() else float("nan")
+        f"{term}_loss": float(_share(values.detach(), counts[term])) if counts[term] else float("nan")
         for term, values in (("hard", hard), ("random", random))
     }
     return total, extras
 
 
+def rank_part(batch: Batch, rows: slice, per_query: int) -> Batch:
+    """The queries ``rows`` of the batch with their positives, then their negatives (the layout of `Batch.doc_ids`)."""
+    count = len(batch.queries)
+    negatives = batch.doc_ids[count + rows.start * per_query : count + rows.stop * per_query]
+    return Batch(queries=batch.queries[rows], doc_ids=batch.doc_ids[rows] + negatives)
+
+
+def gathered_columns(parts: list[slice], per_query: int) -> np.ndarray:
+    """For each column of the batch layout, its row among the documents gathered from the ranks' `rank_part`s."""
+    # rank part [a, b) starts at row a * (1 + k): positive i at i + a * k, negative j of query i at b + i * k + j
+    positives, negatives = [], []
+    for part in parts:
+        for i in range(part.start, part.stop):
+            positives.append(i + part.start * per_query)
+            negatives += [part.stop + i * per_query + j for j in range(per_query)]
+    return np.array(positives + negatives, dtype=np.int64)
+
+
 def batch_loss(
     encoder: torch.nn.Module, data: TrainingData, params: StarParams, batch: Batch, device: torch.device
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Encode the batch's queries and documents with the one encoder and return `star_loss` of their scores."""
+    """Encode the batch's queries and documents with the one encoder and return `star_loss` of their scores.
+
+    Several processes: this rank's queries against the documents of all ranks; its share of the loss, the extras of
+    the whole batch (see the module docstring)."""
     _, hard_term, random_term = MODES[params.negatives]
-    queries = encoder.tokenize([data.query_texts[q] for q in batch.queries], params.query_max_length)
-    docs = encoder.tokenize([data.doc_text[d] for d in batch.doc_ids], params.doc_max_length)
+    per_query = negatives_per_query(params)
+    judged = [data.judged[q] for q in batch.queries]
+    hard, random = pair_masks(judged, batch.doc_ids, per_query, hard_term, random_term)
+    rows = distributed.local_slice(len(batch.queries))
+    part = rank_part(batch, rows, per_query)
+    tokenize = distributed.unwrap(encoder).tokenize
+    queries = tokenize([data.query_texts[q] for q in part.queries], params.query_max_length)
+    docs = tokenize([data.doc_text[d] for d in part.doc_ids], params.doc_max_length)
     query_embeddings = encoder(queries["input_ids"].to(device), queries["attention_mask"].to(device))
     doc_embeddings = encoder(docs["input_ids"].to(device), docs["attention_mask"].to(device))
+    if distributed.active():
+        columns = gathered_columns(distributed.rank_slices(len(batch.queries)), per_query)
+        doc_embeddings = distributed.all_gather_rows(doc_embeddings)[torch.from_numpy(columns).to(device)]
     scores = query_embeddings.float() @ doc_embeddings.float().T / params.temperature
-    judged = [data.judged[q] for q in batch.queries]
-    hard, random = pair_masks(judged, batch.doc_ids, negatives_per_query(params), hard_term, random_term)
     loss, extras = star_loss(
         scores,
-        torch.arange(len(batch.queries), device=device),
+        torch.arange(rows.start, rows.stop, device=device),
         torch.from_numpy(hard).to(device),
         torch.from_numpy(random).to(device),
         params.random_weight,
         params.loss,
+        rows,
     )
-    terms = {"hard_loss": hard_term, "random_loss": random_term}
-    return loss, {name: value for name, value in extras.items() if terms[name]}
+    terms = [name for name, used in (("hard_loss", hard_term), ("random_loss", random_term)) if used]
+    return loss, dict(zip(terms, distributed.all_sum([extras[name] for name in terms])))
 
 
 def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, work_dir: Path | None = None) -> dict:
@@ -292,10 +338,11 @@ def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, wo
     device = pick_device()
     encoder.to(device)
     size = min(params.batch_size, len(data.query_texts))
+    distributed.rank_slices(size)  # fails early if the batch is smaller than the number of processes
     steps_per_epoch = max(1, len(data.query_texts) // size)
 
-    def step_loss(epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return batch_loss(encoder, data, params, sample_batch(data, params, epoch, batch), device)
+    def step_loss(model: torch.nn.Module, epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return batch_loss(model, data, params, sample_batch(data, params, epoch, batch), device)
 
     log.info(
         "%s: %d train queries, %d per step, %d steps per epoch, %d negatives per query",
@@ -312,7 +359,7 @@ def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, wo
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("train_star", StarParams, train_star, argv)
+    return distributed.run_stage("train_star", StarParams, train_star, argv)
 
 
 if __name__ == "__main__":

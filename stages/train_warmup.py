@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from stages.cli import run_stage
+from stages.distributed import run_stage
 from stages.train_star import StarParams, train_star
 
 VERSION = 1

@@ -11,6 +11,12 @@ weights as an uninterrupted one.
 A checkpoint is one safetensors file, ``<work_dir>/checkpoint.safetensors``: tensors as tensors and everything else as
 JSON in its metadata, so nothing is pickled. It is written to a temporary file that is renamed into place, so a kill
 leaves either the previous checkpoint or the new one.
+
+Several processes (torchrun, see `stages.distributed`): every rank takes its slice of the same global batch, the model
+is wrapped in DDP, and ``batch_loss`` returns the rank's share of the global batch's loss (the shares sum to it); the
+backward pass runs on share * world_size, so that DDP's averaging leaves every rank with the gradient of the global
+loss, exactly as one process on the whole batch. Rank 0 alone logs, shows progress and writes checkpoints and the
+artifact; the checkpoint holds every rank's RNG state, and every rank resumes from it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from stages import distributed
 from stages.errors import ArtifactError, ConfigError
 from stages.models import MODEL_SUBDIR, save_encoder
 from stages.tables import write_table
@@ -44,7 +51,7 @@ TRAIN_LOG, LOSS_PLOT = "train_log.parquet", "loss.png"
 STOP_AFTER_ENV = "HARDNEG_STOP_AFTER_STEP"
 STOPPED_EXIT_CODE = 75
 
-BatchLoss = Callable[[int, int], "tuple[torch.Tensor, dict[str, float]]"]
+BatchLoss = Callable[[torch.nn.Module, int, int], "tuple[torch.Tensor, dict[str, float]]"]
 
 
 @dataclass
@@ -94,7 +101,7 @@ class InitialEncoder:
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return distributed.device()
 
 
 def seed_everything(seed: int) -> None:
@@ -147,7 +154,9 @@ def make_scheduler(
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and distributed.active():
+        tensors["rng.device"] = torch.cuda.get_rng_state(distributed.device())  # this rank's GPU only
+    elif torch.cuda.is_available():
         tensors.update({f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
     version, internal, gauss = random.getstate()
     kind, keys, position, has_gauss, cached = np.random.get_state()
@@ -156,11 +165,15 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    own = f"rank{distributed.rank()}."  # written by several processes: each rank's own torch generators
+    tensors = {key[len(own) :]: value for key, value in tensors.items() if key.startswith(own)} or tensors
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, position, has_gauss, cached = meta["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.device" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.device"], distributed.device())
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
@@ -209,11 +222,18 @@ def save_checkpoint(
     rows: list[dict[str, float]],
     shape: dict[str, int],
 ) -> None:
-    """Everything needed to continue after ``step`` completed steps, written atomically (temp file + rename)."""
+    """Everything needed to continue after ``step`` completed steps, written atomically (temp file + rename).
+
+    Several processes: every rank calls it (to hand over its RNG state); rank 0 writes."""
+    rng_tensors, rng_meta = _rng_state()
+    if distributed.active():
+        for rank, states in enumerate(distributed.all_gather_objects(rng_tensors)):
+            rng_tensors |= {f"rank{rank}.{key}": value for key, value in states.items()}
+    if not distributed.is_main():
+        return
     # clone: tensors that share storage (tied weights) cannot be saved as they are
     tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     optimizer_tensors, optimizer_meta = _optimizer_state(optimizer)
-    rng_tensors, rng_meta = _rng_state()
     tensors.update(optimizer_tensors | rng_tensors | _log_tensors(rows))
     meta = {"step": step, "shape": shape, "optimizer": optimizer_meta, "rng": rng_meta}
     meta["scheduler"] = scheduler.state_dict()
@@ -262,11 +282,18 @@ def train(
 ) -> dict[str, Any]:
     """Train ``model`` (already on its device) and write model/, train_log.parquet and loss.png into ``out_dir``.
 
-    ``batch_loss(epoch, batch)`` runs the forward pass of one batch and returns the loss and extra values to log.
+    ``batch_loss(trained, epoch, batch)`` runs the forward pass of one batch through ``trained`` (``model``, or its
+    DDP wrapper) and returns the loss and extra values to log; with several processes, this rank's share of the
+    loss and the extras of the whole global batch (see the module docstring).
     With ``work_dir`` a checkpoint is written there every ``checkpoint_every`` steps and resumed from when present.
     Returns the summary (steps, seconds, queries per second, final loss, peak GPU memory); ``queries_per_step``
     (default ``batch_size``) is for the throughput.
     """
+    if distributed.requested() and not distributed.active():
+        raise ConfigError(
+            "WORLD_SIZE > 1 but no process group: this stage was not started through stages.distributed.run_stage",
+            fix="run it as one process, or have its main() call stages.distributed.run_stage",
+        )
     device = next(model.parameters()).device
     total = total_steps(config, steps_per_epoch)
     if config.gradient_checkpointing:
@@ -278,6 +305,8 @@ def train(
     checkpoint = Path(work_dir) / CHECKPOINT if work_dir is not None else None
     every = config.checkpoint_every if checkpoint is not None else 0
     start, rows = 0, []
+    if distributed.rank() > 0:
+        torch.manual_seed(config.seed + distributed.rank())  # dropout draws of its own
     if checkpoint is not None and checkpoint.is_file():
         start, rows = load_checkpoint(checkpoint, model, optimizer, scheduler, shape)
         log.info("resuming from step %d (of %d) with %s", start, total, checkpoint)
@@ -285,40 +314,47 @@ def train(
     autocast = config.bf16 and device.type == "cuda"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    trained = distributed.wrap(model)
+    world = distributed.world_size()
     model.train()
-    progress = tqdm(range(start, total), initial=start, total=total, desc="train", unit="step")
+    progress = tqdm(
+        range(start, total), initial=start, total=total, desc="train", unit="step", disable=not distributed.is_main()
+    )
     for step in progress:
         began = time.perf_counter()
         epoch, batch = divmod(step, steps_per_epoch)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, extras = batch_loss(epoch, batch)
-        if not torch.isfinite(loss):
+            loss, extras = batch_loss(trained, epoch, batch)
+        global_loss = distributed.global_sum(loss)
+        if not torch.isfinite(global_loss):
             raise ConfigError(
-                f"the training loss is {float(loss)} at step {step + 1}",
+                f"the training loss is {float(global_loss)} at step {step + 1}",
                 fix="lower learning_rate (or turn bf16 off); the last checkpoint is kept in the work folder",
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * world if world > 1 else loss).backward()  # DDP averages the ranks' gradients
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip if config.grad_clip > 0 else math.inf)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
-        row = {"step": step + 1, "epoch": epoch, "loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm)}
+        row = {"step": step + 1, "epoch": epoch, "loss": float(global_loss), "lr": lr, "grad_norm": float(grad_norm)}
         rows.append(row | {k: float(v) for k, v in extras.items()} | {"seconds": time.perf_counter() - began})
         progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
         done = step + 1
         if every > 0 and done % every == 0 and done < total:
             save_checkpoint(checkpoint, model, optimizer, scheduler, done, rows, shape)
         if done == stop_after:
+            distributed.barrier()  # let rank 0 finish its checkpoint
             log.warning("%s=%d: stopping abruptly after step %d", STOP_AFTER_ENV, stop_after, done)
             os._exit(STOPPED_EXIT_CODE)
     progress.close()
 
-    save_encoder(model, Path(out_dir) / MODEL_SUBDIR, max_seq_length=config.doc_max_length)
     frame = pd.DataFrame(rows)
-    write_table(frame, Path(out_dir) / TRAIN_LOG)
-    plot_losses(frame, Path(out_dir) / LOSS_PLOT)
+    if distributed.is_main():
+        save_encoder(model, Path(out_dir) / MODEL_SUBDIR, max_seq_length=config.doc_max_length)
+        write_table(frame, Path(out_dir) / TRAIN_LOG)
+        plot_losses(frame, Path(out_dir) / LOSS_PLOT)
     return summarise(frame, queries_per_step or config.batch_size, device, resumed_from=start)
 
 
