@@ -28,6 +28,7 @@ from stages.train_star import Batch, StarParams, gathered_columns, rank_part, sa
 from stages.train_star import batch_loss as star_batch_loss
 from stages.train_star import load_training_data as star_training_data
 from stages.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE, TRAIN_LOG
+from test_train_star import tiny_params
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -42,19 +43,8 @@ def torchrun(args: list[str], env: dict[str, str] | None = None) -> subprocess.C
 
 
 def star_params(model: Path | str, **changes) -> StarParams:
-    base = StarParams(
-        model=str(model),
-        batch_size=5,  # uneven: 3 + 2 queries
-        hard_negatives_per_query=2,
-        max_steps=4,
-        learning_rate=1e-3,
-        warmup_fraction=0.0,
-        query_max_length=16,
-        doc_max_length=32,
-        checkpoint_every=0,
-        seed=7,
-    )
-    return dataclasses.replace(base, **changes)
+    # batch 5: uneven across two ranks (3 + 2 queries)
+    return tiny_params(Path(model), **{"batch_size": 5, "hard_negatives_per_query": 2, "max_steps": 4, **changes})
 
 
 # --- one step, as a function that one process or each of two runs --------------------------------------------------
