@@ -43,20 +43,25 @@ def test_stage_command_uses_torchrun_for_several_gpus():
     assert command[-3:] == ["-m", "stages.train_star", "out"]
 
 
-def run_launcher(tmp_path, gpus: int, **env: str) -> str:
-    script = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ.get('WORLD_SIZE', '1'))"
-    probe = tmp_path / "probe.py"
-    probe.write_text(script)
+def run_launcher(tmp_path, gpus: int, **env: str) -> set[str]:
+    """What each process the launcher started saw: 'CUDA_VISIBLE_DEVICES WORLD_SIZE' (one file per rank)."""
+    seen = tmp_path / f"seen-{gpus}"
+    seen.mkdir()
+    (tmp_path / "probe.py").write_text(
+        "import os, pathlib\n"
+        f"pathlib.Path({str(seen)!r}, os.environ.get('RANK', '0')).write_text("
+        "os.environ['CUDA_VISIBLE_DEVICES'] + ' ' + os.environ.get('WORLD_SIZE', '1'))\n"
+    )
     environment = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
     environment.update(HARDNEG_GPU_LOCKS=str(tmp_path / "locks"), PYTHONPATH=f"{tmp_path}{os.pathsep}{os.getcwd()}", **env)
-    result = subprocess.run(
+    subprocess.run(
         [sys.executable, "-m", "stages.launch", f"--gpus={gpus}", "--", "probe"],
         env=environment, capture_output=True, text=True, timeout=120, check=True,
     )
-    return " ".join(sorted(set(result.stdout.split("\n")) - {""}))
+    return {path.name + ": " + path.read_text() for path in seen.iterdir()}
 
 
 def test_launcher_sets_the_devices_and_starts_one_process_per_gpu(tmp_path):
-    assert run_launcher(tmp_path, 1, HARDNEG_GPU_IDS="5,7") == "5 1"
-    assert run_launcher(tmp_path, 2, HARDNEG_GPU_IDS="5,7") == "5,7 2"  # torchrun: two ranks, same devices
-    assert run_launcher(tmp_path, 0, HARDNEG_GPU_IDS="5,7") == " 1"  # no GPU job: sees none
+    assert run_launcher(tmp_path, 1, HARDNEG_GPU_IDS="5,7") == {"0: 5 1"}
+    assert run_launcher(tmp_path, 2, HARDNEG_GPU_IDS="5,7") == {"0: 5,7 2", "1: 5,7 2"}  # torchrun: two ranks
+    assert run_launcher(tmp_path, 0, HARDNEG_GPU_IDS="5,7") == {"0:  1"}  # a job without GPUs sees none
