@@ -369,6 +369,7 @@ def summarise(frame: pd.DataFrame, queries_per_step: int, device: torch.device, 
         "final_loss": float(tail.mean()) if len(frame) else None,
         "resumed_from_step": resumed_from,
         "device": str(device),
+        "processes": distributed.world_size(),
     }
     if device.type == "cuda":
         summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)

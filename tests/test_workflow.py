@@ -31,9 +31,11 @@ def write_config(workdir: Path, dataset: Path, experiments: list[dict], **sectio
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir)]
-    result = subprocess.run(command + ["--cores", "2", *args], capture_output=True, text=True, cwd=workdir, env=ENV)
+    result = subprocess.run(
+        command + ["--cores", "2", *args], capture_output=True, text=True, cwd=workdir, env=env or ENV
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from test_workflow import planned_jobs, snakemake, write_config
+from test_workflow import ENV, planned_jobs, snakemake, write_config
 
 TRAIN = {"max_steps": 2, "batch_size": 4, "checkpoint_every": 0}
 
@@ -40,8 +40,10 @@ def test_dense_dag_runs_and_a_star_change_reruns_star_and_below_only(tmp_path, s
         prepare_dataset=1, bm25_retrieve=1, mine_negatives=2, train_warmup=1, train_star=2,
         encode_corpus=8, index_build=5, retrieve_dense=5, score_run=4, report_results=1, export_retriever=1,
     )  # fmt: skip
-    snakemake(tmp_path)
-    assert planned_jobs(tmp_path) == Counter()
+    # two (fake) GPUs: jobs claim their own; STAR gets both and trains under torchrun (2 gloo processes on the CPU)
+    two_gpus = ENV | {"HARDNEG_GPU_IDS": "0,1", "HARDNEG_GPU_LOCKS": str(tmp_path / "gpu-locks")}
+    snakemake(tmp_path, "--resources", "gpu=2", "--set-resources", "train_star:gpu=2", env=two_gpus)
+    assert planned_jobs(tmp_path) == Counter()  # resources are not part of any artifact's identity
 
     runs = tmp_path / "results" / "runs"
     for experiment in ("zeroshot", "star/seed-7", "star-pq/seed-7", "inbatch/seed-7"):
@@ -53,6 +55,8 @@ def test_dense_dag_runs_and_a_star_change_reruns_star_and_below_only(tmp_path, s
     init = json.loads((star / "star" / "manifest.json").read_text())["inputs"]
     assert {"prepared", "negatives", "init"} <= set(init)  # STAR starts from the warm-up model, as in the paper
     assert (star / "star" / "loss.png").is_file() and (star / "star" / "train_log.parquet").is_file()
+    assert json.loads((star / "star" / "summary.json").read_text())["processes"] == 2
+    assert json.loads((star / "warmup" / "summary.json").read_text())["processes"] == 1
     assert (star / "export" / "document-encoder" / "modules.json").is_file()
     table = (runs / "report" / "results.md").read_text()
     assert all(f"| {variant} |" in table for variant in ("zeroshot", "star", "star-pq", "inbatch"))
