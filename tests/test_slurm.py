@@ -2,7 +2,8 @@
 
 tests/slurm/setup.sh installs Slurm (Debian's 22.05) with munge and slurmdbd + MariaDB if missing and starts the
 daemons; the test then runs prepare -> bm25 -> score and the dense zero-shot chain (corpus encoded in 2 shards ->
-index -> retrieve -> score) through sbatch, checks Slurm's accounting records of those jobs, and compares every
+index -> retrieve -> score) through sbatch, checks Slurm's accounting records of those jobs (GPU rules got a GPU
+from the node's two fake GPUs, the others none), and compares every
 artifact with a local run (no profile) of the same config. Needs root; without it the test is skipped. Under
 CI=true a failed Slurm setup fails the test with the setup log (a skip there would hide a broken cluster test).
 
@@ -94,7 +95,8 @@ def test_profile_asks_for_gpus_on_a_gpu_partition():
 def profile_for_this_node(path: Path) -> Path:
     """The shipped profile, fitted to the one-node test cluster; everything else (executor, settings) as shipped.
 
-    No partition (the node's only partition is the default), no GPUs (the node has none), memory within the node,
+    No partition (the node's only partition is the default), one CPU per GPU (the node has 2 CPUs and 2 fake GPUs),
+    memory within the node,
     the rules' own threads (as in the local run: OMP_NUM_THREADS follows threads), fast status checks, and the Slurm
     logs of successful jobs kept (.snakemake/slurm_logs/ in the pytest tmp dir) for a look after a failure.
     """
@@ -103,7 +105,7 @@ def profile_for_this_node(path: Path) -> Path:
         resources = fitted["set-resources"].setdefault(rule, {})
         resources.pop("slurm_partition", None)
         if "gpu" in resources:
-            resources["gpu"] = 0
+            resources["cpus_per_gpu"] = 1
         resources["mem_mb"] = TEST_MEM_MB
     fitted.pop("set-threads", None)
     fitted["default-resources"] = {**fitted["default-resources"], "mem_mb": TEST_MEM_MB, "slurm_account": "root"}
@@ -121,7 +123,7 @@ def profile_for_this_node(path: Path) -> Path:
 
 def slurm_records(run_id: str, since: datetime, expected: int) -> list[dict[str, str]]:
     """Slurm's accounting records (sacct via slurmdbd) of the run's jobs; waits briefly for slurmdbd to catch up."""
-    fields = ["JobIDRaw", "JobName", "Comment", "State", "ExitCode", "WorkDir", "NodeList"]
+    fields = ["JobIDRaw", "JobName", "Comment", "State", "ExitCode", "WorkDir", "NodeList", "AllocTRES"]
     command = [
         "sacct", "-X", "-n", "-P", "--name", run_id, "-S", f"{since:%Y-%m-%dT%H:%M:%S}", "-o", ",".join(fields),
     ]  # fmt: skip
@@ -198,6 +200,11 @@ def test_workflow_through_slurm_matches_a_local_run(slurm_cluster, tmp_path, sci
     by_comment = [re.fullmatch(r"rule_(\w+)_wildcards_([0-9a-f]{16})", r["Comment"]) for r in records]
     assert all(by_comment), records
     assert Counter(m.group(1) for m in by_comment) == jobs
+    # the profile's GPU rules got a GPU from Slurm (the node's fake gres), the others none
+    gpu_rules = {rule for rule, res in yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"].items()
+                 if res.get("gpu")}  # fmt: skip
+    for record, match in zip(records, by_comment):
+        assert ("gres/gpu=1" in record["AllocTRES"]) == (match.group(1) in gpu_rules), record
 
     local_started = time.monotonic()
     snakemake(local_dir)

@@ -12,7 +12,8 @@
 #
 # Accounting: slurmdbd with a local MariaDB, not `status_command: squeue`. snakemake-executor-plugin-slurm asks
 # `sacct` for job states by default, and a real cluster has slurmdbd: with it the test goes through the same status
-# path the profile uses in production, and Slurm's own records (`sacct`, with AccountingStoreFlags=job_comment so
+# path the profile uses in production, and Slurm's own records (`sacct`, with AccountingStoreFlags=job_comment
+AccountingStorageTRES=gres/gpu so
 # the Comment column holds the plugin's "rule_<rule>_wildcards_<key>") prove which jobs went through sbatch. On
 # Debian 12 it costs ~30 MB more packages and a few seconds of MariaDB start; the squeue route (MinJobAge >= 3x the
 # first status-check delay, plus JobCompType=jobcomp/filetxt for records) would test a path the profile never uses.
@@ -37,7 +38,7 @@ die() { echo "[slurm-setup] error: $*" >&2; for f in "$LOGDIR"/*.log /var/log/my
     [ -f "$f" ] && { echo "--- tail $f" >&2; tail -n 15 "$f" >&2; }; done; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || { echo "not root: installing and starting Slurm daemons needs root" >&2; exit 2; }
-for conf in /etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf; do
+for conf in /etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf /etc/slurm/gres.conf; do
     if [ -f "$conf" ] && ! grep -qF "$MARKER" "$conf"; then
         echo "$conf exists and was not written by this script (a real cluster's?): not touching it" >&2
         exit 3
@@ -128,6 +129,13 @@ EOF
 )
 
 # --- slurm.conf: one node (this machine, as slurmd -C sees it), one partition -----------------------------------
+# Two fake GPUs (gres bound to /dev/tty0-1, character devices every Linux has), so the profile's GPU requests go
+# through sbatch for real: Slurm allocates them and sets CUDA_VISIBLE_DEVICES; the stages see no CUDA and use the CPU.
+gres_changed=$(write_if_changed /etc/slurm/gres.conf 644 <<EOF
+$MARKER
+Name=gpu File=/dev/tty[0-1]
+EOF
+)
 node_line=$(slurmd -C | head -n 1)        # NodeName=<host> CPUs=... RealMemory=...
 NODE=$(sed -E 's/^NodeName=([^ ]+).*/\1/' <<<"$node_line")
 [ -n "$NODE" ] || die "slurmd -C gave no node line"
@@ -159,11 +167,13 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
 AccountingStoreFlags=job_comment
+AccountingStorageTRES=gres/gpu
 JobCompType=jobcomp/none
 MinJobAge=300
+GresTypes=gpu
 SlurmctldTimeout=30
 SlurmdTimeout=60
-$node_line NodeAddr=127.0.0.1 State=UNKNOWN
+$node_line Gres=gpu:2 NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 )
@@ -187,7 +197,7 @@ if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
     sacctmgr -i add cluster "$CLUSTER" >/dev/null || die "sacctmgr add cluster failed"
 fi
 
-if [ -n "$conf_changed" ]; then stop /run/slurmd.pid; stop /run/slurmctld.pid; fi
+if [ -n "$conf_changed$gres_changed" ]; then stop /run/slurmd.pid; stop /run/slurmctld.pid; fi
 if ! running /run/slurmctld.pid; then
     log "starting slurmctld"
     slurmctld || die "slurmctld did not start"
