@@ -5,9 +5,10 @@ a finished artifact is never rerun. Logs go to ``results/logs/<stage>/<key>.log`
 ``results/benchmarks/run_plan.jsonl``.
 
 Stages run in this process by default (torch, CUDA and the tokenizer start once, not once per stage: on the H100
-that saves ~10 s a stage); ``--isolate`` runs each in its own process, as Snakemake does.
+that saves ~10 s a stage); ``--isolate`` runs each in its own process, as Snakemake does. ``--train-gpus N`` (N > 1)
+runs the training stages on N GPUs through `stages.launch` (torchrun, DDP), as a rule given ``gpu: N`` would.
 
-    python -m stages.run_plan [--configfile config.yaml] [--results results] [-n] [--isolate]
+    python -m stages.run_plan [--configfile config.yaml] [--results results] [-n] [--isolate] [--train-gpus N]
 """
 
 from __future__ import annotations
@@ -51,15 +52,24 @@ def ordered(plan: Plan) -> list[Node]:
     return list(seen.values())
 
 
-def run_node(node: Node, results: Path, isolate: bool = False) -> float:
+TRAINING_STAGES = ("train_warmup", "train_star", "train_adore")
+
+
+def stage_command(stage: str, argv: list[str], train_gpus: int = 1) -> list[str]:
+    if train_gpus > 1 and stage in TRAINING_STAGES:
+        return [sys.executable, "-m", "stages.launch", f"--gpus={train_gpus}", "--", f"stages.{stage}", *argv]
+    return [sys.executable, "-m", f"stages.{stage}", *argv]
+
+
+def run_node(node: Node, results: Path, isolate: bool = False, train_gpus: int = 1) -> float:
     out = node.path(results)
     log = results / "logs" / node.stage / f"{node.key}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = [str(out), "--params", json.dumps(node.params), "--inputs", json.dumps(node.input_paths(results))]
     started = time.time()
     with open(log, "w") as handle:
-        if isolate:
-            command = [sys.executable, "-m", f"stages.{node.stage}", *argv]
+        if isolate or (train_gpus > 1 and node.stage in TRAINING_STAGES):
+            command = stage_command(node.stage, argv, train_gpus)
             code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
         else:
             code = run_in_process(node.stage, argv, handle)
@@ -116,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("-n", "--dry-run", action="store_true", help="list what would run")
     parser.add_argument("--isolate", action="store_true", help="run each stage in its own process")
+    parser.add_argument("--train-gpus", type=int, default=1, help="GPUs for each training stage (DDP when > 1)")
     parser.add_argument("--deadline", type=float, default=0, help="start nothing new after this many seconds")
     parser.add_argument("-k", "--keep-going", action="store_true", help="after a failure, go on with what does not need it")
     args = parser.parse_args(argv)
@@ -143,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {failed[node.key]}", flush=True)
             continue
         try:
-            print(f"  {run_node(node, args.results, args.isolate):.1f} s", flush=True)
+            print(f"  {run_node(node, args.results, args.isolate, args.train_gpus):.1f} s", flush=True)
         except StageFailed as error:
             failed[node.key] = str(error)
             print(f"  FAILED\n{error}", flush=True)

@@ -65,3 +65,11 @@ def test_launcher_sets_the_devices_and_starts_one_process_per_gpu(tmp_path):
     assert run_launcher(tmp_path, 1, HARDNEG_GPU_IDS="5,7") == {"0: 5 1"}
     assert run_launcher(tmp_path, 2, HARDNEG_GPU_IDS="5,7") == {"0: 5,7 2", "1: 5,7 2"}  # torchrun: two ranks
     assert run_launcher(tmp_path, 0, HARDNEG_GPU_IDS="5,7") == {"0:  1"}  # a job without GPUs sees none
+
+
+def test_run_plan_trains_on_several_gpus_through_the_launcher():
+    from stages.run_plan import stage_command
+
+    assert stage_command("train_star", ["out"], 2)[1:] == ["-m", "stages.launch", "--gpus=2", "--", "stages.train_star", "out"]
+    assert stage_command("encode", ["out"], 2)[1:] == ["-m", "stages.encode", "out"]  # one GPU a shard
+    assert stage_command("train_adore", ["out"], 1)[1:] == ["-m", "stages.train_adore", "out"]
