@@ -1,8 +1,10 @@
 """Corpus-encoding throughput of the pipeline's encoder against the bare model, on a GPU.
 
-- pipeline: `stages.models.Encoder.encode_counted` (what the `encode` stage runs: tokenisation in a worker thread,
-  length-sorted dynamic-padding batches, bf16 autocast, pooling + normalisation) over SciFact's documents repeated to
-  ``--docs`` texts, so the lengths follow SciFact's distribution;
+- pipeline: `stages.models.Encoder.encode_counted` (the `encode` stage without a ``tokens`` input: tokenisation in a
+  worker thread, length-sorted dynamic-padding batches, bf16 autocast, pooling + normalisation) over SciFact's
+  documents repeated to ``--docs`` texts, so the lengths follow SciFact's distribution;
+- pretokenized: what the `encode` stage runs with a ``tokens`` input: the same texts tokenized once into a tokens
+  Parquet file (the `tokenize` stage's format; its time reported apart), then `Encoder.encode_tokens` over its chunks;
 - bare: `transformers.AutoModel` with bf16 weights on full batches of ``--max-length`` random tokens (no tokeniser,
   no padding, no pooling): the ceiling.
 
@@ -17,17 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
-from stages.models import document_texts, load_encoder, resolve_model
+from stages.models import TOKENIZE_CHUNK, document_texts, load_encoder, resolve_model, token_chunk
+from stages.tables import TOKENS_SCHEMA, iter_token_chunks, token_rows
 
 SCIFACT = Path(__file__).resolve().parent.parent / "resources" / "scifact" / "corpus.jsonl.gz"
 MATMUL_PEAK, SPEC_PEAK = 798e12, 989e12
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # main() insists on CUDA; the functions also run on CPU
 
 
 def flops(model_config, non_embedding_params: int, lengths: np.ndarray) -> float:
@@ -42,7 +48,8 @@ def non_embedding_parameters(model: torch.nn.Module) -> int:
 
 
 def synchronize_time() -> float:
-    torch.cuda.synchronize()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter()
 
 
@@ -71,16 +78,31 @@ def bare(model_path: str, batch_size: int, length: int, batches: int) -> dict:
     }
 
 
-def pipeline(model_path: str, docs: int, batch_size: int, max_length: int) -> dict:
+def scifact_texts(docs: int) -> list[str]:
     corpus = pd.read_json(SCIFACT, lines=True, dtype={"_id": str})
     texts = document_texts(corpus)
-    texts = (texts * (docs // len(texts) + 1))[:docs]
-    encoder = load_encoder(model_path, pooling="mean", normalize=True).cuda()
+    return (texts * (docs // len(texts) + 1))[:docs]
+
+
+def pipeline(model_path: str, docs: int, batch_size: int, max_length: int, pretokenized: bool = False) -> dict:
+    texts = scifact_texts(docs)
+    encoder = load_encoder(model_path, pooling="mean", normalize=True).to(DEVICE)
     encoder.encode(texts[:4096], max_length, batch_size=batch_size, progress=False)  # warm-up
-    torch.cuda.reset_peak_memory_stats()
-    began = synchronize_time()
-    _, lengths = encoder.encode_counted(texts, max_length, batch_size=batch_size, desc="pipeline encode")
-    seconds = synchronize_time() - began
+    extra = {}
+    with tempfile.TemporaryDirectory() as folder:
+        if pretokenized:
+            tokens, began = Path(folder) / "tokens.parquet", time.perf_counter()
+            write_tokens(encoder.tokenizer, texts, max_length, tokens)
+            extra["tokenize_seconds"] = time.perf_counter() - began
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        began = synchronize_time()
+        if pretokenized:
+            chunks = iter_token_chunks(tokens, 0, len(texts), TOKENIZE_CHUNK)
+            _, lengths = encoder.encode_tokens(chunks, len(texts), batch_size=batch_size, desc="pretokenized encode")
+        else:
+            _, lengths = encoder.encode_counted(texts, max_length, batch_size=batch_size, desc="pipeline encode")
+        seconds = synchronize_time() - began
     total = flops(encoder.model.config, non_embedding_parameters(encoder.model), lengths)
     return {
         "docs": docs,
@@ -91,8 +113,17 @@ def pipeline(model_path: str, docs: int, batch_size: int, max_length: int) -> di
         "mfu_matmul_peak": total / seconds / MATMUL_PEAK,
         "mfu_spec": total / seconds / SPEC_PEAK,
         "seconds": seconds,
-        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else None,
+        **extra,
     }
+
+
+def write_tokens(tokenizer, texts: list[str], max_length: int, path: Path) -> None:
+    """The `tokenize` stage's file for ``texts`` (ids are row numbers)."""
+    with pq.ParquetWriter(path, TOKENS_SCHEMA, compression="zstd") as writer:
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            ids, lengths = token_chunk(tokenizer, texts[start : start + TOKENIZE_CHUNK], max_length)
+            writer.write_table(token_rows([str(i) for i in range(start, start + len(lengths))], ids, lengths))
 
 
 def main() -> None:
@@ -112,8 +143,10 @@ def main() -> None:
         "torch": torch.__version__,
         "bare": bare(model, args.batch_size, args.max_length, args.bare_batches),
         "pipeline": pipeline(model, args.docs, args.batch_size, args.max_length),
+        "pretokenized": pipeline(model, args.docs, args.batch_size, args.max_length, pretokenized=True),
     }
-    result["pipeline_vs_bare_tokens"] = result["pipeline"]["tokens_per_s"] / result["bare"]["tokens_per_s"]
+    for name in ("pipeline", "pretokenized"):
+        result[f"{name}_vs_bare_tokens"] = result[name]["tokens_per_s"] / result["bare"]["tokens_per_s"]
     text = json.dumps(result, indent=2, default=float)
     print(text)
     if args.out:

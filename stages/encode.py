@@ -1,7 +1,8 @@
 """Stage `encode`: embed one contiguous shard of the corpus (or of a split's queries) with an encoder.
 
-Inputs: ``prepared`` (a `prepare` artifact) and optionally ``model`` (a training artifact; its ``model/`` folder is
-the encoder and wins over the ``model`` param). Shard i of n holds rows [i*N/n, (i+1)*N/n) in file order, so the
+Inputs: ``prepared`` (a `prepare` artifact), optionally ``model`` (a training artifact; its ``model/`` folder is
+the encoder and wins over the ``model`` param) and ``tokens`` (a `tokenize` artifact of the corpus: its ids are
+encoded instead of tokenizing the texts here; the encoder's tokenizer and ``max_length`` must match it). Shard i of n holds rows [i*N/n, (i+1)*N/n) in file order, so the
 shards concatenated in order are the whole table. Output: embeddings.parquet (id, embedding: fixed-size list of
 float16 or float32) and summary.json (rows, dim, seconds, texts/s, non-padding tokens/s). Runs on the GPU when
 there is one (bf16 autocast there by default).
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Mapping
 
 from stages.cli import run_stage
-from stages.errors import ConfigError
-from stages.tables import read_corpus, read_queries, write_embeddings
+from stages.errors import ArtifactError, ConfigError
+from stages.tables import iter_token_chunks, read_corpus, read_queries, write_embeddings
 
 VERSION = 1
 log = logging.getLogger("stages.encode")
 
 EMBEDDINGS = "embeddings.parquet"
+TOKENS = "tokens.parquet"  # the tokenize stage's output
 WHAT = ("corpus", "queries")
 DTYPES = ("float16", "float32")
 
@@ -70,10 +72,29 @@ def shard_range(rows: int, shard: int, num_shards: int) -> tuple[int, int]:
     return shard * rows // num_shards, (shard + 1) * rows // num_shards
 
 
+def check_tokens(artifact: Path, encoder, max_length: int, rows: int) -> None:
+    """The `tokenize` artifact holds this encoder's tokenization of the corpus's ``rows`` rows at this length."""
+    import json
+
+    from stages.models import tokenizer_fingerprint
+
+    summary = json.loads((artifact / "summary.json").read_text())
+    mine = {"tokenizer": tokenizer_fingerprint(encoder.tokenizer), "max_length": max_length}
+    theirs = {key: summary[key] for key in mine}
+    if mine != theirs or summary["rows"] != rows:
+        raise ArtifactError(
+            f"the tokens input does not fit this encoder: it has {theirs} for {summary['rows']} rows, the encoder "
+            f"needs {mine} for {rows}",
+            path=artifact,
+            fix="tokenize with the encoder's own tokenizer and doc_max_length (the plan does this unless an "
+            "experiment's encoder has a tokenizer of its own)",
+        )
+
+
 def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
     import torch
 
-    from stages.models import document_texts, load_encoder, model_spec
+    from stages.models import TOKENIZE_CHUNK, document_texts, load_encoder, model_spec
 
     check_params(params)
     if params.what == "corpus":
@@ -82,7 +103,8 @@ def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> d
     else:
         table = read_queries(inputs["prepared"], params.split)
         ids_column, texts_of = "query_id", lambda frame: frame["text"].tolist()
-    start, stop = shard_range(len(table), params.shard, params.num_shards)
+    total = len(table)
+    start, stop = shard_range(total, params.shard, params.num_shards)
     table = table.iloc[start:stop]
     ids, texts = table[ids_column].tolist(), texts_of(table)
 
@@ -90,14 +112,15 @@ def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> d
     encoder = load_encoder(spec, pooling=params.pooling, normalize=params.normalize)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder.to(device)
+    options = {"batch_size": params.batch_size, "autocast": params.autocast}
+    options["desc"] = f"encode {params.what} {params.shard + 1}/{params.num_shards}"
     began = time.perf_counter()
-    embeddings, lengths = encoder.encode_counted(
-        texts,
-        params.max_length,
-        batch_size=params.batch_size,
-        autocast=params.autocast,
-        desc=f"encode {params.what} {params.shard + 1}/{params.num_shards}",
-    )
+    if "tokens" in inputs and params.what == "corpus":
+        check_tokens(Path(inputs["tokens"]), encoder, params.max_length, total)
+        chunks = iter_token_chunks(Path(inputs["tokens"]) / TOKENS, start, stop, TOKENIZE_CHUNK)
+        embeddings, lengths = encoder.encode_tokens(chunks, len(ids), **options)
+    else:
+        embeddings, lengths = encoder.encode_counted(texts, params.max_length, **options)
     seconds = time.perf_counter() - began
     write_embeddings(Path(out_dir) / EMBEDDINGS, ids, embeddings, params.dtype)
     log.info("encoded %d %s rows [%d, %d) on %s in %.1f s", len(ids), params.what, start, stop, device, seconds)

@@ -15,7 +15,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -32,8 +32,11 @@ MODEL_SUBDIR = "model"
 """Training artifacts keep their encoder in this subfolder."""
 POOLINGS = ("mean", "cls")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-TOKENIZE_CHUNK = 16384  # texts tokenized at a time, ahead of the GPU
-"""Texts tokenised at a time when measuring lengths (keeps only the lengths, not the tokens)."""
+TOKENIZE_CHUNK = 16384
+"""Texts tokenized (and sent to the device) at a time."""
+T = TypeVar("T")
+TokenChunk = tuple[int, np.ndarray, np.ndarray]
+"""(first row, token ids (n, longest) int64 padded, tokens per row) of consecutive rows."""
 
 
 def resolve_model(spec: str) -> str:
@@ -119,25 +122,38 @@ class Encoder(torch.nn.Module):
         """Embeddings (len(texts), dim) float32 in input order; see `encode_counted` for the options."""
         return self.encode_counted(texts, max_length, **options)[0]
 
-    @torch.inference_mode()
     def encode_counted(
         self,
         texts: list[str],
         max_length: int,
+        chunk_size: int = TOKENIZE_CHUNK,
+        **options,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings (len(texts), dim) float32 in input order, tokens per text after truncation).
+
+        `encode_tokens` over chunks of ``chunk_size`` texts that its worker thread tokenizes ahead of the GPU (as
+        numpy arrays, no Python lists); ``options`` are its options.
+        """
+        starts = range(0, len(texts), chunk_size)
+        chunks = ((s, *self._token_chunk(texts[s : s + chunk_size], max_length)) for s in starts)
+        return self.encode_tokens(chunks, len(texts), **options)
+
+    @torch.inference_mode()
+    def encode_tokens(
+        self,
+        chunks: Iterable[TokenChunk],
+        rows: int,
         batch_size: int = 128,
         device: str | torch.device | None = None,
         autocast: str | None = "auto",
         progress: bool = True,
         desc: str = "encode",
-        chunk_size: int = TOKENIZE_CHUNK,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings (len(texts), dim) float32 in input order, tokens per text after truncation).
+        """Embeddings and token counts of ``rows`` texts given as token chunks (first row, ids padded, lengths).
 
-        Pipelined for throughput: a worker thread tokenizes chunks of ``chunk_size`` texts ahead of the GPU (as numpy
-        arrays, no Python lists); each chunk goes to the device in one copy; within it, batches hold texts of
-        similar length (longest first) cut to their longest, and results come back once per chunk. ``device`` moves the
-        encoder there first (default: where it is). ``autocast``: 'bf16', 'fp16', None/'none' (off), or 'auto'
-        (bf16 on CUDA, off on CPU).
+        A worker thread produces the chunks (tokenizing or reading them) up to two ahead of the GPU. Each chunk goes to the device in one copy; within it, batches hold texts of similar length (longest first)
+        cut to their longest, and results come back once per chunk. ``device`` moves the encoder there first
+        (default: where it is). ``autocast``: 'bf16', 'fp16', None/'none' (off), or 'auto' (bf16 on CUDA, off on CPU).
         """
         if device is not None:
             self.to(device)
@@ -149,52 +165,69 @@ class Encoder(torch.nn.Module):
         dtype, enabled = AUTOCAST_DTYPES.get(autocast, torch.bfloat16), autocast in AUTOCAST_DTYPES
         was_training = self.training
         self.eval()
-        embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
-        lengths = np.zeros(len(texts), dtype=np.int64)
-        bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
-        starts = list(range(0, len(texts), chunk_size))
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = [pool.submit(self._token_chunk, texts[s : s + chunk_size], max_length) for s in starts[:2]]
-            for number, start in enumerate(starts):
-                ids, chunk_lengths = pending.pop(0).result()
-                if number + 2 < len(starts):  # keep one chunk tokenizing ahead
-                    s = starts[number + 2]
-                    pending.append(pool.submit(self._token_chunk, texts[s : s + chunk_size], max_length))
-                # the chunk's ids go to the device at once; batches are slices of it (no per-batch copies)
-                ids_on_device = torch.from_numpy(ids).to(device)
-                lengths_on_device = torch.from_numpy(chunk_lengths).to(device)
-                positions = torch.arange(ids.shape[1], device=device)
-                order = np.argsort(-chunk_lengths, kind="stable")
-                # batch rows are slices of a device tensor: a host-to-device copy per batch would wait for the GPU
-                # to finish the previous batch and serialise Python's kernel launches with the GPU's work
-                order_on_device = torch.from_numpy(order).to(device)
-                outputs = []
-                for b in range(0, len(order), batch_size):
-                    rows = order_on_device[b : b + batch_size]
-                    longest = int(chunk_lengths[order[b]])
-                    input_ids = ids_on_device[rows, :longest]
-                    mask = (positions[:longest] < lengths_on_device[rows, None]).long()
-                    with torch.autocast(device.type, dtype=dtype, enabled=enabled):
-                        outputs.append(self(input_ids, mask))
-                    bar.update(len(rows))
-                embeddings[start + order] = torch.cat(outputs).cpu().numpy()
-                lengths[start : start + len(order)] = chunk_lengths
+        embeddings = np.empty((rows, self.dim), dtype=np.float32)
+        lengths = np.zeros(rows, dtype=np.int64)
+        bar = tqdm(total=rows, desc=desc, unit="text", disable=not progress)
+        for start, ids, chunk_lengths in prefetched(chunks):
+            # the chunk's ids go to the device at once; batches are slices of it (no per-batch copies)
+            ids_on_device = torch.from_numpy(ids).to(device)
+            lengths_on_device = torch.from_numpy(chunk_lengths).to(device)
+            positions = torch.arange(ids.shape[1], device=device)
+            order = np.argsort(-chunk_lengths, kind="stable")
+            # batch rows are slices of a device tensor: a host-to-device copy per batch would wait for the GPU
+            # to finish the previous batch and serialise Python's kernel launches with the GPU's work
+            order_on_device = torch.from_numpy(order).to(device)
+            outputs = []
+            for b in range(0, len(order), batch_size):
+                batch_rows = order_on_device[b : b + batch_size]
+                longest = int(chunk_lengths[order[b]])
+                input_ids = ids_on_device[batch_rows, :longest]
+                mask = (positions[:longest] < lengths_on_device[batch_rows, None]).long()
+                with torch.autocast(device.type, dtype=dtype, enabled=enabled):
+                    outputs.append(self(input_ids, mask))
+                bar.update(len(batch_rows))
+            embeddings[start + order] = torch.cat(outputs).cpu().numpy()
+            lengths[start : start + len(order)] = chunk_lengths
         bar.close()
         self.train(was_training)
         return embeddings, lengths
 
     def _token_chunk(self, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids (n, longest) int64 padded, tokens per text): special tokens included, truncated to max_length."""
-        encoded = self.tokenizer(
-            [str(t).strip() for t in texts],
-            padding="longest",
-            truncation=True,
-            max_length=max_length,
-            return_token_type_ids=False,
-            return_tensors="np",
-        )
-        return encoded["input_ids"].astype(np.int64), encoded["attention_mask"].sum(axis=1).astype(np.int64)
+        return token_chunk(self.tokenizer, texts, max_length)
 
+
+def prefetched(items: Iterable[T], ahead: int = 2) -> Iterator[T]:
+    """``items`` made by a worker thread, up to ``ahead`` of them before the consumer asks."""
+    iterator, done = iter(items), object()
+    with ThreadPoolExecutor(max_workers=1) as pool:  # one worker: the next() calls run in order
+        pending = [pool.submit(next, iterator, done) for _ in range(ahead)]
+        while (item := pending.pop(0).result()) is not done:
+            pending.append(pool.submit(next, iterator, done))
+            yield item
+
+
+def token_chunk(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (n, longest) int64 padded, tokens per text): special tokens included, truncated to max_length."""
+    encoded = tokenizer(
+        [str(t).strip() for t in texts],
+        padding="longest",
+        truncation=True,
+        max_length=max_length,
+        return_token_type_ids=False,
+        return_tensors="np",
+    )
+    return encoded["input_ids"].astype(np.int64), encoded["attention_mask"].sum(axis=1).astype(np.int64)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short sha256 of what turns text into ids (vocabulary, normaliser, pre-tokeniser, special tokens), not of
+    the truncation or padding state: two encoders with equal fingerprints tokenize every text alike."""
+    import hashlib
+
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _parse_normalize(value: bool | str) -> bool | None:
@@ -253,7 +286,7 @@ def saved_head(path: str) -> tuple[str, bool]:
 
 def load_encoder(spec: str | Path, pooling: str = "auto", normalize: bool | str = "auto") -> Encoder:
     """An Encoder with float32 parameters whatever the checkpoint's dtype; 'auto' keeps the model's own head."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     path = resolve_model(str(spec))
     local = Path(path).is_dir()
@@ -262,7 +295,7 @@ def load_encoder(spec: str | Path, pooling: str = "auto", normalize: bool | str 
     normalize_flag = _parse_normalize(normalize)
     try:
         model = AutoModel.from_pretrained(path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        tokenizer = load_tokenizer(path)
     except (OSError, ValueError) as error:
         if local:
             raise ConfigError(
@@ -284,6 +317,12 @@ def load_encoder(spec: str | Path, pooling: str = "auto", normalize: bool | str 
     )
     log.info("loaded %s (pooling %s, normalize %s)", path, encoder.pooling, encoder.normalize)
     return encoder
+
+
+def load_tokenizer(spec: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(str(spec)), trust_remote_code=False)
 
 
 def save_encoder(encoder: Encoder, out_dir: Path, max_seq_length: int = 256) -> None:

@@ -411,6 +411,10 @@ class Chain:
     # --- dense retrieval --------------------------------------------------------------------------------------
     def shards(self, encoder: Node | None, prefix: str = "") -> list[Node]:
         encode, lengths = self.section("encode"), self.section("encoder")
+        # the corpus tokenized once by the base encoder's tokenizer, which every trained encoder keeps
+        tokenize = {"model": lengths["model"], "max_length": lengths["doc_max_length"]}
+        corpus = {"prepared": self.roles["prepare"], **self.base_model_inputs()}
+        tokens = self.add("tokenize", "tokenize", tokenize, corpus)
         nodes = []
         for shard in range(encode["num_shards"]):
             params = {
@@ -424,7 +428,7 @@ class Chain:
                 "dtype": encode["dtype"],
                 "autocast": encode["autocast"],
             }
-            inputs = {"prepared": self.roles["prepare"], **self.model_inputs(encoder)}
+            inputs = {"prepared": self.roles["prepare"], "tokens": tokens, **self.model_inputs(encoder)}
             nodes.append(self.add(f"{prefix}encode-{shard}", "encode", params, inputs))
         return nodes
 

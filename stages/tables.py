@@ -115,3 +115,38 @@ def read_embeddings(paths: Iterable[Path]) -> tuple[list[str], np.ndarray]:
         ids += batch_ids
         blocks.append(block)
     return ids, np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)
+
+
+TOKENS_SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32()))])
+
+
+def token_rows(ids: list[str], token_ids: np.ndarray, lengths: np.ndarray) -> pa.Table:
+    """Rows of (id, token ids without padding) from a padded (n, longest) id matrix and the tokens per row."""
+    keep = np.arange(token_ids.shape[1]) < lengths[:, None]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = pa.array(token_ids[keep].astype(np.int32))
+    return pa.Table.from_arrays([pa.array(ids, pa.string()), pa.ListArray.from_arrays(offsets, values)], schema=TOKENS_SCHEMA)
+
+
+def iter_token_chunks(path: Path, start: int, stop: int, chunk_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Rows [start, stop) of a tokens file as (first row counted from ``start``, ids (n, longest) int64 padded with 0,
+    tokens per row), ``chunk_rows`` rows at a time."""
+    parquet = pq.ParquetFile(path)
+    groups, first_row, row = [], None, 0  # read only the row groups that hold [start, stop)
+    for number in range(parquet.num_row_groups):
+        count = parquet.metadata.row_group(number).num_rows
+        if row + count > start and row < stop:
+            groups.append(number)
+            first_row = row if first_row is None else first_row
+        row += count
+    if not groups:
+        return
+    table = parquet.read_row_groups(groups, columns=["input_ids"]).slice(start - first_row, stop - start)
+    for first in range(0, len(table), chunk_rows):
+        column = table.column("input_ids").slice(first, chunk_rows).combine_chunks()
+        offsets = column.offsets.to_numpy()
+        lengths = np.diff(offsets).astype(np.int64)
+        values = column.values.to_numpy()[offsets[0] : offsets[-1]]
+        padded = np.zeros((len(lengths), int(lengths.max(initial=0))), dtype=np.int64)
+        padded[np.arange(padded.shape[1]) < lengths[:, None]] = values
+        yield first, padded, lengths

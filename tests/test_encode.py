@@ -81,3 +81,29 @@ def test_cli_needs_every_param_and_writes_an_artifact(prepared, tiny_model_dir, 
 def test_bad_params_are_config_errors(prepared, tmp_path, bad):
     with pytest.raises(ConfigError):
         run_encode(prepared, tmp_path / "out", **bad)
+
+
+def test_encoding_pretokenized_ids_equals_encoding_the_texts(prepared, tiny_model_dir, tmp_path):
+    from stages import tokenize
+    from stages.errors import ArtifactError
+
+    tokens = tmp_path / "tokens"
+    params = json.dumps({"model": str(tiny_model_dir), "max_length": 64})
+    argv = [str(tokens), "--no-check-key", "--params", params, "--inputs", json.dumps({"prepared": str(prepared)})]
+    assert tokenize.main(argv) == 0
+    summary = json.loads((tokens / "summary.json").read_text())
+    assert summary["rows"] == len(read_corpus(prepared)) and (tokens / tokenize.TOKENS).is_file()
+    common = {"model": str(tiny_model_dir), "max_length": 64, "batch_size": 16, "dtype": "float32", "num_shards": 2}
+    counted = 0
+    for shard in range(2):
+        texts = run_encode(prepared, tmp_path / f"texts{shard}", shard=shard, **common)
+        ids = run_encode(prepared, tmp_path / f"ids{shard}", {"tokens": tokens}, shard=shard, **common)
+        assert (ids["rows"], ids["tokens"]) == (texts["rows"], texts["tokens"])
+        from_texts = read_embeddings([tmp_path / f"texts{shard}" / EMBEDDINGS])
+        from_ids = read_embeddings([tmp_path / f"ids{shard}" / EMBEDDINGS])
+        assert from_ids[0] == from_texts[0]
+        np.testing.assert_array_equal(from_ids[1], from_texts[1])
+        counted += ids["tokens"]
+    assert summary["tokens"] == counted
+    with pytest.raises(ArtifactError, match="does not fit this encoder"):  # tokenized at another length
+        run_encode(prepared, tmp_path / "wrong", {"tokens": tokens}, **{**common, "max_length": 32})

@@ -55,6 +55,7 @@ def test_trained_methods_run_per_seed_and_share_untrained_upstream(tmp_path, sci
     ]  # fmt: skip
     stages = Counter(node.stage for node in plan.nodes())
     assert stages["train_warmup"] == 2 and stages["train_star"] == 3 and stages["prepare"] == 1
+    assert stages["tokenize"] == 1  # the corpus is tokenized once for every encoder
     star, star_pq, warmup = (plan.experiments[f"{n}/seed-1"] for n in ("star", "star-pq", "warmup"))
     assert star["star"] is star_pq["star"] and star["warmup"] is warmup["warmup"]
     assert star["index"].params["kind"] == "flat" and star_pq["index"].params["kind"] == "pq"

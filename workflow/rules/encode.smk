@@ -1,3 +1,27 @@
+rule tokenize_corpus:
+    input:
+        unpack(stage_inputs("tokenize")),
+    output:
+        artifact=directory("results/tokenize/{key}"),
+    params:
+        stage=stage_params("tokenize"),
+        inputs=stage_input_json("tokenize"),
+    log:
+        "results/logs/tokenize/{key}.log",
+    benchmark:
+        "results/benchmarks/tokenize/{key}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/dense.yaml"
+    container:
+        CONTAINER
+    shell:
+        "python -m stages.tokenize {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+
+
 rule encode_corpus:
     input:
         unpack(stage_inputs("encode")),
