@@ -151,8 +151,9 @@ class Encoder(torch.nn.Module):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings and token counts of ``rows`` texts given as token chunks (first row, ids padded, lengths).
 
-        A worker thread produces the chunks (tokenizing or reading them) up to two ahead of the GPU. Each chunk goes to the device in one copy; within it, batches hold texts of similar length (longest first)
-        cut to their longest, and results come back once per chunk. ``device`` moves the encoder there first
+        A worker thread produces the chunks (tokenizing or reading them) up to two ahead of the GPU. Each chunk goes
+        to the device in one copy; within it, batches hold texts of similar length (longest first) cut to their
+        longest, and results come back once per chunk. ``device`` moves the encoder there first
         (default: where it is). ``autocast``: 'bf16', 'fp16', None/'none' (off), or 'auto' (bf16 on CUDA, off on CPU).
         """
         if device is not None:
