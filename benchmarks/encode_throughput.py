@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 
-from stages.models import TOKENIZE_CHUNK, document_texts, load_encoder, resolve_model, token_chunk
-from stages.tables import TOKENS_SCHEMA, iter_token_chunks, token_rows
+from stages.models import TOKENIZE_CHUNK, document_texts, load_encoder, resolve_model
+from stages.tables import iter_token_chunks
+from stages.tokenize import write_tokens
 
 SCIFACT = Path(__file__).resolve().parent.parent / "resources" / "scifact" / "corpus.jsonl.gz"
 MATMUL_PEAK, SPEC_PEAK = 798e12, 989e12
@@ -92,7 +92,7 @@ def pipeline(model_path: str, docs: int, batch_size: int, max_length: int, preto
     with tempfile.TemporaryDirectory() as folder:
         if pretokenized:
             tokens, began = Path(folder) / "tokens.parquet", time.perf_counter()
-            write_tokens(encoder.tokenizer, texts, max_length, tokens)
+            write_tokens(encoder.tokenizer, [str(i) for i in range(len(texts))], texts, max_length, tokens)
             extra["tokenize_seconds"] = time.perf_counter() - began
         if DEVICE == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -116,14 +116,6 @@ def pipeline(model_path: str, docs: int, batch_size: int, max_length: int, preto
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else None,
         **extra,
     }
-
-
-def write_tokens(tokenizer, texts: list[str], max_length: int, path: Path) -> None:
-    """The `tokenize` stage's file for ``texts`` (ids are row numbers)."""
-    with pq.ParquetWriter(path, TOKENS_SCHEMA, compression="zstd") as writer:
-        for start in range(0, len(texts), TOKENIZE_CHUNK):
-            ids, lengths = token_chunk(tokenizer, texts[start : start + TOKENIZE_CHUNK], max_length)
-            writer.write_table(token_rows([str(i) for i in range(start, start + len(lengths))], ids, lengths))
 
 
 def main() -> None:

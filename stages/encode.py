@@ -10,6 +10,7 @@ there is one (bf16 autocast there by default).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -20,12 +21,12 @@ from typing import Mapping
 from stages.cli import run_stage
 from stages.errors import ArtifactError, ConfigError
 from stages.tables import iter_token_chunks, read_corpus, read_queries, write_embeddings
+from stages.tokenize import TOKENS
 
 VERSION = 1
 log = logging.getLogger("stages.encode")
 
 EMBEDDINGS = "embeddings.parquet"
-TOKENS = "tokens.parquet"  # the tokenize stage's output
 WHAT = ("corpus", "queries")
 DTYPES = ("float16", "float32")
 
@@ -74,8 +75,6 @@ def shard_range(rows: int, shard: int, num_shards: int) -> tuple[int, int]:
 
 def check_tokens(artifact: Path, encoder, max_length: int, rows: int) -> None:
     """The `tokenize` artifact holds this encoder's tokenization of the corpus's ``rows`` rows at this length."""
-    import json
-
     from stages.models import tokenizer_fingerprint
 
     summary = json.loads((artifact / "summary.json").read_text())

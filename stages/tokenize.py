@@ -42,19 +42,15 @@ class TokenizeParams:
 
 
 def tokenize(params: TokenizeParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
-    from stages.models import document_texts, load_tokenizer, token_chunk, tokenizer_fingerprint
+    from stages.models import document_texts, load_tokenizer, tokenizer_fingerprint
 
     if params.max_length < 2:
         raise ConfigError(f"tokenize max_length={params.max_length}", fix="use max_length >= 2")
     corpus = read_corpus(inputs["prepared"])
     ids, texts = corpus["doc_id"].tolist(), document_texts(corpus)
     tokenizer = load_tokenizer(params.model)
-    began, tokens = time.perf_counter(), 0
-    with pq.ParquetWriter(Path(out_dir) / TOKENS, TOKENS_SCHEMA, compression="zstd") as writer:
-        for start in tqdm(range(0, len(texts), CHUNK), desc="tokenize", unit="chunk"):
-            token_ids, lengths = token_chunk(tokenizer, texts[start : start + CHUNK], params.max_length)
-            writer.write_table(token_rows(ids[start : start + CHUNK], token_ids, lengths))
-            tokens += int(lengths.sum())
+    began = time.perf_counter()
+    tokens = write_tokens(tokenizer, ids, texts, params.max_length, Path(out_dir) / TOKENS)
     seconds = time.perf_counter() - began
     log.info("tokenized %d documents (%d tokens) in %.1f s", len(ids), tokens, seconds)
     return {
@@ -65,6 +61,19 @@ def tokenize(params: TokenizeParams, inputs: Mapping[str, Path], out_dir: Path) 
         "seconds": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
     }
+
+
+def write_tokens(tokenizer, ids: list[str], texts: list[str], max_length: int, path: Path) -> int:
+    """``texts`` tokenized into a tokens file, CHUNK at a time; returns the number of tokens written."""
+    from stages.models import token_chunk
+
+    tokens = 0
+    with pq.ParquetWriter(path, TOKENS_SCHEMA, compression="zstd") as writer:
+        for start in tqdm(range(0, len(texts), CHUNK), desc="tokenize", unit="chunk"):
+            token_ids, lengths = token_chunk(tokenizer, texts[start : start + CHUNK], max_length)
+            writer.write_table(token_rows(ids[start : start + CHUNK], token_ids, lengths))
+            tokens += int(lengths.sum())
+    return tokens
 
 
 def main(argv: list[str] | None = None) -> int:
