@@ -11,6 +11,7 @@ set -uo pipefail
 config=$1; shift
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast off
 tar -xJf .gpu/all-MiniLM-L6-v2-fp16.tar.xz -C /tmp
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 timeout "${PLAN_TIMEOUT:-3600}" python3 -m stages.run_plan --keep-going --deadline "${PLAN_DEADLINE:-0}" --configfile "$config" ${PLAN_ARGS:-} > "$OUT/run_plan.txt" 2>&1

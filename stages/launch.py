@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 POLL_SECONDS = 2.0
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def gpu_pool() -> list[str]:
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             gpus = 1  # no GPU here: one process on the CPU
     if gpus > 1:
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off (see the GPU notes in README)
+        for variable, value in MULTICAST_OFF.items():  # NVLink multicast off (see the GPU notes in README)
+            os.environ.setdefault(variable, value)
     command = stage_command(options.module, options.args, gpus)
     os.execv(command[0], command)
     return 0  # not reached
