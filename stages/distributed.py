@@ -163,7 +163,11 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     if not active():
         return model
     on = next(model.parameters()).device
-    return DistributedDataParallel(model, device_ids=[on.index] if on.type == "cuda" else None, static_graph=True)
+    # broadcast_buffers off: the buffers (BERT's position and token-type ids) are constants, and broadcasting them in
+    # place at every forward breaks backward when a step runs the model more than once (queries, then documents)
+    return DistributedDataParallel(
+        model, device_ids=[on.index] if on.type == "cuda" else None, static_graph=True, broadcast_buffers=False
+    )
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
