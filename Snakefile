@@ -2,7 +2,12 @@
 # Run: snakemake --cores all   (README.md). Every artifact lives in results/<stage>/<key>/.
 
 
-configfile: "config.yaml"
+# A --configfile replaces config.yaml rather than being merged over it (Snakemake's default), so that a config such
+# as workflow/configs/paper.yaml gets the schema's defaults, not config.yaml's CPU-sized ones, for what it leaves out:
+# the same config that `python -m stages.run_plan --configfile` reads.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"

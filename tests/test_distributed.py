@@ -77,6 +77,9 @@ def star_step(model: str, prepared: str, negatives: str, case: str) -> dict[str,
     data = star_training_data(params, {"prepared": Path(prepared), "negatives": Path(negatives)})
     batch = crossed_batch(sample_batch(data, params, 0, 0), params.hard_negatives_per_query)
     trained = distributed.wrap(load_encoder(model))
+    # with NCCL on two H100s, broadcasting BERT's id buffers at each forward broke the backward of STAR's two
+    # forwards a step (gloo on CPU does not show it): the wrapper must not broadcast buffers
+    assert not distributed.active() or trained.broadcast_buffers is False
     loss, extras = star_batch_loss(trained, data, params, batch, CPU)
     return finish_step(trained, loss, extras)
 

@@ -147,3 +147,24 @@ def test_run_plan_makes_the_same_artifacts_without_snakemake(workdir):
     assert (workdir / "results" / "runs" / "bm25" / "score-test" / "metrics.json").is_file()
     again = subprocess.run([sys.executable, "-m", "stages.run_plan", "-n"], cwd=workdir, capture_output=True, text=True)
     assert "0 of 4 artifacts to make" in again.stdout
+
+
+def test_a_configfile_replaces_config_yaml_as_run_plan_reads_it(workdir, scifact_slice):
+    """`snakemake --configfile other.yaml` must plan what `run_plan --configfile other.yaml` plans: config.yaml's
+    values must not leak into keys the other file leaves out (here config.yaml's BM25 depth and k1)."""
+    other = workdir / "other.yaml"
+    other.write_text(yaml.safe_dump({
+        "dataset": {"path": str(scifact_slice), "dev_fraction": 0.25},
+        "evaluate": {"splits": ["test"]},
+        "experiments": [{"name": "bm25", "method": "bm25"}],
+    }))  # fmt: skip
+    dry = snakemake(workdir, "-n", "--configfile", str(other)).stdout
+    planned = set(re.findall(r"results/(\w+)/([0-9a-f]{16})\b", dry))
+    listing = subprocess.run(
+        [sys.executable, "-m", "stages.run_plan", "-n", "--configfile", str(other)],
+        cwd=workdir, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    expected = set(re.findall(r"\] (\w+) ([0-9a-f]{16})$", listing, re.MULTILINE))
+    assert expected and planned == expected
+    merged = snakemake(workdir, "-n", "--configfile", str(workdir / "config.yaml"), str(other)).stdout
+    assert set(re.findall(r"results/(\w+)/([0-9a-f]{16})\b", merged)) != expected  # both named: merged in order
