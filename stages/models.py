@@ -187,7 +187,7 @@ class Encoder(torch.nn.Module):
                 with torch.autocast(device.type, dtype=dtype, enabled=enabled):
                     outputs.append(self(input_ids, mask))
                 bar.update(len(batch_rows))
-            embeddings[start + order] = torch.cat(outputs).cpu().numpy()
+            embeddings[start + order] = torch.cat(outputs).float().cpu().numpy()  # bf16 weights: float first
             lengths[start : start + len(order)] = chunk_lengths
         bar.close()
         self.train(was_training)
