@@ -27,8 +27,9 @@ from pathlib import Path
 
 from repeated_corpus import write_repeated
 
+from stages.run_plan import TRAINING_STAGES as TRAINERS
+
 RESULTS = Path("results")
-TRAINERS = ("train_warmup", "train_star", "train_adore")
 
 
 def snakemake(args: list[str], gpus: int, log: Path, timeout: float) -> dict:
