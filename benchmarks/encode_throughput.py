@@ -1,16 +1,19 @@
 """Corpus-encoding throughput of the pipeline's encoder against the bare model, on a GPU.
 
-- pipeline: `stages.models.Encoder.encode_counted` (the `encode` stage without a ``tokens`` input: tokenisation in a
-  worker thread, length-sorted dynamic-padding batches, bf16 autocast, pooling + normalisation) over SciFact's
-  documents repeated to ``--docs`` texts, so the lengths follow SciFact's distribution;
-- pretokenized: what the `encode` stage runs with a ``tokens`` input: the same texts tokenized once into a tokens
-  Parquet file (the `tokenize` stage's format; its time reported apart), then `Encoder.encode_tokens` over its chunks;
+- pretokenized: what the `encode` stage runs with a ``tokens`` input: SciFact's documents repeated to ``--docs``
+  texts (so the lengths follow SciFact's) as a tokens Parquet file (the `tokenize` stage's format, written from one
+  tokenization of the distinct documents; the stage's own speed is timed apart on ``--tokenize-docs`` texts), then
+  `Encoder.encode_tokens` over its chunks as the stage runs it: bf16 weights (`Encoder.for_inference`), packed
+  batches (no padding; flash variable-length attention), pooling + normalisation;
+- pipeline: the same tokenizing on the fly (`Encoder.encode_counted`, the `encode` stage without ``tokens``);
 - bare: `transformers.AutoModel` with bf16 weights on full batches of ``--max-length`` random tokens (no tokeniser,
   no padding, no pooling): the ceiling.
 
-Two diagnostics split the gap between them: ``bare_scifact_lengths`` (the bare model on SciFact's lengths, sorted
-batches with a padding mask, inputs made ahead: the data's own cost) and ``pretokenized_bf16_weights`` (the
-pipeline with the encoder cast to bf16 instead of fp32 weights under autocast).
+Diagnostics: ``agreement`` (cosines between the stages' embeddings and padded batches' or float32 weights'),
+``pretokenized_fp32_weights`` (float32 weights under bf16 autocast, as training runs the encoder),
+``pretokenized_padded`` (length-sorted padded batches: the path of models that `stages.packed` does not know),
+``bare_scifact_lengths`` (the bare model on SciFact's lengths in sorted padded batches, inputs made ahead) and
+``profile`` (torch.profiler's busiest kernels in the stages' encoding).
 
 Tokens/s count non-padding tokens only. FLOPs per text: 2 x non-embedding parameters x tokens + attention
 (4 x layers x hidden x tokens^2: QK^T and AV). MFU is against 798 TFLOP/s (a large bf16 matmul on the H100) and the
@@ -25,12 +28,14 @@ import argparse
 import json
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+import stages.packed
 from stages.models import TOKENIZE_CHUNK, document_texts, load_encoder, resolve_model
 from stages.tables import iter_token_chunks
 from stages.tokenize import write_tokens
@@ -110,43 +115,72 @@ def bare_scifact_lengths(model_path: str, batch_size: int, max_length: int, docs
 
 
 def scifact_texts(docs: int) -> list[str]:
-    corpus = pd.read_json(SCIFACT, lines=True, dtype={"_id": str})
-    texts = document_texts(corpus)
-    return (texts * (docs // len(texts) + 1))[:docs]
+    """SciFact's documents repeated to ``docs`` texts; 0: each once."""
+    texts = document_texts(pd.read_json(SCIFACT, lines=True, dtype={"_id": str}))
+    return (texts * (docs // len(texts) + 1))[:docs] if docs else texts
+
+
+def load(model_path: str, weights: str = "bf16"):
+    """The pipeline's encoder on the GPU and the autocast to run it with: ``weights`` 'bf16' is what the stages run
+    (`Encoder.for_inference`: bf16 weights, autocast off); 'fp32' keeps float32 weights under bf16 autocast."""
+    encoder = load_encoder(model_path, pooling="mean", normalize=True).to(DEVICE)
+    return (encoder, encoder.for_inference("bf16")) if weights == "bf16" else (encoder, "bf16")
+
+
+def tokenize(model_path: str, texts: list[str], max_length: int, tokens: Path) -> dict:
+    """The `tokenize` stage's work on ``texts``, timed."""
+    encoder, began = load_encoder(model_path), time.perf_counter()
+    count = write_tokens(encoder.tokenizer, [str(i) for i in range(len(texts))], texts, max_length, tokens)
+    seconds = time.perf_counter() - began
+    return {"docs": len(texts), "seconds": seconds, "tokens_per_s": count / seconds, "docs_per_s": len(texts) / seconds}
+
+
+def repeated_tokens(model_path: str, docs: int, max_length: int, tokens: Path) -> None:
+    """The tokens file of SciFact repeated to ``docs`` texts, written from one tokenization of SciFact's distinct
+    documents (the same ids as tokenizing every copy, without the wait)."""
+    from stages.models import token_chunk
+    from stages.tables import TOKENS_SCHEMA, token_rows
+    import pyarrow.parquet as pq
+
+    distinct = scifact_texts(0)
+    ids, lengths = token_chunk(load_encoder(model_path).tokenizer, distinct, max_length)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    with pq.ParquetWriter(tokens, TOKENS_SCHEMA, compression="zstd") as writer:
+        for start in range(0, docs, len(distinct)):
+            count = min(len(distinct), docs - start)
+            rows = token_rows([str(start + i) for i in range(count)], ids[: offsets[count]], lengths[:count])
+            writer.write_table(rows)
 
 
 def pipeline(
-    model_path: str, docs: int, batch_size: int, max_length: int, pretokenized: bool = False, bf16_weights: bool = False
+    model_path: str,
+    texts: list[str],
+    batch_size: int,
+    max_length: int,
+    tokens: Path | None = None,
+    weights: str = "bf16",
+    padded: bool = False,
 ) -> dict:
-    """``bf16_weights``: the encoder cast to bf16 and autocast off (as the bare model runs), instead of fp32 weights
-    under bf16 autocast."""
-    texts = scifact_texts(docs)
-    encoder = load_encoder(model_path, pooling="mean", normalize=True).to(DEVICE)
-    autocast = "auto"
-    if bf16_weights:
-        encoder, autocast = encoder.to(torch.bfloat16), "none"
-    encoder.encode(texts[:4096], max_length, batch_size=batch_size, autocast=autocast, progress=False)  # warm-up
-    extra = {}
-    with tempfile.TemporaryDirectory() as folder:
-        if pretokenized:
-            tokens, began = Path(folder) / "tokens.parquet", time.perf_counter()
-            write_tokens(encoder.tokenizer, [str(i) for i in range(len(texts))], texts, max_length, tokens)
-            extra["tokenize_seconds"] = time.perf_counter() - began
+    """`Encoder.encode_tokens` over the tokens file's chunks (the `encode` stage with a ``tokens`` input), or
+    `Encoder.encode_counted` tokenizing on the fly when ``tokens`` is None. ``padded``: length-sorted padded batches
+    instead of packed ones (the path for models that `stages.packed` does not know)."""
+    encoder, autocast = load(model_path, weights)
+    options = {"batch_size": batch_size, "autocast": autocast}
+    with packing_switched(not padded):
+        encoder.encode(texts[:4096], max_length, progress=False, **options)  # warm-up
         if DEVICE == "cuda":
             torch.cuda.reset_peak_memory_stats()
         began = synchronize_time()
-        if pretokenized:
+        if tokens is not None:
             chunks = iter_token_chunks(tokens, 0, len(texts), TOKENIZE_CHUNK)
-            _, lengths = encoder.encode_tokens(
-                chunks, len(texts), batch_size=batch_size, autocast=autocast, desc="pretokenized encode"
-            )
+            _, lengths = encoder.encode_tokens(chunks, len(texts), desc="pretokenized encode", **options)
         else:
-            _, lengths = encoder.encode_counted(texts, max_length, batch_size=batch_size, desc="pipeline encode")
+            _, lengths = encoder.encode_counted(texts, max_length, desc="pipeline encode", **options)
         seconds = synchronize_time() - began
     total = flops(encoder.model.config, non_embedding_parameters(encoder.model), lengths)
     return {
-        "docs": docs,
-        "docs_per_s": docs / seconds,
+        "docs": len(texts),
+        "docs_per_s": len(texts) / seconds,
         "tokens_per_s": lengths.sum() / seconds,
         "mean_tokens_per_doc": float(lengths.mean()),
         "tflops": total / seconds / 1e12,
@@ -154,8 +188,53 @@ def pipeline(
         "mfu_spec": total / seconds / SPEC_PEAK,
         "seconds": seconds,
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else None,
-        **extra,
     }
+
+
+@contextmanager
+def packing_switched(on: bool):
+    if on:
+        yield
+        return
+    original = stages.packed.packing_pays
+    stages.packed.packing_pays = lambda model, dtype: False
+    try:
+        yield
+    finally:
+        stages.packed.packing_pays = original
+
+
+def agreement(model_path: str, texts: list[str], batch_size: int, max_length: int) -> dict:
+    """Cosines between embeddings of the same texts: packed vs padded batches (both bf16 weights), and the stages'
+    bf16 weights vs float32 weights under bf16 autocast (both packed)."""
+    runs = {}
+    for name, weights, packed in (("packed", "bf16", True), ("padded", "bf16", False), ("fp32", "fp32", True)):
+        encoder, autocast = load(model_path, weights)
+        with packing_switched(packed):
+            runs[name] = encoder.encode(texts, max_length, batch_size=batch_size, autocast=autocast, progress=False)
+    result = {"docs": len(texts)}
+    for name in ("padded", "fp32"):
+        cosine = (runs["packed"] * runs[name]).sum(1)  # unit vectors
+        result[f"packed_bf16_vs_{name}"] = {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
+    return result
+
+
+def profile(model_path: str, texts: list[str], batch_size: int, max_length: int, tokens: Path) -> dict:
+    """The packed pre-tokenized encoding of ``texts`` (the first rows of the tokens file) under torch.profiler:
+    its busiest kernels and operators, to show where the time goes."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    encoder, autocast = load(model_path)
+    encode = lambda: encoder.encode_tokens(  # noqa: E731
+        iter_token_chunks(tokens, 0, len(texts), TOKENIZE_CHUNK), len(texts), batch_size, autocast=autocast, progress=False
+    )
+    encode()  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with torch_profile(activities=activities) as trace:
+        encode()
+        synchronize_time()
+    sort = "cuda_time_total" if DEVICE == "cuda" else "cpu_time_total"
+    return {"docs": len(texts), "table": trace.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60)}
 
 
 def main() -> None:
@@ -165,28 +244,38 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--bare-batches", type=int, default=200)
+    parser.add_argument("--tokenize-docs", type=int, default=100_000, help="texts the tokenize timing runs on")
+    parser.add_argument("--skip", nargs="*", default=[], help="runs to leave out, by name (e.g. pipeline)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
-    model = resolve_model(args.model)
+    model, texts = resolve_model(args.model), scifact_texts(args.docs)
+    common = (args.batch_size, args.max_length)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    runs = {
-        "bare": lambda: bare(model, args.batch_size, args.max_length, args.bare_batches),
-        "pretokenized": lambda: pipeline(model, args.docs, args.batch_size, args.max_length, pretokenized=True),
-        "bare_scifact_lengths": lambda: bare_scifact_lengths(model, args.batch_size, args.max_length, args.docs),
-        "pretokenized_bf16_weights": lambda: pipeline(
-            model, args.docs, args.batch_size, args.max_length, pretokenized=True, bf16_weights=True
-        ),
-        "pipeline": lambda: pipeline(model, args.docs, args.batch_size, args.max_length),
-    }
-    for name, run in runs.items():  # the result so far is written after each, so a time limit keeps what finished
-        result[name] = run()
-        if name != "bare":
-            result[f"{name}_vs_bare_tokens"] = result[name]["tokens_per_s"] / result["bare"]["tokens_per_s"]
-        text = json.dumps(result, indent=2, default=float)
-        if args.out:
-            args.out.write_text(text + "\n")
+    with tempfile.TemporaryDirectory() as folder:
+        tokens = Path(folder) / "tokens.parquet"
+        runs = {
+            "bare": lambda: bare(model, args.batch_size, args.max_length, args.bare_batches),
+            "agreement": lambda: agreement(model, texts[:16384], *common),
+            "tokenize": lambda: tokenize(model, texts[: args.tokenize_docs], args.max_length, Path(folder) / "t.parquet"),
+            "tokens": lambda: repeated_tokens(model, args.docs, args.max_length, tokens) or {"docs": args.docs},
+            "pretokenized": lambda: pipeline(model, texts, *common, tokens=tokens),
+            "pretokenized_fp32_weights": lambda: pipeline(model, texts, *common, tokens=tokens, weights="fp32"),
+            "pretokenized_padded": lambda: pipeline(model, texts, *common, tokens=tokens, padded=True),
+            "bare_scifact_lengths": lambda: bare_scifact_lengths(model, args.batch_size, args.max_length, args.docs),
+            "profile": lambda: profile(model, texts[:32768], *common, tokens=tokens),
+            "pipeline": lambda: pipeline(model, texts, *common),
+        }
+        runs = {name: run for name, run in runs.items() if name not in args.skip}
+        for name, run in runs.items():  # the result so far is written after each, so a time limit keeps what finished
+            result[name] = run()
+            if "tokens_per_s" in result[name] and name not in ("bare", "tokenize") and "bare" in result:
+                result[f"{name}_vs_bare_tokens"] = result[name]["tokens_per_s"] / result["bare"]["tokens_per_s"]
+            text = json.dumps(result, indent=2, default=float)
+            if args.out:
+                args.out.write_text(text + "\n")
+            print(f"{name}: {json.dumps(result[name], default=float)}", flush=True)
     print(text)
 
 

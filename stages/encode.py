@@ -5,7 +5,7 @@ the encoder and wins over the ``model`` param) and ``tokens`` (a `tokenize` arti
 encoded instead of tokenizing the texts here; the encoder's tokenizer and ``max_length`` must match it). Shard i of n holds rows [i*N/n, (i+1)*N/n) in file order, so the
 shards concatenated in order are the whole table. Output: embeddings.parquet (id, embedding: fixed-size list of
 float16 or float32) and summary.json (rows, dim, seconds, texts/s, non-padding tokens/s). Runs on the GPU when
-there is one (bf16 autocast there by default).
+there is one (bf16 weights there by default; see `Encoder.for_inference`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class EncodeParams:
     normalize: str = "auto"
     """true, false, or 'auto' (the model's own)."""
     autocast: str = "auto"
-    """auto (bf16 on CUDA, none on CPU), bf16, fp16 or none."""
+    """auto (bf16 on CUDA, none on CPU), bf16, fp16 or none; on CUDA bf16/fp16 cast the weights (inference only)."""
 
 
 def check_params(params: EncodeParams) -> None:
@@ -111,7 +111,7 @@ def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> d
     encoder = load_encoder(spec, pooling=params.pooling, normalize=params.normalize)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder.to(device)
-    options = {"batch_size": params.batch_size, "autocast": params.autocast}
+    options = {"batch_size": params.batch_size, "autocast": encoder.for_inference(params.autocast)}
     options["desc"] = f"encode {params.what} {params.shard + 1}/{params.num_shards}"
     began = time.perf_counter()
     if "tokens" in inputs and params.what == "corpus":

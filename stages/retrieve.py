@@ -59,7 +59,11 @@ def retrieve(params: RetrieveParams, inputs: Mapping[str, Path], out_dir: Path) 
 
     began = time.perf_counter()
     embeddings = encoder.encode(
-        queries["text"].tolist(), params.query_max_length, batch_size=params.batch_size, desc="encode queries"
+        queries["text"].tolist(),
+        params.query_max_length,
+        batch_size=params.batch_size,
+        autocast=encoder.for_inference(),
+        desc="encode queries",
     )
     encode_seconds = time.perf_counter() - began
 

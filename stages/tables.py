@@ -121,16 +121,15 @@ TOKENS_SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32(
 
 
 def token_rows(ids: list[str], token_ids: np.ndarray, lengths: np.ndarray) -> pa.Table:
-    """Rows of (id, token ids without padding) from a padded (n, longest) id matrix and the tokens per row."""
-    keep = np.arange(token_ids.shape[1]) < lengths[:, None]
+    """Rows of (id, token ids) from the rows' ids one after another and the tokens per row."""
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = pa.array(token_ids[keep].astype(np.int32))
+    values = pa.array(token_ids.astype(np.int32))
     return pa.Table.from_arrays([pa.array(ids, pa.string()), pa.ListArray.from_arrays(offsets, values)], schema=TOKENS_SCHEMA)
 
 
 def iter_token_chunks(path: Path, start: int, stop: int, chunk_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Rows [start, stop) of a tokens file as (first row counted from ``start``, ids (n, longest) int64 padded with 0,
-    tokens per row), ``chunk_rows`` rows at a time."""
+    """Rows [start, stop) of a tokens file as (first row counted from ``start``, the rows' ids one after another
+    (int64), tokens per row), ``chunk_rows`` rows at a time."""
     parquet = pq.ParquetFile(path)
     groups, first_row, row = [], None, 0  # read only the row groups that hold [start, stop)
     for number in range(parquet.num_row_groups):
@@ -146,7 +145,4 @@ def iter_token_chunks(path: Path, start: int, stop: int, chunk_rows: int) -> Ite
         column = table.column("input_ids").slice(first, chunk_rows).combine_chunks()
         offsets = column.offsets.to_numpy()
         lengths = np.diff(offsets).astype(np.int64)
-        values = column.values.to_numpy()[offsets[0] : offsets[-1]]
-        padded = np.zeros((len(lengths), int(lengths.max(initial=0))), dtype=np.int64)
-        padded[np.arange(padded.shape[1]) < lengths[:, None]] = values
-        yield first, padded, lengths
+        yield first, column.values.to_numpy()[offsets[0] : offsets[-1]].astype(np.int64), lengths

@@ -1,0 +1,165 @@
+"""Padding-free encoding: a batch of texts run as one packed row of tokens, attention kept within each text.
+
+Every linear layer then works on the batch's real tokens only (no padding to the longest text), and the attention
+runs as torch's variable-length flash attention (`torch.nn.attention.varlen`) on CUDA in bf16/fp16. Elsewhere (CPU,
+float32, an older torch) the attention pads the heads to the batch's longest text and masks the padding: the same
+result, used by the tests. It plugs into transformers through its public attention interface
+(`AttentionInterface.register`), switched on only while `packed_implementation` is active, so training and saved
+models keep their own attention.
+
+Packing needs to know how a model numbers positions: models whose type is in `POSITION_START` are packed, others
+are encoded padded (`supports_packing`).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+ATTENTION = "hardneg_packed"
+POSITION_START = {
+    "bert": lambda config: 0,
+    "roberta": lambda config: config.pad_token_id + 1,  # RoBERTa's positions start after its padding id
+    "xlm-roberta": lambda config: config.pad_token_id + 1,
+}
+FLASH_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@dataclass
+class Packing:
+    """Where a batch's texts lie in its packed row of ``sum(lengths)`` tokens (all tensors on the model's device)."""
+
+    offsets: torch.Tensor
+    """int32 (texts + 1,): text i is tokens [offsets[i], offsets[i + 1])."""
+    longest: int
+    """The longest text's tokens (a host int: the attention kernel needs it without a device sync)."""
+    padded_index: torch.Tensor
+    """int64 (tokens,): each token's place in a (texts, longest) padded layout (row * longest + position)."""
+    lengths: torch.Tensor
+    """int64 (texts,)."""
+
+    @property
+    def texts(self) -> int:
+        return len(self.lengths)
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:
+        """(tokens, ...) -> (texts, longest, ...) with zeros where a text is shorter than the longest."""
+        padded = packed.new_zeros((self.texts * self.longest, *packed.shape[1:]))
+        padded[self.padded_index] = packed
+        return padded.view(self.texts, self.longest, *packed.shape[1:])
+
+    def key_mask(self) -> torch.Tensor:
+        """bool (texts, longest): True on real tokens."""
+        return torch.arange(self.longest, device=self.lengths.device) < self.lengths[:, None]
+
+
+def supports_packing(model: torch.nn.Module) -> bool:
+    return getattr(model.config, "model_type", None) in POSITION_START
+
+
+def packing_pays(model: torch.nn.Module, compute_dtype: torch.dtype) -> bool:
+    """Pack when the model's positions are known and its attention will run the flash kernel: CUDA, bf16/fp16
+    (``compute_dtype``: the autocast dtype, or the weights' dtype without autocast)."""
+    device = next(model.parameters()).device
+    return supports_packing(model) and device.type == "cuda" and compute_dtype in FLASH_DTYPES and varlen_available()
+
+
+def position_start(model: torch.nn.Module) -> int:
+    return POSITION_START[model.config.model_type](model.config)
+
+
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, packing=None, **kwargs):
+    """transformers' attention-function signature; query/key/value (1, heads, tokens, head_dim) of a packed row.
+    Returns ((1, tokens, heads, head_dim), None) as transformers' own attention functions do."""
+    if packing is None:
+        raise RuntimeError(f"the {ATTENTION!r} attention needs a packing= argument; use stages.packed.encode_packed")
+    query, key, value = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
+    default_scale = query.shape[-1] ** -0.5
+    if flash_varlen_usable(query) and (scaling is None or abs(scaling - default_scale) < 1e-12):
+        from torch.nn.attention.varlen import varlen_attn
+
+        out = varlen_attn(query, key, value, packing.offsets, packing.offsets, packing.longest, packing.longest)
+    else:
+        heads_first = [packing.pad(t).transpose(1, 2) for t in (query, key, value)]  # (texts, heads, longest, dim)
+        mask = packing.key_mask()[:, None, None, :]
+        out = torch.nn.functional.scaled_dot_product_attention(*heads_first, attn_mask=mask, scale=scaling)
+        out = out.transpose(1, 2).reshape(packing.texts * packing.longest, *out.shape[1:2], out.shape[-1])
+        out = out[packing.padded_index]
+    return out.unsqueeze(0), None
+
+
+def flash_varlen_usable(query: torch.Tensor) -> bool:
+    return query.is_cuda and query.dtype in FLASH_DTYPES and varlen_available()
+
+
+def varlen_available() -> bool:
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (torch >= 2.9)
+    except ImportError:
+        return False
+    return True
+
+
+def register() -> None:
+    """Make ``ATTENTION`` known to transformers (once; repeated calls are harmless)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION, packed_attention)
+    AttentionMaskInterface.register(ATTENTION, lambda *args, **kwargs: None)  # packing replaces the mask
+
+
+@contextmanager
+def packed_implementation(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` runs `packed_attention` inside the block and its own attention again after it."""
+    register()
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = ATTENTION
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
+
+
+class PackedChunk:
+    """A chunk of texts as packed token ids on the device, cut into batches of consecutive texts without syncing.
+
+    Only the ids and lengths cross to the device (pinned, asynchronously on CUDA); the rest is computed there."""
+
+    def __init__(self, ids: np.ndarray, lengths: np.ndarray, device: torch.device, first_position: int):
+        self.lengths, self.offsets = lengths, np.concatenate([[0], np.cumsum(lengths)])
+        self.ids = to_device(ids, device)
+        self.lengths_on_device = to_device(lengths, device)
+        self.offsets_on_device = torch.nn.functional.pad(self.lengths_on_device.cumsum(0), (1, 0))
+        texts, tokens = len(lengths), len(ids)
+        self.text_of_token = torch.repeat_interleave(
+            torch.arange(texts, device=device), self.lengths_on_device, output_size=tokens
+        )
+        self.raw_positions = torch.arange(tokens, device=device) - self.offsets_on_device[self.text_of_token]
+        self.positions = self.raw_positions + first_position
+
+    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, Packing]:
+        """(ids (1, tokens), positions (1, tokens), packing) of texts [start, stop)."""
+        first, last = int(self.offsets[start]), int(self.offsets[stop])
+        longest = int(self.lengths[start:stop].max())
+        tokens = slice(first, last)
+        packing = Packing(
+            offsets=(self.offsets_on_device[start : stop + 1] - first).int(),
+            longest=longest,
+            padded_index=(self.text_of_token[tokens] - start) * longest + self.raw_positions[tokens],
+            lengths=self.lengths_on_device[start:stop],
+        )
+        return self.ids[None, tokens], self.positions[None, tokens], packing
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """On CUDA through pinned memory without waiting for the GPU; the caching host allocator keeps the pinned copy
+    alive until the transfer is done."""
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
