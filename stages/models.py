@@ -37,7 +37,8 @@ TOKENIZE_CHUNK = 16384
 """Texts tokenized (and sent to the device) at a time."""
 T = TypeVar("T")
 TokenChunk = tuple[int, np.ndarray, np.ndarray]
-"""(first row, token ids of the rows one after another (sum of lengths,) int64, tokens per row) of consecutive rows."""
+"""(first row, token ids of the rows one after another (sum of lengths,) int32/int64, tokens per row) of
+consecutive rows."""
 
 
 def resolve_model(spec: str) -> str:
@@ -191,12 +192,18 @@ class Encoder(torch.nn.Module):
         bar = tqdm(total=rows, desc=desc, unit="text", disable=not progress)
         packed = packing_pays(self.model, dtype if enabled else next(self.parameters()).dtype)
         encode_chunk = self._packed_chunk if packed else self._padded_chunk
+        pending = None  # the previous chunk's results on their way to the host
         with packed_implementation(self.model) if packed else nullcontext():
             for start, ids, chunk_lengths in prefetched(chunks):
                 with torch.autocast(device.type, dtype=dtype, enabled=enabled):
                     chunk = encode_chunk(ids, chunk_lengths, batch_size, bar)
-                embeddings[start : start + len(chunk_lengths)] = chunk.float().cpu().numpy()  # bf16 weights: float
+                # waiting for a chunk's results only once the next one is queued keeps the GPU busy in between
+                if pending is not None:
+                    pending.write_to(embeddings)
+                pending = HostCopy(start, chunk.float())
                 lengths[start : start + len(chunk_lengths)] = chunk_lengths
+        if pending is not None:
+            pending.write_to(embeddings)
         bar.close()
         self.train(was_training)
         return embeddings, lengths
@@ -239,6 +246,25 @@ class Encoder(torch.nn.Module):
 
     def _token_chunk(self, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
         return token_chunk(self.tokenizer, texts, max_length)
+
+
+class HostCopy:
+    """Rows from ``start`` copied from the device to the host without waiting (pinned memory on CUDA)."""
+
+    def __init__(self, start: int, rows: torch.Tensor):
+        self.start, self.event = start, None
+        if rows.is_cuda:
+            self.rows = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+            self.rows.copy_(rows, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.rows = rows
+
+    def write_to(self, out: np.ndarray) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+        out[self.start : self.start + len(self.rows)] = self.rows.numpy()
 
 
 def prefetched(items: Iterable[T], ahead: int = 2) -> Iterator[T]:

@@ -132,7 +132,7 @@ class PackedChunk:
 
     def __init__(self, ids: np.ndarray, lengths: np.ndarray, device: torch.device, first_position: int):
         self.lengths, self.offsets = lengths, np.concatenate([[0], np.cumsum(lengths)])
-        self.ids = to_device(ids, device)
+        self.ids = to_device(ids, device).long()  # int32 as stored: half the bytes to copy
         self.lengths_on_device = to_device(lengths, device)
         self.offsets_on_device = torch.nn.functional.pad(self.lengths_on_device.cumsum(0), (1, 0))
         texts, tokens = len(lengths), len(ids)

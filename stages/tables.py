@@ -129,7 +129,7 @@ def token_rows(ids: list[str], token_ids: np.ndarray, lengths: np.ndarray) -> pa
 
 def iter_token_chunks(path: Path, start: int, stop: int, chunk_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Rows [start, stop) of a tokens file as (first row counted from ``start``, the rows' ids one after another
-    (int64), tokens per row), ``chunk_rows`` rows at a time."""
+    (int32, as stored), tokens per row), ``chunk_rows`` rows at a time."""
     parquet = pq.ParquetFile(path)
     groups, first_row, row = [], None, 0  # read only the row groups that hold [start, stop)
     for number in range(parquet.num_row_groups):
@@ -145,4 +145,4 @@ def iter_token_chunks(path: Path, start: int, stop: int, chunk_rows: int) -> Ite
         column = table.column("input_ids").slice(first, chunk_rows).combine_chunks()
         offsets = column.offsets.to_numpy()
         lengths = np.diff(offsets).astype(np.int64)
-        yield first, column.values.to_numpy()[offsets[0] : offsets[-1]].astype(np.int64), lengths
+        yield first, column.values.to_numpy()[offsets[0] : offsets[-1]], lengths
