@@ -142,7 +142,8 @@ def plot_metrics(table: pd.DataFrame, measures: list[str], split: str, path: Pat
         bars = axes.bar(positions + i * width, rows[measure], width, yerr=rows[f"{measure} std"], capsize=3, label=measure)
         axes.bar_label(bars, fmt="%.3f", fontsize=7, rotation=90, padding=6)
     axes.set_xticks(positions + width * (len(measures) - 1) / 2, rows["variant"], rotation=30, ha="right")
-    axes.set_ylim(0, 1.1)
+    axes.set_ylim(0, 1.3)  # room above the bars' labels for the legend
+    axes.set_yticks(np.arange(0, 1.01, 0.2))
     axes.set_ylabel(f"{split} (mean over seeds; bars: std)")
     axes.legend(ncols=len(measures), fontsize=8, loc="upper left")
     axes.grid(axis="y", alpha=0.3)
@@ -172,7 +173,8 @@ def plot_losses(params: ReportParams, inputs: Mapping[str, Path], path: Path) ->
         window = max(1, len(frame) // 25)
         axes.plot(frame["step"], frame["loss"].rolling(window, min_periods=1).mean(), label=label)
     axes.set_xlabel("step")
-    axes.set_ylabel("training loss (running mean)")
+    axes.set_yscale("log")  # pairwise, listwise and ADORE losses differ by orders of magnitude
+    axes.set_ylabel("training loss (running mean, log scale)")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
     fig.tight_layout()
