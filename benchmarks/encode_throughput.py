@@ -225,16 +225,19 @@ def profile(model_path: str, texts: list[str], batch_size: int, max_length: int,
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     encoder, autocast = load(model_path)
-    encode = lambda: encoder.encode_tokens(  # noqa: E731
-        iter_token_chunks(tokens, 0, len(texts), TOKENIZE_CHUNK), len(texts), batch_size, autocast=autocast, progress=False
-    )
+
+    def encode() -> None:
+        chunks = iter_token_chunks(tokens, 0, len(texts), TOKENIZE_CHUNK)
+        encoder.encode_tokens(chunks, len(texts), batch_size, autocast=autocast, progress=False)
+
     encode()  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     with torch_profile(activities=activities) as trace:
         encode()
         synchronize_time()
     sort = "cuda_time_total" if DEVICE == "cuda" else "cpu_time_total"
-    return {"docs": len(texts), "table": trace.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60)}
+    table = trace.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60)
+    return {"docs": len(texts), "table": table}
 
 
 def main() -> None:
@@ -258,7 +261,7 @@ def main() -> None:
         runs = {
             "bare": lambda: bare(model, args.batch_size, args.max_length, args.bare_batches),
             "agreement": lambda: agreement(model, texts[:16384], *common),
-            "tokenize": lambda: tokenize(model, texts[: args.tokenize_docs], args.max_length, Path(folder) / "t.parquet"),
+            "tokenize": lambda: tokenize(model, texts[: args.tokenize_docs], args.max_length, Path(folder) / "t"),
             "tokens": lambda: repeated_tokens(model, args.docs, args.max_length, tokens) or {"docs": args.docs},
             "pretokenized": lambda: pipeline(model, texts, *common, tokens=tokens),
             "pretokenized_fp32_weights": lambda: pipeline(model, texts, *common, tokens=tokens, weights="fp32"),

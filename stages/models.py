@@ -14,8 +14,8 @@ import importlib.resources
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Iterable, Iterator, Mapping, TypeVar
 
 import numpy as np
@@ -172,8 +172,9 @@ class Encoder(torch.nn.Module):
         A worker thread produces the chunks (tokenizing or reading them) up to two ahead of the GPU. Each chunk goes
         to the device in one copy and its results come back in one. On a GPU in bf16/fp16, models that
         `stages.packed` knows run padding-free: ``batch_size`` consecutive texts packed into one row of tokens.
-        Otherwise batches hold texts of similar length (longest first), cut to their longest. ``device`` moves the encoder there first
-        (default: where it is). ``autocast``: 'bf16', 'fp16', None/'none' (off), or 'auto' (bf16 on CUDA, off on CPU).
+        Otherwise batches hold texts of similar length (longest first), cut to their longest. ``device`` moves the
+        encoder there first (default: where it is). ``autocast``: 'bf16', 'fp16', None/'none' (off), or 'auto'
+        (bf16 on CUDA, off on CPU).
         """
         from stages.packed import packed_implementation, packing_pays
 

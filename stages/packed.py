@@ -3,7 +3,8 @@
 Every linear layer then works on the batch's real tokens only (no padding to the longest text), and the attention
 runs as torch's variable-length flash attention (`torch.nn.attention.varlen`) on CUDA in bf16/fp16. Elsewhere (CPU,
 float32, an older torch) the attention pads the heads to the batch's longest text and masks the padding: the same
-result, used by the tests. It plugs into transformers through its public attention interface
+result, what the CPU tests compare against; encoding packs only where the flash kernel runs (`packing_pays`), since
+on a CPU length-sorted padded batches are faster. It plugs into transformers through its public attention interface
 (`AttentionInterface.register`), switched on only while `packed_implementation` is active, so training and saved
 models keep their own attention.
 
@@ -76,7 +77,7 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     """transformers' attention-function signature; query/key/value (1, heads, tokens, head_dim) of a packed row.
     Returns ((1, tokens, heads, head_dim), None) as transformers' own attention functions do."""
     if packing is None:
-        raise RuntimeError(f"the {ATTENTION!r} attention needs a packing= argument; use stages.packed.encode_packed")
+        raise RuntimeError(f"the {ATTENTION!r} attention needs a packing= argument; encode with Encoder.encode_tokens")
     query, key, value = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
     default_scale = query.shape[-1] ** -0.5
     if flash_varlen_usable(query) and (scaling is None or abs(scaling - default_scale) < 1e-12):
