@@ -21,6 +21,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # torch < 2.9
+    varlen_attn = None
+
 ATTENTION = "hardneg_packed"
 POSITION_START = {
     "bert": lambda config: 0,
@@ -80,29 +85,19 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
         raise RuntimeError(f"the {ATTENTION!r} attention needs a packing= argument; encode with Encoder.encode_tokens")
     query, key, value = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
     default_scale = query.shape[-1] ** -0.5
-    if flash_varlen_usable(query) and (scaling is None or abs(scaling - default_scale) < 1e-12):
-        from torch.nn.attention.varlen import varlen_attn
-
+    flash = varlen_available() and query.is_cuda and query.dtype in FLASH_DTYPES
+    if flash and (scaling is None or abs(scaling - default_scale) < 1e-12):
         out = varlen_attn(query, key, value, packing.offsets, packing.offsets, packing.longest, packing.longest)
     else:
         heads_first = [packing.pad(t).transpose(1, 2) for t in (query, key, value)]  # (texts, heads, longest, dim)
         mask = packing.key_mask()[:, None, None, :]
         out = torch.nn.functional.scaled_dot_product_attention(*heads_first, attn_mask=mask, scale=scaling)
-        out = out.transpose(1, 2).reshape(packing.texts * packing.longest, *out.shape[1:2], out.shape[-1])
-        out = out[packing.padded_index]
+        out = out.transpose(1, 2).flatten(0, 1)[packing.padded_index]  # back to (tokens, heads, head_dim)
     return out.unsqueeze(0), None
 
 
-def flash_varlen_usable(query: torch.Tensor) -> bool:
-    return query.is_cuda and query.dtype in FLASH_DTYPES and varlen_available()
-
-
 def varlen_available() -> bool:
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (torch >= 2.9)
-    except ImportError:
-        return False
-    return True
+    return varlen_attn is not None
 
 
 def register() -> None:
@@ -140,8 +135,8 @@ class PackedChunk:
         self.text_of_token = torch.repeat_interleave(
             torch.arange(texts, device=device), self.lengths_on_device, output_size=tokens
         )
-        self.raw_positions = torch.arange(tokens, device=device) - self.offsets_on_device[self.text_of_token]
-        self.positions = self.raw_positions + first_position
+        self.positions = torch.arange(tokens, device=device) - self.offsets_on_device[self.text_of_token]
+        self.first_position = first_position
 
     def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, Packing]:
         """(ids (1, tokens), positions (1, tokens), packing) of texts [start, stop)."""
@@ -151,10 +146,10 @@ class PackedChunk:
         packing = Packing(
             offsets=(self.offsets_on_device[start : stop + 1] - first).int(),
             longest=longest,
-            padded_index=(self.text_of_token[tokens] - start) * longest + self.raw_positions[tokens],
+            padded_index=(self.text_of_token[tokens] - start) * longest + self.positions[tokens],
             lengths=self.lengths_on_device[start:stop],
         )
-        return self.ids[None, tokens], self.positions[None, tokens], packing
+        return self.ids[None, tokens], self.positions[None, tokens] + self.first_position, packing
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
