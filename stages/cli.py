@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from stages.errors import ConfigError, PipelineError
-from stages.store import write_artifact
+from stages.resources import Meter
+from stages.store import artifact_lock, made_already, write_artifact
 
 P = TypeVar("P")
 log = logging.getLogger("stages")
@@ -45,6 +46,7 @@ def run_stage(
 
     A ``work`` function that takes ``work_dir`` gets ``results/work/<stage>/<key>/``: a folder that is not a
     Snakemake output (so it survives a failed or killed job) for checkpoints; it is removed once the artifact exists.
+    One process at a time makes an artifact (a lock per key); one that waited reuses what the other made.
     """
     parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
     parser.add_argument("out", type=Path, help="artifact directory to create (results/<stage>/<key>)")
@@ -57,15 +59,20 @@ def run_stage(
         values = json.loads(args.params)
         params = build_params(params_cls, values, stage)
         inputs = {name: Path(path) for name, path in json.loads(args.inputs).items()}
-        with write_artifact(args.out, stage, values, inputs, check_key=not args.no_check_key) as tmp:
-            work_dir = work_dir_for(args.out, stage)
-            if "work_dir" in inspect.signature(work).parameters:
-                work_dir.mkdir(parents=True, exist_ok=True)
-                extra = work(params, inputs, tmp, work_dir=work_dir)
-            else:
-                extra = work(params, inputs, tmp)
-            if extra:
-                (tmp / "summary.json").write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n")
+        with artifact_lock(args.out):
+            if made_already(args.out, stage, values, inputs):
+                log.info("%s exists already (made by another process meanwhile?); reusing it", args.out)
+                return 0
+            with write_artifact(args.out, stage, values, inputs, check_key=not args.no_check_key) as tmp:
+                work_dir = work_dir_for(args.out, stage)
+                meter = Meter()  # wall time, items/s, peak memory: summary.json's "resources"
+                if "work_dir" in inspect.signature(work).parameters:
+                    work_dir.mkdir(parents=True, exist_ok=True)
+                    extra = work(params, inputs, tmp, work_dir=work_dir)
+                else:
+                    extra = work(params, inputs, tmp)
+                summary = meter.merge(extra)
+                (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     except PipelineError as error:
         print(f"error in stage {stage}: {error.render()}", file=sys.stderr)
         return 2

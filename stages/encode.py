@@ -124,6 +124,7 @@ def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> d
     write_embeddings(Path(out_dir) / EMBEDDINGS, ids, embeddings, params.dtype)
     log.info("encoded %d %s rows [%d, %d) on %s in %.1f s", len(ids), params.what, start, stop, device, seconds)
     return {
+        "items": {"documents" if params.what == "corpus" else "queries": len(ids), "tokens": int(lengths.sum())},
         "what": params.what,
         "model": spec,
         "pooling": encoder.pooling,

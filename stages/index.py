@@ -151,6 +151,7 @@ def build_index(params: IndexParams, inputs: Mapping[str, Path], out_dir: Path) 
     size = (Path(out_dir) / INDEX_FILE).stat().st_size
     log.info("%s index: %d vectors of dim %d, %.1f MB, %.1f s", params.kind, index.ntotal, dim, size / 1e6, seconds)
     return {
+        "items": {"documents": int(index.ntotal)},
         "kind": params.kind,
         "ntotal": int(index.ntotal),
         "dim": dim,

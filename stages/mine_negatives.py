@@ -85,7 +85,7 @@ def mine(params: MineParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
         "positives_removed": removed,
     }
     print(format_summary(summary))
-    return summary
+    return {**summary, "items": {"queries": len(negatives)}}
 
 
 def format_summary(summary: Mapping[str, object]) -> str:

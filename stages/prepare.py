@@ -14,19 +14,24 @@ import gzip
 import json
 import logging
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from stages.cli import run_stage
 from stages.errors import DataError
 from stages.tables import CORPUS, QRELS, QUERIES, write_table
 
-VERSION = 1
+VERSION = 2
 log = logging.getLogger("stages.prepare")
+CHUNK = 100_000  # documents read and written at a time
 
 
 @dataclass
@@ -41,6 +46,9 @@ class PrepareParams:
     seed: int = 13
     unknown_ids: str = "error"
     """Judgments naming a query or document that does not exist: 'error' stops, 'drop' removes them with a warning."""
+    empty_documents: str = "keep"
+    """Documents without title and text: 'keep' (encoded and retrievable; a warning counts them), 'drop' (with a
+    counted warning; their judgments go too) or 'error'."""
 
 
 def dataset_files(root: Path, params_format: str, splits: list[str]) -> dict[str, Path]:
@@ -69,22 +77,67 @@ def dataset_files(root: Path, params_format: str, splits: list[str]) -> dict[str
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, decoded line) for non-blank lines; invalid UTF-8 is reported with its line."""
+    """(line number, decoded line) for non-blank lines; a UTF-8 BOM is dropped, invalid UTF-8 reported with its line,
+    a damaged gzip file with the line it broke at."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(
-                    f"invalid UTF-8 at byte {error.start} of the line",
-                    path=path,
-                    line=number,
-                    fix="re-encode the file as UTF-8",
-                ) from None
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield number, line
+    number = 0
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                line = _decode(raw, path, number)
+                if line.strip():
+                    yield number, line
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise DataError(
+            f"the gzip file is damaged or truncated after line {number} ({error})",
+            path=path,
+            fix="copy or download the file again (gzip -t checks it)",
+        ) from None
+
+
+def _decode(raw: bytes, path: Path, number: int) -> str:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"invalid UTF-8 at byte {error.start} of the line", path=path, line=number, fix="re-encode the file as UTF-8"
+        ) from None
+    if number == 1:
+        line = line.removeprefix("\ufeff")
+    return line.rstrip("\r\n")
+
+
+def normalise_id(value, path: Path, line: int, what: str) -> str:
+    """One id rule for every file: a string or integer, surrounding whitespace stripped, no whitespace inside
+    (a TREC run or qrels line could not hold it)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(
+            f"{what} id {value!r} is not a string or an integer", path=path, line=line, fix="give every id as a string"
+        )
+    text = str(value).strip()
+    if not text:
+        raise DataError(f"empty {what} id", path=path, line=line, fix="give every record a non-empty id")
+    if any(character.isspace() for character in text):
+        raise DataError(
+            f"{what} id {text!r} contains whitespace, which no TREC run or qrels file can hold",
+            path=path,
+            line=line,
+            fix="replace the whitespace in the id (e.g. with '_') in every file that names it",
+        )
+    return text
+
+
+def _text(value, path: Path, line: int, field: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(
+            f"field {field!r} is {type(value).__name__}, not a string", path=path, line=line, fix="write it as a JSON string"
+        )
+    return value
+
+
+JSONL_FIX = 'each line must be one JSON object, e.g. {"_id": "d1", "title": "...", "text": "..."}'
 
 
 def _jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
@@ -92,82 +145,189 @@ def _jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataError(f"malformed JSON: {error.msg} at column {error.colno}", path=path, line=number) from None
+            raise DataError(
+                f"malformed JSON: {error.msg} at column {error.colno}", path=path, line=number, fix=JSONL_FIX
+            ) from None
         if not isinstance(record, dict):
-            raise DataError("expected a JSON object", path=path, line=number)
+            raise DataError("expected a JSON object", path=path, line=number, fix=JSONL_FIX)
         for key in required:
             if key not in record:
                 raise DataError(f"missing field {key!r}", path=path, line=number, fix=f"every line needs {required}")
         yield number, record
 
 
-def _tsv(path: Path, columns: int) -> Iterator[tuple[int, list[str]]]:
+def _tsv(path: Path, allowed: tuple[int, ...], layout: str) -> Iterator[tuple[int, list[str]]]:
     for number, line in _lines(path):
         cells = line.split("\t")
-        if len(cells) < columns:
+        if len(cells) not in allowed:
+            expected = " or ".join(str(n) for n in allowed)
             raise DataError(
-                f"expected {columns} tab-separated columns, found {len(cells)}", path=path, line=number
+                f"expected {expected} tab-separated columns, found {len(cells)}",
+                path=path,
+                line=number,
+                fix=f"lines must be {layout}, separated by tabs (tabs inside a text are not allowed)",
             )
         yield number, cells
 
 
-def _unique(rows: list[tuple], path: Path, what: str) -> None:
-    first_seen: dict[str, int] = {}
-    for number, identifier, *_ in rows:
-        if identifier in first_seen:
-            raise DataError(
-                f"duplicate {what} id {identifier!r} (first on line {first_seen[identifier]})",
-                path=path,
-                line=number,
-                fix="ids must be unique; remove or rename the duplicate",
-            )
-        first_seen[identifier] = number
-
-
-def _nonempty(rows: list[tuple], path: Path, what: str) -> None:
-    for number, identifier, *texts in rows:
-        if not any(text.strip() for text in texts):
-            raise DataError(f"{what} {identifier!r} has empty text", path=path, line=number)
-
-
-def read_corpus_file(path: Path, layout: str) -> pd.DataFrame:
+def _corpus_records(path: Path, layout: str) -> Iterator[tuple[int, str, str, str]]:
+    """(line, doc id, title, text) of every document, read one line at a time."""
     if layout == "beir":
-        rows = [
-            (n, str(r["_id"]), str(r.get("title") or ""), str(r["text"] or "")) for n, r in _jsonl(path, ("_id", "text"))
-        ]
+        for number, record in _jsonl(path, ("_id", "text")):
+            doc_id = normalise_id(record["_id"], path, number, "document")
+            yield number, doc_id, _text(record.get("title"), path, number, "title"), _text(record["text"], path, number, "text")
     else:
-        rows = [(n, cells[0], "", cells[1]) for n, cells in _tsv(path, 2)]
-    _unique(rows, path, "document")
-    _nonempty(rows, path, "document")
-    return pd.DataFrame([r[1:] for r in rows], columns=["doc_id", "title", "text"])
+        for number, cells in _tsv(path, (2, 3), "'pid<TAB>text' or 'pid<TAB>title<TAB>text'"):
+            title, text = (cells[1], cells[2]) if len(cells) == 3 else ("", cells[1])
+            yield number, normalise_id(cells[0], path, number, "document"), title, text
+
+
+def _first_duplicate(ids: pa.Array, lines: np.ndarray, path: Path, what: str) -> None:
+    """Raise naming the first repeated id and both of its lines (nothing is built when all ids are unique)."""
+    if len(pc.unique(ids)) == len(ids):
+        return
+    series = pd.Series(ids.to_numpy(zero_copy_only=False))
+    repeated = int(np.flatnonzero(series.duplicated().to_numpy())[0])
+    first = int(np.flatnonzero((series == series.iloc[repeated]).to_numpy())[0])
+    raise DataError(
+        f"duplicate {what} id {series.iloc[repeated]!r} (first on line {lines[first]})",
+        path=path,
+        line=int(lines[repeated]),
+        fix="ids must be unique; remove or rename the duplicate",
+    )
+
+
+CORPUS_SCHEMA = pa.schema([("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
+
+
+def write_corpus(path: Path, layout: str, out: Path, empty_documents: str) -> tuple[pa.Array, list[str], dict]:
+    """Stream the corpus file into ``out`` (Parquet), CHUNK documents at a time; return the document ids (an Arrow
+    array, not Python strings), the ids of empty documents and counts. Empty documents follow ``empty_documents``:
+    keep, drop or error."""
+    id_chunks, line_chunks, empty, dropped = [], [], [], 0
+    with pq.ParquetWriter(out, CORPUS_SCHEMA, compression="zstd") as writer:
+        for batch in _batched(_corpus_records(path, layout), CHUNK):
+            keep = []
+            for number, doc_id, title, text in batch:
+                if title.strip() or text.strip():
+                    keep.append((number, doc_id, title, text))
+                    continue
+                if empty_documents == "error":
+                    raise DataError(
+                        f"document {doc_id!r} has empty text",
+                        path=path,
+                        line=number,
+                        fix="give it a text, or set dataset.empty_documents: keep (or drop)",
+                    )
+                empty.append(doc_id)
+                if empty_documents == "keep":
+                    keep.append((number, doc_id, title, text))
+                else:
+                    dropped += 1
+            columns = list(zip(*keep)) if keep else [(), (), (), ()]
+            ids = pa.array(columns[1], pa.string())
+            writer.write_table(pa.Table.from_arrays([ids, pa.array(columns[2], pa.string()), pa.array(columns[3], pa.string())], schema=CORPUS_SCHEMA))
+            id_chunks.append(ids)
+            line_chunks.append(np.asarray(columns[0], dtype=np.int64))
+    ids = pa.concat_arrays(id_chunks) if id_chunks else pa.array([], pa.string())
+    if len(ids) == 0 and not empty:
+        raise DataError("empty corpus: the file holds no documents", path=path, fix="check dataset.path and the file")
+    if len(ids) == 0:
+        raise DataError(
+            f"empty corpus: all {len(empty)} documents have empty text and were dropped",
+            path=path,
+            fix="set dataset.empty_documents: keep, or give the documents a text",
+        )
+    _first_duplicate(ids, np.concatenate(line_chunks), path, "document")
+    if empty:
+        verb = "kept (they are encoded and can be retrieved)" if empty_documents == "keep" else "dropped"
+        log.warning("%s: %d documents with empty text %s, e.g. %r", path, len(empty), verb, empty[0])
+    counts = {"documents": len(ids), "empty_documents": len(empty), "empty_documents_dropped": dropped}
+    return ids, empty, counts | {"empty_document_ids": empty[:20]}
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def read_queries_file(path: Path, layout: str) -> pd.DataFrame:
     if layout == "beir":
-        rows = [(n, str(r["_id"]), str(r["text"] or "")) for n, r in _jsonl(path, ("_id", "text"))]
+        rows = [
+            (n, normalise_id(r["_id"], path, n, "query"), _text(r["text"], path, n, "text"))
+            for n, r in _jsonl(path, ("_id", "text"))
+        ]
     else:
-        rows = [(n, cells[0], cells[1]) for n, cells in _tsv(path, 2)]
-    _unique(rows, path, "query")
-    _nonempty(rows, path, "query")
-    return pd.DataFrame([r[1:] for r in rows], columns=["query_id", "text"]).assign(line=[r[0] for r in rows])
+        rows = [(n, normalise_id(c[0], path, n, "query"), c[1]) for n, c in _tsv(path, (2,), "'qid<TAB>text'")]
+    frame = pd.DataFrame(rows, columns=["line", "query_id", "text"])
+    _first_duplicate(pa.array(frame["query_id"], pa.string()), frame["line"].to_numpy(), path, "query")
+    return frame
 
 
-def read_qrels_file(path: Path) -> pd.DataFrame:
-    """BEIR (query-id, corpus-id, score with a header) or TREC (qid, 0, docid, relevance) judgments."""
-    rows = []
-    for number, cells in _tsv(path, 3):
-        if number == 1 and not cells[-1].strip().lstrip("-").isdigit():
-            continue  # header
-        query_id, doc_id, relevance = (cells[0], cells[2], cells[3]) if len(cells) >= 4 else cells[:3]
-        try:
-            rows.append((query_id.strip(), doc_id.strip(), int(relevance), number))
-        except ValueError:
-            raise DataError(f"relevance {relevance!r} is not an integer", path=path, line=number) from None
-    return pd.DataFrame(rows, columns=["query_id", "doc_id", "relevance", "line"])
+# Header lines that qrels files carry (BEIR's first); a header is recognised by its content, never by a parse failure.
+QRELS_HEADERS = ({"query-id", "corpus-id", "score"}, {"qid", "docid", "rel"}, {"query_id", "doc_id", "relevance"})
 
 
-def _check_known(qrels: pd.DataFrame, column: str, known: pd.Index, path: Path, policy: str) -> tuple[pd.DataFrame, int]:
-    unknown = ~qrels[column].isin(known)
+def _is_header(cells: list[str]) -> bool:
+    names = {cell.strip().lower() for cell in cells} - {"iteration", "q0", "0"}
+    return any(names == header for header in QRELS_HEADERS)
+
+
+def _relevance(value: str, path: Path, line: int) -> int:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not np.isfinite(number) or number != int(number):
+        raise DataError(
+            f"relevance {value!r} is not an integer",
+            path=path,
+            line=line,
+            fix="judgments are integers (0 = not relevant); a header line must read 'query-id<TAB>corpus-id<TAB>score'",
+        )
+    return int(number)
+
+
+def read_qrels_file(path: Path) -> tuple[pd.DataFrame, int]:
+    """BEIR (query-id, corpus-id, score; header optional) or TREC (qid, iteration, docid, relevance) judgments, and
+    the number of identical repeated judgments (dropped). Conflicting repeats are an error naming both lines."""
+    seen: dict[tuple[str, str], tuple[int, int]] = {}
+    repeated = 0
+    for number, cells in _tsv(path, (3, 4), "'query-id<TAB>corpus-id<TAB>score' or TREC 'qid<TAB>0<TAB>docid<TAB>rel'"):
+        if number == 1 and _is_header(cells):
+            continue
+        query_id, doc_id, relevance = (cells[0], cells[2], cells[3]) if len(cells) == 4 else cells
+        pair = (normalise_id(query_id, path, number, "query"), normalise_id(doc_id, path, number, "document"))
+        value = _relevance(relevance, path, number)
+        if pair in seen:
+            first_line, first_value = seen[pair]
+            if first_value != value:
+                raise DataError(
+                    f"query {pair[0]!r} and document {pair[1]!r} are judged {first_value} on line {first_line} "
+                    f"and {value} on line {number}",
+                    path=path,
+                    line=number,
+                    fix="keep one judgment per query and document",
+                )
+            repeated += 1
+            continue
+        seen[pair] = (number, value)
+    rows = [(q, d, value, line) for (q, d), (line, value) in seen.items()]
+    if repeated:
+        log.warning("%s: %d judgments repeated identically; each counted once", path, repeated)
+    return pd.DataFrame(rows, columns=["query_id", "doc_id", "relevance", "line"]), repeated
+
+
+def _check_known(qrels: pd.DataFrame, column: str, known, path: Path, policy: str) -> tuple[pd.DataFrame, int]:
+    """Judgments whose ``column`` id is not in ``known`` (an Arrow array or pandas Index): an error, or dropped."""
+    ids = pa.array(qrels[column], pa.string())
+    unknown = ~np.asarray(pc.is_in(ids, value_set=pa.array(known, pa.string())).to_numpy(zero_copy_only=False), bool)
     if not unknown.any():
         return qrels, 0
     first = qrels[unknown].iloc[0]
@@ -183,13 +343,30 @@ def _check_known(qrels: pd.DataFrame, column: str, known: pd.Index, path: Path, 
     return qrels[~unknown], int(unknown.sum())
 
 
+def _empty_queries(queries: pd.DataFrame, judged, path: Path) -> None:
+    """Empty queries are an error (nothing can be retrieved for them) when they are judged."""
+    empty = queries[queries["query_id"].isin(judged) & ~queries["text"].str.strip().astype(bool)]
+    if len(empty):
+        raise DataError(
+            f"query {empty['query_id'].iloc[0]!r} has empty text",
+            path=path,
+            line=int(empty["line"].iloc[0]),
+            fix="give the query a text, or remove it and its judgments",
+        )
+
+
 def prepare(params: PrepareParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
     """Read, validate and normalise the dataset; write the three Parquet tables into ``out_dir``."""
     if params.unknown_ids not in {"error", "drop"}:
-        raise DataError(f"unknown_ids must be 'error' or 'drop', not {params.unknown_ids!r}")
-    corpus = read_corpus_file(inputs["corpus"], params.format)
-    log.info("corpus: %d documents", len(corpus))
-    doc_index = pd.Index(corpus["doc_id"])
+        raise DataError(f"unknown_ids must be 'error' or 'drop', not {params.unknown_ids!r}", fix="set dataset.unknown_ids")
+    if params.empty_documents not in {"keep", "drop", "error"}:
+        raise DataError(
+            f"empty_documents must be 'keep', 'drop' or 'error', not {params.empty_documents!r}",
+            fix="set dataset.empty_documents",
+        )
+    doc_ids, empty, corpus_counts = write_corpus(inputs["corpus"], params.format, out_dir / CORPUS, params.empty_documents)
+    log.info("corpus: %d documents", len(doc_ids))
+    dropped_empty = pd.Index(empty if params.empty_documents == "drop" else [])
 
     query_tables, qrel_tables, dropped = [], [], {}
     shared_queries = read_queries_file(inputs["queries"], "beir") if params.format == "beir" else None
@@ -200,11 +377,16 @@ def prepare(params: PrepareParams, inputs: Mapping[str, Path], out_dir: Path) ->
         else:
             queries_path = inputs[f"queries_{split}"]
             queries = read_queries_file(queries_path, "msmarco")
-        qrels = read_qrels_file(qrels_path)
-        qrels, unknown_queries = _check_known(qrels, "query_id", pd.Index(queries["query_id"]), qrels_path, params.unknown_ids)
-        qrels, unknown_docs = _check_known(qrels, "doc_id", doc_index, qrels_path, params.unknown_ids)
-        dropped[split] = {"unknown_query_ids": unknown_queries, "unknown_doc_ids": unknown_docs}
-        qrels = qrels.drop_duplicates(["query_id", "doc_id"], keep="last")
+        qrels, repeated = read_qrels_file(qrels_path)
+        qrels, unknown_queries = _check_known(qrels, "query_id", queries["query_id"], qrels_path, params.unknown_ids)
+        qrels, of_empty = _drop_judgments_of(qrels, dropped_empty, qrels_path)
+        qrels, unknown_docs = _check_known(qrels, "doc_id", doc_ids, qrels_path, params.unknown_ids)
+        dropped[split] = {
+            "unknown_query_ids": unknown_queries,
+            "unknown_doc_ids": unknown_docs,
+            "judgments_of_dropped_empty_documents": of_empty,
+            "repeated_identical_judgments": repeated,
+        }
         judged = qrels.loc[qrels["relevance"] > 0, "query_id"].unique()
         if len(judged) == 0:
             raise DataError(
@@ -212,6 +394,7 @@ def prepare(params: PrepareParams, inputs: Mapping[str, Path], out_dir: Path) ->
                 path=qrels_path,
                 fix="check the qrels file, or remove the split from dataset.splits",
             )
+        _empty_queries(queries, judged, queries_path)
         split_queries = queries[queries["query_id"].isin(judged)][["query_id", "text"]].assign(split=split)
         query_tables.append(split_queries)
         qrel_tables.append(qrels[qrels["query_id"].isin(judged)][["query_id", "doc_id", "relevance"]].assign(split=split))
@@ -222,11 +405,24 @@ def prepare(params: PrepareParams, inputs: Mapping[str, Path], out_dir: Path) ->
     if params.dev_fraction > 0:
         queries, qrels = carve_dev(queries, qrels, params.dev_source, params.dev_fraction, params.seed)
 
-    write_table(corpus, out_dir / CORPUS)
     write_table(queries[["split", "query_id", "text"]], out_dir / QUERIES)
     write_table(qrels[["split", "query_id", "doc_id", "relevance"]].astype({"relevance": "int32"}), out_dir / QRELS)
     counts = {split: int((queries["split"] == split).sum()) for split in queries["split"].unique()}
-    return {"documents": len(corpus), "queries": counts, "judgments": int(len(qrels)), "dropped": dropped}
+    return {
+        **corpus_counts,
+        "queries": counts,
+        "judgments": int(len(qrels)),
+        "dropped": dropped,
+        "items": {"documents": len(doc_ids)},
+    }
+
+
+def _drop_judgments_of(qrels: pd.DataFrame, dropped: pd.Index, path: Path) -> tuple[pd.DataFrame, int]:
+    """With empty_documents: drop, the judgments of the dropped documents go too (counted, with a warning)."""
+    gone = qrels["doc_id"].isin(dropped).to_numpy()
+    if gone.any():
+        log.warning("%s: dropped %d judgments of documents dropped for empty text", path, int(gone.sum()))
+    return qrels[~gone], int(gone.sum())
 
 
 def carve_dev(queries: pd.DataFrame, qrels: pd.DataFrame, source: str, fraction: float, seed: int):

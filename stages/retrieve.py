@@ -90,6 +90,7 @@ def retrieve(params: RetrieveParams, inputs: Mapping[str, Path], out_dir: Path) 
         search_seconds,
     )
     return {
+        "items": {"queries": len(queries)},
         "queries": len(queries),
         "top_k": k,
         "rows": len(run),

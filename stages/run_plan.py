@@ -8,7 +8,8 @@ Stages run in this process by default (torch, CUDA and the tokenizer start once,
 that saves ~10 s a stage); ``--isolate`` runs each in its own process, as Snakemake does. ``--train-gpus N`` (N > 1)
 runs the training stages on N GPUs through `stages.launch` (torchrun, DDP), as a rule given ``gpu: N`` would.
 
-    python -m stages.run_plan [--configfile config.yaml] [--results results] [-n] [--isolate] [--train-gpus N]
+    python -m stages.run_plan [--configfile config.yaml [more.yaml ...]] [--results results] [-n] [--isolate]
+                              [--train-gpus N]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import traceback
 from pathlib import Path
 
 from stages.errors import PipelineError
-from stages.plan import Node, Plan, load_config
+from stages.plan import Node, Plan, load_configs
 from stages.store import MANIFEST, write_pointers
 
 
@@ -53,6 +54,12 @@ def ordered(plan: Plan) -> list[Node]:
 
 
 TRAINING_STAGES = ("train_warmup", "train_star", "train_adore")
+GPU_STAGES = ("encode", "retrieve", *TRAINING_STAGES)  # the rules with a gpu resource
+
+
+def stage_env(stage: str) -> dict[str, str]:
+    """The environment of a stage's own process: CPU-only stages see no GPU, as their rules set it."""
+    return os.environ | ({} if stage in GPU_STAGES else {"CUDA_VISIBLE_DEVICES": ""})
 
 
 def stage_command(stage: str, argv: list[str], train_gpus: int = 1) -> list[str]:
@@ -67,16 +74,17 @@ def run_node(node: Node, results: Path, isolate: bool = False, train_gpus: int =
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = [str(out), "--params", json.dumps(node.params), "--inputs", json.dumps(node.input_paths(results))]
     started = time.time()
-    with open(log, "w") as handle:
+    with open(log, "a") as handle:
         if isolate or (train_gpus > 1 and node.stage in TRAINING_STAGES):
             command = stage_command(node.stage, argv, train_gpus)
-            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
+            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=stage_env(node.stage)).returncode
         else:
             code = run_in_process(node.stage, argv, handle)
     seconds = time.time() - started
     if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise StageFailed(f"stage {node.stage} ({node.key}) failed with exit code {code}; log {log}:\n{tail}")
+    (results / "benchmarks").mkdir(parents=True, exist_ok=True)
     with open(results / "benchmarks" / "run_plan.jsonl", "a") as bench:
         bench.write(json.dumps({"stage": node.stage, "key": node.key, "seconds": round(seconds, 3)}) + "\n")
     return seconds
@@ -122,7 +130,7 @@ def partial_report(plan: Plan, results: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.run_plan", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configfile", type=Path, default=Path("config.yaml"))
+    parser.add_argument("--configfile", type=Path, nargs="+", default=[Path("config.yaml")], help="later files win")
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("-n", "--dry-run", action="store_true", help="list what would run")
     parser.add_argument("--isolate", action="store_true", help="run each stage in its own process")
@@ -131,13 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", "--keep-going", action="store_true", help="after a failure, go on with what does not need it")
     args = parser.parse_args(argv)
     try:
-        plan = Plan(load_config(args.configfile), args.results)
+        plan = Plan(load_configs(args.configfile), args.results, dry_run=args.dry_run)
     except PipelineError as error:
         print(f"error: {error.render()}", file=sys.stderr)
         return 2
     todo = [node for node in ordered(plan) if not (node.path(args.results) / MANIFEST).is_file()]
     print(f"{len(todo)} of {len(plan.nodes())} artifacts to make")
-    (args.results / "benchmarks").mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}  # key -> why
     began = time.time()
     for number, node in enumerate(todo, start=1):
@@ -162,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
                 break
     if args.dry_run:
         return 0
-    write_pointers(args.results, {
-        name: {role: n.path(args.results) for role, n in roles.items() if n.key not in failed}
+    made = {
+        name: {role: n.path(args.results) for role, n in roles.items() if (n.path(args.results) / MANIFEST).is_file()}
         for name, roles in plan.pointers_nodes().items()
-    })  # fmt: skip
+    }
+    write_pointers(args.results, {name: roles for name, roles in made.items() if roles})
     if failed:
         print(f"{len(failed)} artifacts not made (failed or skipped); see results/logs", file=sys.stderr)
         if plan.report.key in failed:

@@ -20,7 +20,7 @@ from stages.errors import ConfigError, DataError
 from stages.stats import bootstrap_ci
 from stages.tables import qrels_dict, read_qrels, read_run, write_table
 
-VERSION = 1
+VERSION = 2
 log = logging.getLogger("stages.score")
 
 # Report names -> ir-measures measure names (binary measures take the relevance level).
@@ -48,13 +48,16 @@ def ir_measure(name: str, relevance_level: int):
 
 
 def evaluate(run: pd.DataFrame, qrels: pd.DataFrame, measures: list[str], relevance_level: int) -> pd.DataFrame:
-    """Per-query values (query_id, measure, value) for every judged query."""
+    """Per-query values (query_id, measure, value) for every judged query.
+
+    Every measure sees the order the run states (its rank column): the scores given to ir-measures are minus the
+    rank, since its backends re-sort by score and break ties by doc id."""
     import ir_measures
 
     judged = qrels_dict(qrels)
     ranked: dict[str, dict[str, float]] = {}
-    for query_id, doc_id, score in run[["query_id", "doc_id", "score"]].itertuples(index=False):
-        ranked.setdefault(query_id, {})[doc_id] = float(score)
+    for query_id, doc_id, rank in run[["query_id", "doc_id", "rank"]].itertuples(index=False):
+        ranked.setdefault(query_id, {})[doc_id] = -float(rank)
     objects = {name: ir_measure(name, relevance_level) for name in measures}
     names = {str(measure): name for name, measure in objects.items()}
     values = {(q, name): 0.0 for q in judged for name in measures}
@@ -81,7 +84,7 @@ def score(params: ScoreParams, inputs: Mapping[str, Path], out_dir: Path) -> dic
     result = {"split": params.split, "queries": int(per_query["query_id"].nunique()), "metrics": metrics}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     write_table(per_query, out_dir / "per_query.parquet")
-    return None
+    return {"split": params.split, "queries": result["queries"], "items": {"queries": result["queries"]}}
 
 
 def main(argv: list[str] | None = None) -> int:

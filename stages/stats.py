@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.errors import DataError
+from stages.errors import DataError, PipelineError
+
+PER_QUERY = "per_query.parquet"
+DESCRIPTION = """Paired randomization test between two `score` artifacts scored on the same queries: prints, as JSON,
+the mean of each on one measure, their difference and the two-sided p-value."""
+EXAMPLE = """example:
+  python -m stages.stats results/runs/star/seed-1/score-test results/runs/bm25/score-test --measure MRR@10
+
+A score artifact is a results/score/<key> folder (or a results/runs/<experiment>/score-<split> link to one) with
+per_query.parquet. Exit status 2: a wrong path, a measure the artifacts lack, or different queries."""
 
 
 def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -46,10 +55,30 @@ def paired_values(per_query_a: pd.DataFrame, per_query_b: pd.DataFrame, measure:
     return a.sort_index().to_numpy(), b.reindex(a.sort_index().index).to_numpy()
 
 
-def compare(score_a: Path, score_b: Path, measure: str, samples: int = 10000, seed: int = 0) -> dict:
+def read_scores(score: Path) -> pd.DataFrame:
+    """The per-query values of a score artifact."""
     from stages.tables import _read
 
-    a, b = paired_values(_read(Path(score_a) / "per_query.parquet"), _read(Path(score_b) / "per_query.parquet"), measure)
+    if not (Path(score) / PER_QUERY).is_file():
+        what = "no such folder" if not Path(score).exists() else f"not a score artifact (no {PER_QUERY})"
+        fix = "give a score artifact: results/score/<key> or results/runs/<experiment>/score-<split>"
+        raise DataError(what, path=score, fix=fix)
+    return _read(Path(score) / PER_QUERY)
+
+
+def check_measure(measure: str, scores: dict[Path, pd.DataFrame]) -> None:
+    """``measure`` must be scored in every artifact; the error lists the measures they have in common."""
+    missing = [path for path, frame in scores.items() if measure not in set(frame["measure"])]
+    if missing:
+        common = sorted(set.intersection(*(set(frame["measure"]) for frame in scores.values())))
+        fix = f"use --measure with one of {common}"
+        raise DataError(f"measure {measure!r} is not among the scored measures", path=missing[0], fix=fix)
+
+
+def compare(score_a: Path, score_b: Path, measure: str, samples: int = 10000, seed: int = 0) -> dict:
+    scores = {Path(score_a): read_scores(score_a), Path(score_b): read_scores(score_b)}
+    check_measure(measure, scores)
+    a, b = paired_values(*scores.values(), measure)
     return {
         "measure": measure,
         "queries": len(a),
@@ -62,15 +91,20 @@ def compare(score_a: Path, score_b: Path, measure: str, samples: int = 10000, se
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.stats", description="paired comparison of two score artifacts")
-    parser.add_argument("score_a", type=Path)
-    parser.add_argument("score_b", type=Path)
-    parser.add_argument("--measure", default="nDCG@10")
-    parser.add_argument("--samples", type=int, default=10000)
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.stats",
+        description=DESCRIPTION,
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("score_a", type=Path, help="a score artifact folder (A)")
+    parser.add_argument("score_b", type=Path, help="another score artifact of the same split (B)")
+    parser.add_argument("--measure", default="nDCG@10", help="a measure both were scored on (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=10000, help="random sign flips (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         print(json.dumps(compare(args.score_a, args.score_b, args.measure, args.samples), indent=2))
-    except DataError as error:
+    except PipelineError as error:
         print(f"error: {error.render()}", file=sys.stderr)
         return 2
     return 0

@@ -6,13 +6,15 @@ code version (``VERSION`` in ``stages/<stage>.py``), the canonical JSON of its p
 temporary sibling directory that is renamed into place, with a ``manifest.json``, once everything is written.
 
 CLI: ``python -m stages.store verify`` re-hashes artifacts; ``python -m stages.store gc`` lists (and with ``--yes``
-removes) artifacts that the current config no longer reaches.
+removes) artifacts that the given runs' configs no longer reach, and what killed jobs left behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -23,9 +25,9 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
-from stages.errors import ArtifactError
+from stages.errors import ArtifactError, PipelineError
 
 KEY_LENGTH = 16
 MANIFEST = "manifest.json"
@@ -33,6 +35,12 @@ MANIFEST = "manifest.json"
 FOREIGN_FILES = {".snakemake_timestamp"}
 PACKAGES = ("torch", "transformers", "faiss-cpu", "bm25s", "ir-measures", "pyarrow", "pandas", "numpy")
 STAGES_DIR = Path(__file__).resolve().parent
+DAMAGED_FIX = (
+    "see `python -m stages.store verify`; delete the folder (or move it away) and rerun: the stage rebuilds it"
+)
+# Folders next to artifacts: a write in progress or killed (.tmp-<name>-<pid>[@<host>]), a replaced artifact being
+# removed (.trash-<name>-<pid>[@<host>]), a damaged artifact set aside by a run (.damaged-<name>-<time>).
+LEFTOVER = re.compile(r"\.(tmp|trash)-([^@]+)-(\d+)(?:@(.+))?|\.damaged-(.+)")
 
 
 def canonical_json(value: Any) -> str:
@@ -106,9 +114,8 @@ def raw_key(path: Path, cache: HashCache | None = None) -> str:
 
 def input_key(path: Path, cache: HashCache | None = None) -> str:
     """An artifact's key (from its manifest) or a raw input's content key."""
-    manifest = Path(path) / MANIFEST
-    if manifest.is_file():
-        return json.loads(manifest.read_text())["key"]
+    if (Path(path) / MANIFEST).is_file():
+        return read_manifest(path)["key"]
     return raw_key(Path(path), cache)
 
 
@@ -118,7 +125,18 @@ def read_manifest(artifact: Path) -> dict:
         raise ArtifactError(
             "not a complete artifact (no manifest.json)", path=artifact, fix="rerun the stage that makes it"
         )
-    return json.loads(manifest.read_text())
+    try:
+        data = json.loads(manifest.read_text())
+    except ValueError as error:  # truncated or not JSON (UnicodeDecodeError is a ValueError too)
+        raise ArtifactError(f"damaged manifest: {error}", path=manifest, fix=DAMAGED_FIX) from None
+    if not isinstance(data, dict) or "key" not in data or not isinstance(data.get("files"), dict):
+        raise ArtifactError("damaged manifest: no 'key' or 'files'", path=manifest, fix=DAMAGED_FIX)
+    return data
+
+
+def file_record(value: str | Mapping[str, Any]) -> dict:
+    """A manifest's entry for one file: {sha256, size, mtime_ns}; old manifests hold only the sha256 string."""
+    return {"sha256": value} if isinstance(value, str) else dict(value)
 
 
 def package_versions() -> dict[str, str]:
@@ -137,6 +155,122 @@ def hash_tree(directory: Path) -> dict[str, str]:
     }
 
 
+def file_records(directory: Path) -> dict[str, dict]:
+    """What the manifest records of each file: sha256, size and mtime_ns (the last two for the cheap check)."""
+    records = {}
+    for name, digest in hash_tree(directory).items():
+        stat = (directory / name).stat()
+        records[name] = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return records
+
+
+def damage(artifact: Path, cache: HashCache | None = None) -> str | None:
+    """A cheap check: every recorded file exists with its recorded size and mtime; a file whose mtime changed but
+    not its size is re-hashed (a touch is not damage). The first problem found, or None."""
+    try:
+        files = read_manifest(artifact)["files"]
+    except ArtifactError as error:
+        return f"{error.path}: {error.message}"
+    for name, value in files.items():
+        record, path = file_record(value), Path(artifact) / name
+        try:
+            stat = path.stat()
+        except OSError:
+            return f"{path}: missing"
+        if "size" not in record:
+            continue  # an old manifest: only a full verify can tell
+        if stat.st_size != record["size"]:
+            return f"{path}: {stat.st_size} bytes, {record['size']} when written"
+        if stat.st_mtime_ns != record["mtime_ns"]:
+            if (cache.sha256(path) if cache else file_sha256(path)) != record["sha256"]:
+                return f"{path}: changed on disk since written"
+    return None
+
+
+def check_inputs(inputs: Mapping[str, Path]) -> None:
+    """A stage never reads a damaged artifact: refuse to start when an input artifact fails the cheap check."""
+    for name, path in inputs.items():
+        if (Path(path) / MANIFEST).is_file() and (problem := damage(Path(path))):
+            raise ArtifactError(f"input {name!r} is a damaged artifact: {problem}", path=path, fix=DAMAGED_FIX)
+
+
+def snakemake_dry_run() -> bool:
+    """Whether this process is ``snakemake -n`` (Snakemake 9 keeps its workflow in ``snakemake.workflow``'s globals,
+    with the output settings, dry run included, set before the Snakefile is read)."""
+    workflow = getattr(sys.modules.get("snakemake.workflow"), "workflow", None)
+    return bool(getattr(getattr(workflow, "output_settings", None), "dryrun", False))
+
+
+def set_aside_damaged(artifacts: Iterable[Path], cache: HashCache | None = None, dry_run: bool = False) -> list[Path]:
+    """Move each existing artifact that fails the cheap check to ``<stage>/.damaged-<key>-<time>`` (with a warning),
+    so that the run rebuilds it; in a dry run only warn. Returns the artifacts moved."""
+    dry_run = dry_run or snakemake_dry_run()
+    moved = []
+    for artifact in map(Path, artifacts):
+        if not artifact.is_dir() or not (problem := damage(artifact, cache)):
+            continue
+        warning = f"warning: damaged artifact {artifact}\n  {problem}\n  "
+        if dry_run:
+            print(f"{warning}a run moves it aside and rebuilds it", file=sys.stderr)
+            continue
+        target = artifact.parent / f".damaged-{artifact.name}-{datetime.datetime.now():%Y%m%dT%H%M%S.%f}"
+        with contextlib.suppress(FileNotFoundError):  # another process moved it first
+            artifact.rename(target)
+            moved.append(artifact)
+            print(f"{warning}moved aside to {target}; this run rebuilds it", file=sys.stderr)
+    return moved
+
+
+def expected_key(stage: str, params: Mapping[str, Any], inputs: Mapping[str, Path]) -> tuple[int, dict, str]:
+    """(stage version, input keys, key) of the artifact that ``stage`` makes from ``params`` and ``inputs``."""
+    version = stage_version(stage)
+    input_keys = {name: input_key(Path(path)) for name, path in inputs.items()}
+    return version, input_keys, artifact_key(stage, version, params, input_keys)
+
+
+def made_already(out_dir: Path, stage: str, params: Mapping[str, Any], inputs: Mapping[str, Path]) -> bool:
+    """Whether ``out_dir`` holds this very artifact, intact (another process made it while this one waited)."""
+    if not (Path(out_dir) / MANIFEST).is_file():
+        return False
+    try:
+        key = read_manifest(out_dir)["key"]
+        return key == expected_key(stage, params, inputs)[2] and damage(Path(out_dir)) is None
+    except ArtifactError:
+        return False
+
+
+@contextlib.contextmanager
+def artifact_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``<stage>/.lock-<key>`` (flock) while making an artifact: another process making it waits here.
+
+    The lock file is removed on release (and the stage's folder, if that leaves it empty); a waiter that then finds
+    its file unlinked or replaced locks anew."""
+    out_dir = Path(out_dir)
+    lock = out_dir.parent / f".lock-{out_dir.name}"
+    while True:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = open(lock, "a")
+        except FileNotFoundError:  # the folder was just removed as empty
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for {lock}: another process is making {out_dir}", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        handle.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
+        with contextlib.suppress(OSError):
+            lock.parent.rmdir()  # nothing was made there
+
+
 @contextlib.contextmanager
 def write_artifact(
     out_dir: Path,
@@ -153,9 +287,8 @@ def write_artifact(
     mismatch means the workflow and the stage disagree about what the artifact is.
     """
     out_dir = Path(out_dir)
-    version = stage_version(stage)
-    input_keys = {name: input_key(Path(path)) for name, path in inputs.items()}
-    key = artifact_key(stage, version, params, input_keys)
+    check_inputs(inputs)
+    version, input_keys, key = expected_key(stage, params, inputs)
     if check_key and out_dir.name != key:
         raise ArtifactError(
             f"artifact directory is named {out_dir.name!r} but its stage, params and inputs give key {key!r}",
@@ -163,7 +296,7 @@ def write_artifact(
             fix="let the workflow choose the output directory, or pass check_key=False",
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}@{platform.node()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     started = time.time()
@@ -175,7 +308,7 @@ def write_artifact(
             "key": key,
             "params": params,
             "inputs": {name: {"key": input_keys[name], "path": str(path)} for name, path in inputs.items()},
-            "files": hash_tree(tmp),
+            "files": file_records(tmp),
             "packages": package_versions(),
             "host": platform.node(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -184,7 +317,7 @@ def write_artifact(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
-            trash = out_dir.parent / f".trash-{out_dir.name}-{os.getpid()}"
+            trash = out_dir.parent / f".trash-{out_dir.name}-{os.getpid()}@{platform.node()}"
             out_dir.rename(trash)
             tmp.rename(out_dir)
             shutil.rmtree(trash)
@@ -192,17 +325,57 @@ def write_artifact(
             tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            out_dir.parent.rmdir()  # the stage's folder, when this failed artifact was to be its first
         raise
 
 
-def iter_artifacts(results: Path) -> Iterator[Path]:
-    """Artifact directories under ``results`` (``<stage>/<key>/``), complete or not."""
+def stage_dirs(results: Path) -> Iterator[Path]:
     for stage_dir in sorted(Path(results).iterdir()) if Path(results).is_dir() else []:
-        if not stage_dir.is_dir() or stage_dir.name in {"runs", "logs", "benchmarks", "work", "reports"}:
-            continue
+        if stage_dir.is_dir() and stage_dir.name not in {"runs", "logs", "benchmarks", "work", "reports"}:
+            yield stage_dir
+
+
+def iter_artifacts(results: Path) -> Iterator[Path]:
+    """Artifact directories under ``results`` (``<stage>/<key>/``), complete or not; dot-names (locks, leftovers)
+    are not artifacts."""
+    for stage_dir in stage_dirs(results):
         for artifact in sorted(stage_dir.iterdir()):
             if artifact.is_dir() and not artifact.name.startswith("."):
                 yield artifact
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def leftovers(results: Path) -> list[tuple[Path, str, bool]]:
+    """(folder, what it is, removable) of each ``.tmp-``, ``.trash-`` and ``.damaged-`` folder under ``results``.
+
+    A write's folder is removable only once its process is gone from this host (another host's cannot be told)."""
+    found = []
+    for stage_dir in stage_dirs(results):
+        for folder in sorted(stage_dir.iterdir()):
+            match = LEFTOVER.fullmatch(folder.name)
+            if not folder.is_dir() or not match:
+                continue
+            kind, _, pid, host, damaged = match.groups()
+            what = "an unfinished write" if kind == "tmp" else "a replaced artifact being removed"
+            if damaged is not None:
+                found.append((folder, "a damaged artifact a run set aside", True))
+            elif host not in (None, platform.node()):
+                found.append((folder, f"{what} of process {pid} on host {host} (cannot check it from here)", False))
+            elif pid_alive(int(pid)):
+                found.append((folder, f"{what} of process {pid}, which still runs", False))
+            else:
+                found.append((folder, f"{what} of process {pid}, which is gone", True))
+    return found
 
 
 def verify_artifact(artifact: Path) -> list[str]:
@@ -212,11 +385,11 @@ def verify_artifact(artifact: Path) -> list[str]:
     except ArtifactError as error:
         return [error.render()]
     problems = []
-    recorded = manifest["files"]
+    recorded = {name: file_record(value)["sha256"] for name, value in manifest["files"].items()}
     actual = {str(p.relative_to(artifact)) for p in artifact.rglob("*") if p.is_file()}
     actual -= {MANIFEST} | {f for f in actual if Path(f).name in FOREIGN_FILES}
     for name in sorted(set(recorded) - actual):
-        problems.append(f"{artifact / name}: missing (written {manifest['created']})")
+        problems.append(f"{artifact / name}: missing (written {manifest.get('created', '?')})")
     for name in sorted(actual - set(recorded)):
         problems.append(f"{artifact / name}: not part of the artifact (added after it was written)")
     for name in sorted(set(recorded) & actual):
@@ -260,33 +433,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("verify", help="re-hash every artifact and report files changed since written")
-    gc = commands.add_parser("gc", help="list (and with --yes remove) artifacts the config no longer reaches")
-    gc.add_argument("--configfile", type=Path, default=Path("config.yaml"))
-    gc.add_argument("--yes", action="store_true", help="remove the listed artifacts")
+    gc = commands.add_parser("gc", help="list (and with --yes remove) what the runs' configs no longer reach")
+    gc.add_argument(
+        "--configfile", type=Path, nargs="+", action="append", metavar="FILE",
+        help="the config files of one run, layered as the run did (later win); repeat for each run to keep "
+        "(default: config.yaml)",
+    )  # fmt: skip
+    gc.add_argument("--yes", action="store_true", help="remove what is listed")
     args = parser.parse_args(argv)
-
     if args.command == "verify":
-        problems = verify(args.results)
-        count = sum(1 for _ in iter_artifacts(args.results))
-        for problem in problems:
-            print(problem)
-        print(f"{count} artifacts checked, {len(problems)} problems")
-        return 1 if problems else 0
+        return verify_command(args.results)
+    return gc_command(args.results, args.configfile, args.yes)
 
-    from stages.plan import Plan, load_config
 
-    plan = Plan(load_config(args.configfile))
-    stale = unreachable(args.results, {node.path(args.results) for node in plan.nodes()})
+def verify_command(results: Path) -> int:
+    problems, left = verify(results), leftovers(results)
+    for problem in problems:
+        print(problem)
+    for folder, what, _ in left:
+        print(f"{folder}: leftover, {what}")
+    count = sum(1 for _ in iter_artifacts(results))
+    print(f"{count} artifacts checked, {len(problems)} problems, {len(left)} leftover folders (gc --yes removes them)")
+    return 1 if problems else 0
+
+
+def reached_by(results: Path, runs: list[list[Path]]) -> set[Path]:
+    """The artifacts of each run's plan (its config files layered as ``run_plan`` and the Snakefile do), united."""
+    from stages.plan import Plan
+    from stages.plan import load_configs
+
+    reached: set[Path] = set()
+    for files in runs:
+        paths = {node.path(results).resolve() for node in Plan(load_configs(files), results, dry_run=True).nodes()}
+        present = sum(1 for path in paths if path.is_dir())
+        print(f"protected by {' + '.join(map(str, files))}: {present} artifacts ({len(paths)} in its plan)")
+        reached |= paths
+    return reached
+
+
+def gc_command(results: Path, runs: list[list[Path]] | None, yes: bool) -> int:
+    if not runs:
+        runs = [[Path("config.yaml")]]
+        print("no --configfile given: keeping what config.yaml reaches")
+    try:
+        reached = reached_by(results, runs)
+    except PipelineError as error:
+        print(f"error: {error.render()}", file=sys.stderr)
+        return 2
+    stale, left = unreachable(results, reached), leftovers(results)
+    doomed = stale + [folder for folder, _, removable in left if removable]
     for artifact in stale:
-        print(artifact)
-    if not stale:
-        print("nothing to remove: every artifact is reached by the config")
-    elif args.yes:
-        for artifact in stale:
-            shutil.rmtree(artifact)
-        print(f"removed {len(stale)} artifacts")
+        print(f"remove {artifact}: no config above reaches it")
+    for folder, what, removable in left:
+        print(f"{'remove' if removable else 'keep'} {folder}: {what}")
+    if not doomed:
+        print("nothing to remove")
+    elif yes:
+        for folder in doomed:
+            shutil.rmtree(folder)
+        print(f"removed {len(doomed)} folders")
     else:
-        print(f"{len(stale)} artifacts not reached by {args.configfile}; rerun with --yes to remove them")
+        print(f"{len(doomed)} folders to remove; rerun with --yes to remove them")
     return 0
 
 

@@ -57,12 +57,24 @@ def qrels_dict(qrels: pd.DataFrame) -> dict[str, dict[str, int]]:
 
 
 def write_run(run: pd.DataFrame, out_dir: Path, tag: str) -> None:
-    """A run as Parquet (query_id, doc_id, rank, score) and as a TREC run file."""
+    """A run as Parquet (query_id, doc_id, rank, score) and as a TREC run file whose scores strictly decrease with
+    rank (trec_eval and pytrec_eval ignore the rank column and break score ties by doc id)."""
     run = run.sort_values(["query_id", "rank"], kind="stable")
     write_table(run, Path(out_dir) / RUN_PARQUET, RUN_SCHEMA)
+    scores = strictly_decreasing(run["query_id"].to_numpy(), run["score"].to_numpy())
     with open(Path(out_dir) / RUN_TREC, "w") as trec:
-        for query_id, doc_id, rank, score in run[["query_id", "doc_id", "rank", "score"]].itertuples(index=False):
-            trec.write(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+        for query_id, doc_id, rank, score in zip(run["query_id"], run["doc_id"], run["rank"], scores):
+            trec.write(f"{query_id} Q0 {doc_id} {rank} {score} {tag}\n")
+
+
+def strictly_decreasing(query_ids: np.ndarray, scores: np.ndarray) -> list[str]:
+    """Scores rounded to 1e-6 and, where ties (or a rank order against the scores) would remain, lowered by 1e-6
+    steps so that each query's scores strictly decrease in rank order; as fixed-point text."""
+    micro = np.round(np.asarray(scores, dtype=np.float64) * 1e6).astype(np.int64)
+    position = pd.Series(query_ids).groupby(query_ids, sort=False).cumcount().to_numpy()
+    # s'[r] = min over j <= r of (s[j] + j) - r, within each query: the largest sequence below s that drops by >= 1
+    lowered = pd.Series(micro + position).groupby(query_ids, sort=False).cummin().to_numpy() - position
+    return [f"{'-' if value < 0 else ''}{abs(value) // 1_000_000}.{abs(value) % 1_000_000:06d}" for value in lowered]
 
 
 def read_run(artifact: Path) -> pd.DataFrame:

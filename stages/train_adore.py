@@ -436,6 +436,7 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
     frame = add_loss_seconds(out_dir)
     step = frame[["seconds", "encode_seconds", "search_seconds", "loss_seconds"]].mean()
     return {
+        "items": {"queries": summary["steps"] * size, "steps": summary["steps"]},
         "train_queries": len(data.query_texts),
         "init": str(init),
         "documents": documents.ntotal,

@@ -355,7 +355,9 @@ def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, wo
     summary: dict[str, Any] = train(
         encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size
     )
-    return {"mode": params.negatives, "train_queries": len(data.query_texts), "init": str(init), **summary}
+    items = {"queries": summary["steps"] * size, "steps": summary["steps"]}
+    head = {"mode": params.negatives, "train_queries": len(data.query_texts), "init": str(init), "items": items}
+    return {**head, **summary}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ artifact; the checkpoint holds every rank's RNG state, and every rank resumes fr
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -50,6 +51,9 @@ TRAIN_LOG, LOSS_PLOT = "train_log.parquet", "loss.png"
 # Test hook: exit abruptly (as if killed) right after this step, to exercise resuming.
 STOP_AFTER_ENV = "HARDNEG_STOP_AFTER_STEP"
 STOPPED_EXIT_CODE = 75
+CPU_THREADS = 2
+"""Intra-op threads of training on the CPU, whatever the machine or --cores: sums split over threads round
+differently, so the count changes the weights. A constant of the code, so not in the artifact key."""
 
 BatchLoss = Callable[[torch.nn.Module, int, int], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -271,6 +275,24 @@ def load_checkpoint(
 # --- the loop ------------------------------------------------------------------------------------------------------
 
 
+def fixed_cpu_threads(function: Callable) -> Callable:
+    """Run ``function(model, ...)`` with CPU_THREADS intra-op threads when the model is on the CPU (then restored)."""
+
+    @functools.wraps(function)
+    def wrapper(model: torch.nn.Module, *args, **kwargs):
+        if next(model.parameters()).device.type != "cpu":
+            return function(model, *args, **kwargs)
+        before = torch.get_num_threads()
+        torch.set_num_threads(CPU_THREADS)
+        try:
+            return function(model, *args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
+
+
+@fixed_cpu_threads
 def train(
     model: torch.nn.Module,
     config: TrainConfig,

@@ -51,6 +51,7 @@ PREPARE_PARAMS = {
     "dev_source": "train",
     "seed": 13,
     "unknown_ids": "error",
+    "empty_documents": "keep",
 }
 
 

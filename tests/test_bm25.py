@@ -1,22 +1,59 @@
-"""Stage bm25 on the slice and on the full embedded SciFact (reference: nDCG@10 0.686 with bm25s 0.3.16)."""
+"""Stages bm25_index and bm25 on the slice and on the full embedded SciFact (reference: nDCG@10 0.6863 with bm25s
+0.3.16): the same documents and scores as bm25s' own retrieve, ties by corpus row, one index for every split."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from stages.bm25 import Bm25Params, bm25_run
+import stages.bm25
+from stages.bm25 import Bm25Params, bm25_run, search, top_k
+from stages.bm25_index import Bm25IndexParams, build_index, import_bm25s, load_index, tokenize
+from stages.errors import ConfigError
+from stages.plan import Plan, load_config
 from stages.prepare import PrepareParams, dataset_files, prepare
 from stages.score import evaluate
-from stages.tables import read_qrels
+from stages.tables import read_qrels, read_queries
 
-SCIFACT = Path(__file__).resolve().parent.parent / "resources" / "scifact"
+ROOT = Path(__file__).resolve().parent.parent
+SCIFACT = ROOT / "resources" / "scifact"
 
 
-def test_run_format_on_the_slice(prepared, tmp_path):
-    summary = bm25_run(Bm25Params(split="test", top_k=50), {"prepared": prepared}, tmp_path)
+@pytest.fixture(scope="module")
+def slice_index(prepared, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bm25-index")
+    build_index(Bm25IndexParams(), {"prepared": prepared}, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scifact(tmp_path_factory) -> tuple[Path, Path]:
+    """The full embedded SciFact, prepared (dev carved from train), and its index."""
+    root = tmp_path_factory.mktemp("scifact")
+    prepared, index = root / "prepared", root / "index"
+    prepared.mkdir()
+    index.mkdir()
+    params = PrepareParams(dev_fraction=0.1)
+    prepare(params, dataset_files(SCIFACT, "beir", params.splits), prepared)
+    build_index(Bm25IndexParams(), {"prepared": prepared}, index)
+    return prepared, index
+
+
+def all_queries(prepared: Path) -> list[str]:
+    return pd.concat([read_queries(prepared, split) for split in ("train", "dev", "test")])["text"].tolist()
+
+
+def test_run_format_on_the_slice(prepared, slice_index, tmp_path):
+    summary = bm25_run(Bm25Params(split="test", top_k=50), {"prepared": prepared, "index": slice_index}, tmp_path)
     run = pd.read_parquet(tmp_path / "run.parquet")
     assert list(run.columns) == ["query_id", "doc_id", "rank", "score"]
     assert summary["queries"] == run["query_id"].nunique() == 20
@@ -27,13 +64,102 @@ def test_run_format_on_the_slice(prepared, tmp_path):
     assert first[1] == "Q0" and first[3] == "1" and first[5] == "bm25"
 
 
-def test_full_scifact_matches_the_reference(tmp_path):
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    params = PrepareParams(dev_fraction=0.1)
-    prepare(params, dataset_files(SCIFACT, "beir", params.splits), prepared)
-    run_dir = tmp_path / "bm25"
-    run_dir.mkdir()
-    bm25_run(Bm25Params(split="test"), {"prepared": prepared}, run_dir)
-    per_query = evaluate(pd.read_parquet(run_dir / "run.parquet"), read_qrels(prepared, "test"), ["nDCG@10"], 1)
-    assert per_query["value"].mean() == pytest.approx(0.686, abs=0.005)
+def test_full_scifact_matches_the_reference(scifact, tmp_path):
+    prepared, index = scifact
+    bm25_run(Bm25Params(split="test"), {"prepared": prepared, "index": index}, tmp_path)
+    per_query = evaluate(pd.read_parquet(tmp_path / "run.parquet"), read_qrels(prepared, "test"), ["nDCG@10"], 1)
+    assert per_query["value"].mean() == pytest.approx(0.6863, abs=1e-4)
+
+
+def test_same_documents_and_scores_as_bm25s_retrieve(scifact):
+    """Every SciFact query (1,109), top 100: rank by rank the same scores (1e-4 relative), the same documents above
+    the last score; documents tied at the last score may differ (bm25s breaks ties arbitrarily)."""
+    prepared, index_dir = scifact
+    texts = all_queries(prepared)
+    docs, scores = search(load_index(index_dir), texts, 100, threads=2)
+    retriever = import_bm25s().BM25.load(index_dir)
+    their_docs, their_scores = retriever.retrieve(tokenize(texts, "en", "english"), k=100, show_progress=False)
+    identical = 0
+    for mine, values, theirs, their_values in zip(docs, scores, their_docs, their_scores):
+        kept = their_values > 0  # bm25s fills k documents, matching or not
+        mine, values, theirs, their_values = mine[mine >= 0], values[mine >= 0], theirs[kept], their_values[kept]
+        assert len(mine) == len(theirs)
+        np.testing.assert_allclose(values, their_values, rtol=1e-4)
+        if len(mine):
+            above = values[-1] * (1 + 1e-4)
+            assert set(mine[values > above]) == set(theirs[their_values > above])
+        identical += set(mine) == set(theirs)
+    assert identical / len(texts) > 0.99
+
+
+def test_equal_scores_rank_the_lower_row_first_and_zero_scores_are_left_out():
+    docs, scores = np.array([9, 4, 7, 1, 3], dtype=np.int32), np.array([2, 3, 3, 0, 3], dtype=np.float32)
+    found, values = top_k(docs, scores, 2)
+    assert found.tolist() == [3, 4] and values.tolist() == [3, 3]
+    assert top_k(docs, scores, 5)[0].tolist() == [3, 4, 7, 9]
+    rng = np.random.default_rng(0)  # a long row, where a sample's bound prunes first
+    docs = rng.permutation(20000).astype(np.int32)
+    scores = rng.integers(0, 40, 20000).astype(np.float32) / 4
+    found, values = top_k(docs, scores, 300)
+    order = np.lexsort((docs, -scores))[:300]
+    assert found.tolist() == docs[order].tolist() and values.tolist() == scores[order].tolist()
+
+
+def test_threads_and_batches_do_not_change_the_run(scifact, monkeypatch):
+    prepared, index_dir = scifact
+    index, texts = load_index(index_dir), all_queries(prepared)
+    docs, scores = search(index, texts, 100, threads=1)
+    monkeypatch.setattr(stages.bm25, "BATCH_POSTINGS", 5000)  # many small batches
+    many_docs, many_scores = search(index, texts, 100, threads=4)
+    assert np.array_equal(docs, many_docs) and np.array_equal(scores, many_scores)
+
+
+def test_queries_without_a_known_term_retrieve_nothing(slice_index):
+    docs, scores = search(load_index(slice_index), ["zzzqx wqxz", "the of and"], 10)
+    assert (docs == -1).all() and (scores == 0).all()
+
+
+def test_index_files_do_not_depend_on_the_hash_seed(prepared, tmp_path):
+    """bm25s numbers stems in set order; the stage renumbers them in token order, so the files are the same."""
+    hashes = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"index-{seed}"
+        params, inputs = json.dumps(vars(Bm25IndexParams())), json.dumps({"prepared": str(prepared)})
+        command = [sys.executable, "-m", "stages.bm25_index", str(out), "--params", params, "--inputs", inputs]
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run(command + ["--no-check-key"], check=True, capture_output=True, env=env, cwd=ROOT)
+        files = sorted(p for p in out.iterdir() if p.name not in ("manifest.json", "summary.json"))
+        hashes.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
+    assert hashes[0] == hashes[1] and "vocab.index.json" in hashes[0] and "doc_ids.parquet" in hashes[0]
+
+
+def test_unusable_tokenizer_settings_are_a_config_error(prepared, tmp_path):
+    with pytest.raises(ConfigError, match="stemmer='klingon'"):
+        build_index(Bm25IndexParams(stemmer="klingon"), {"prepared": prepared}, tmp_path)
+
+
+def plan_for(tmp_path: Path, dataset: Path, **sections) -> Plan:
+    config = {
+        "dataset": {"path": str(dataset)},
+        "seeds": [1],
+        "mine": {"source": "bm25"},
+        "star": {"init": "base"},
+        "experiments": [{"name": "bm25", "method": "bm25"}, {"name": "star", "method": "star"}],
+        **sections,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return Plan(load_config(path), tmp_path / "results")
+
+
+def test_one_index_serves_the_test_run_and_the_train_mining(tmp_path, scifact_slice):
+    plan = plan_for(tmp_path, scifact_slice)
+    test_run, mining = plan.experiments["bm25"]["bm25-test"], plan.experiments["star/seed-1"]["bm25-train"]
+    index = test_run.inputs["index"]
+    assert mining.inputs["index"] is index and [n for n in plan.nodes() if n.stage == "bm25_index"] == [index]
+    assert set(test_run.params) == {"split", "top_k"} and mining.params["split"] == "train"
+    assert index.params == {"k1": 1.5, "b": 0.75, "method": "lucene", "stopwords": "en", "stemmer": "english"}
+    deeper = plan_for(tmp_path, scifact_slice, bm25={"top_k": 2000}).experiments["bm25"]["bm25-test"]
+    assert deeper.inputs["index"].key == index.key and deeper.key != test_run.key  # top_k is the run's
+    other = plan_for(tmp_path, scifact_slice, bm25={"k1": 1.2}).experiments["bm25"]["bm25-test"]
+    assert other.inputs["index"].key != index.key  # k1 is the index's

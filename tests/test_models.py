@@ -26,14 +26,18 @@ def tiny(tiny_model_dir) -> Encoder:
     return load_encoder(tiny_model_dir)
 
 
-def test_resolve_model_names_and_folders(tmp_path):
+def test_resolve_model_names_and_folders(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
     bundled = Path(resolve_model("bundled"))
     assert (bundled / "model.safetensors").is_file() and (bundled / "modules.json").is_file()
     assert resolve_model("all-MiniLM-L6-v2") == str(bundled)
     assert resolve_model(str(tmp_path)) == str(tmp_path)
-    assert resolve_model("some-org/some-model") == "some-org/some-model"  # a Hub id, left for from_pretrained
     with pytest.raises(ConfigError, match="not found"):
         resolve_model(str(tmp_path / "missing"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ConfigError, match="not a Hugging Face Hub model in the local cache"):
+        resolve_model("some-org/some-model")  # a Hub id is only ever read from the cache (test_config_errors.py)
 
 
 def test_local_folder_without_weights_is_a_config_error(tmp_path):
@@ -41,11 +45,12 @@ def test_local_folder_without_weights_is_a_config_error(tmp_path):
         load_encoder(tmp_path)
 
 
-def test_hub_id_that_cannot_load_is_a_config_error(monkeypatch):
+def test_hub_id_that_is_not_cached_is_a_config_error_without_network(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network retries in the test
-    with pytest.raises(ConfigError, match="offline"):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # any network use would fail
+    with pytest.raises(ConfigError, match="stages never download"):
         load_encoder("some-org/some-model")
 
 

@@ -84,3 +84,34 @@ def test_compare_two_score_artifacts(tmp_path):
         )
     result = compare(tmp_path / "a", tmp_path / "b", "nDCG@10", samples=500)
     assert result["difference"] == pytest.approx(2 / 3) and 0 < result["p_value"] <= 1
+
+
+def test_tied_scores_every_measure_sees_the_run_order():
+    # duplicate documents get identical scores; the judged copy 'a' is ranked first, its twin 'z' (a higher doc id,
+    # which trec_eval's tie-break would put first) second
+    qrels = pd.DataFrame({"split": "test", "query_id": ["q1"], "doc_id": ["a"], "relevance": [1]})
+    run = run_frame([("q1", "a", 1, 0.5), ("q1", "z", 2, 0.5), ("q1", "m", 3, 0.5)])
+    values = evaluate(run, qrels, ["nDCG@10", "MRR@10", "MAP"], 1).set_index("measure")["value"]
+    assert values["MRR@10"] == 1.0 and values["nDCG@10"] == pytest.approx(1.0) and values["MAP"] == 1.0
+
+
+def test_trec_run_scores_strictly_decrease_with_rank(tmp_path):
+    run = run_frame(
+        [("q1", "a", 1, 0.5), ("q1", "z", 2, 0.5), ("q1", "m", 3, 0.5), ("q1", "n", 4, 0.4999995), ("q2", "b", 1, -3.0)]
+        + [("q2", "c", 2, -3.0)]
+    )
+    write_run(run, tmp_path, "t")
+    lines = [line.split() for line in (tmp_path / "run.trec").read_text().splitlines()]
+    scores = {}
+    for query_id, _, doc_id, rank, value, tag in lines:
+        scores.setdefault(query_id, []).append(float(value))
+    assert all(a > b for values in scores.values() for a, b in zip(values, values[1:]))
+    assert scores["q1"][0] == 0.5 and scores["q2"] == [-3.0, -3.000001]
+    # trec_eval reads the file in the order it states: pytrec_eval on the file's scores ranks 'a' first
+    import ir_measures
+
+    ranked = {}
+    for query_id, _, doc_id, rank, value, tag in lines:
+        ranked.setdefault(query_id, {})[doc_id] = float(value)
+    result = ir_measures.calc_aggregate([ir_measures.parse_measure("RR@10")], {"q1": {"a": 1}}, {"q1": ranked["q1"]})
+    assert list(result.values())[0] == 1.0

@@ -137,7 +137,7 @@ def slurm_records(run_id: str, since: datetime, expected: int) -> list[dict[str,
     return rows
 
 
-TIMING = re.compile(r"(^|_)seconds$|_per_s$")  # summary.json fields that measure speed, different on every run
+TIMING = re.compile(r"(^|_)seconds$|_per_s$|^resources$")  # summary.json fields that differ on every run
 
 
 def without_timings(value):

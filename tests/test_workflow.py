@@ -64,7 +64,9 @@ def artifacts(workdir: Path, stage: str) -> list[str]:
 
 
 def test_complete_run_leaves_nothing_to_do_and_pointers(workdir):
-    assert planned_jobs(workdir) == Counter(prepare_dataset=1, bm25_retrieve=1, score_run=1, report_results=1)
+    assert planned_jobs(workdir) == Counter(
+        prepare_dataset=1, bm25_index=1, bm25_retrieve=1, score_run=1, report_results=1
+    )
     snakemake(workdir)
     assert planned_jobs(workdir) == Counter()
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout
@@ -78,7 +80,8 @@ def test_complete_run_leaves_nothing_to_do_and_pointers(workdir):
 def test_param_change_reruns_descendants_only_and_revert_reruns_nothing(workdir, scifact_slice):
     snakemake(workdir)
     write_config(workdir, scifact_slice, [{"name": "bm25", "method": "bm25"}], bm25={"k1": 1.2})
-    assert planned_jobs(workdir) == Counter(bm25_retrieve=1, score_run=1, report_results=1)
+    # k1 is the index's: the index, the run over it, the score and the report
+    assert planned_jobs(workdir) == Counter(bm25_index=1, bm25_retrieve=1, score_run=1, report_results=1)
     snakemake(workdir)
     assert len(artifacts(workdir, "bm25")) == 2 and len(artifacts(workdir, "prepare")) == 1
 
@@ -96,7 +99,9 @@ def test_experiments_share_upstream_artifacts(workdir, scifact_slice):
         {"name": "bm25-again", "method": "bm25"},
     ]
     write_config(workdir, scifact_slice, experiments)
-    assert planned_jobs(workdir) == Counter(prepare_dataset=1, bm25_retrieve=2, score_run=2, report_results=1)
+    assert planned_jobs(workdir) == Counter(
+        prepare_dataset=1, bm25_index=2, bm25_retrieve=2, score_run=2, report_results=1
+    )
     snakemake(workdir)
     assert len(artifacts(workdir, "prepare")) == 1
     runs = workdir / "results" / "runs"
@@ -109,7 +114,7 @@ def test_verify_reports_a_file_changed_since_written(workdir):
     snakemake(workdir)
     verify = [sys.executable, "-m", "stages.store", "verify"]
     clean = subprocess.run(verify, cwd=workdir, capture_output=True, text=True)
-    assert clean.returncode == 0 and "4 artifacts checked, 0 problems" in clean.stdout
+    assert clean.returncode == 0 and "5 artifacts checked, 0 problems" in clean.stdout
     run_file = workdir / "results" / "runs" / "bm25" / "bm25-test" / "run.trec"
     run_file.write_text(run_file.read_text().replace(" 1 ", " 2 ", 1))
     dirty = subprocess.run(verify, cwd=workdir, capture_output=True, text=True)
@@ -143,10 +148,10 @@ def test_run_plan_makes_the_same_artifacts_without_snakemake(workdir):
     """The GPU box has no Snakemake: stages.run_plan runs the same DAG; Snakemake then finds nothing to do."""
     result = subprocess.run([sys.executable, "-m", "stages.run_plan"], cwd=workdir, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "4 of 4 artifacts to make" in result.stdout
+    assert "5 of 5 artifacts to make" in result.stdout
     assert (workdir / "results" / "runs" / "bm25" / "score-test" / "metrics.json").is_file()
     again = subprocess.run([sys.executable, "-m", "stages.run_plan", "-n"], cwd=workdir, capture_output=True, text=True)
-    assert "0 of 4 artifacts to make" in again.stdout
+    assert "0 of 5 artifacts to make" in again.stdout
 
 
 def test_a_configfile_replaces_config_yaml_as_run_plan_reads_it(workdir, scifact_slice):

@@ -1,3 +1,27 @@
+rule bm25_index:
+    input:
+        unpack(stage_inputs("bm25_index")),
+    output:
+        artifact=directory("results/bm25_index/{key}"),
+    params:
+        stage=stage_params("bm25_index"),
+        inputs=stage_input_json("bm25_index"),
+    log:
+        "results/logs/bm25_index/{key}.log",
+    benchmark:
+        "results/benchmarks/bm25_index/{key}.tsv"
+    threads: 1
+    resources:
+        mem_mb=32000,
+        runtime=240,
+    conda:
+        "../../envs/bm25.yaml"
+    container:
+        CONTAINER
+    shell:
+        "CUDA_VISIBLE_DEVICES= python -m stages.bm25_index {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+
+
 rule bm25_retrieve:
     input:
         unpack(stage_inputs("bm25")),
@@ -10,13 +34,13 @@ rule bm25_retrieve:
         "results/logs/bm25/{key}.log",
     benchmark:
         "results/benchmarks/bm25/{key}.tsv"
-    threads: 2
+    threads: 8
     resources:
-        mem_mb=8000,
+        mem_mb=16000,
         runtime=60,
     conda:
         "../../envs/bm25.yaml"
     container:
         CONTAINER
     shell:
-        "python -m stages.bm25 {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "CUDA_VISIBLE_DEVICES= python -m stages.bm25 {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

@@ -10,7 +10,7 @@ rule tokenize_corpus:
         "results/logs/tokenize/{key}.log",
     benchmark:
         "results/benchmarks/tokenize/{key}.tsv"
-    threads: 2
+    threads: 16  # Snakemake caps it at --cores; the stage tokenizes on every core it is given
     resources:
         mem_mb=8000,
         runtime=60,
@@ -19,7 +19,7 @@ rule tokenize_corpus:
     container:
         CONTAINER
     shell:
-        "python -m stages.tokenize {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "CUDA_VISIBLE_DEVICES= python -m stages.tokenize {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
 
 
 rule encode_corpus:

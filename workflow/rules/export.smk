@@ -17,4 +17,4 @@ rule export_retriever:
     container:
         CONTAINER
     shell:
-        "python -m stages.export {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "CUDA_VISIBLE_DEVICES= python -m stages.export {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

@@ -19,4 +19,4 @@ rule index_build:
     container:
         CONTAINER
     shell:
-        "python -m stages.index {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "CUDA_VISIBLE_DEVICES= python -m stages.index {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

@@ -19,4 +19,4 @@ rule prepare_dataset:
     container:
         CONTAINER
     shell:
-        "python -m stages.prepare {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "CUDA_VISIBLE_DEVICES= python -m stages.prepare {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

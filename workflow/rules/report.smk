@@ -22,4 +22,4 @@ rule report_results:
     container:
         CONTAINER
     shell:
-        "python -m stages.report {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "CUDA_VISIBLE_DEVICES= python -m stages.report {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

@@ -42,4 +42,4 @@ rule mine_negatives:
     container:
         CONTAINER
     shell:
-        "python -m stages.mine_negatives {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "CUDA_VISIBLE_DEVICES= python -m stages.mine_negatives {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

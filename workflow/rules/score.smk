@@ -17,4 +17,4 @@ rule score_run:
     container:
         CONTAINER
     shell:
-        "python -m stages.score {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"
+        "CUDA_VISIBLE_DEVICES= python -m stages.score {output.artifact} --params {params.stage:q} --inputs {params.inputs:q} > {log} 2>&1"

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One GPU-box session of the scale runs, through the real user path (snakemake): install the carried wheels (.whl:
+# snakemake, faiss-cpu, bm25s, ... for Python 3.12), make a randomly initialised all-MiniLM-L6-v2 from its carried
+# config (.gpu/minilm-config, benchmarks/random_encoder.py --config-only), generate an MS MARCO-shaped dataset
+# (benchmarks/msmarco_synthetic.py, msmarco layout), run workflow/configs/scale.yaml (+ scale-SIZE.yaml) with
+#   snakemake --cores all --resources gpu=1 --scheduler greedy
+# and bring back the per-stage table (scale-SIZE.json), snakemake's output, logs and summaries (never models, runs
+# or embeddings), then run optional benchmark commands, each appending to $OUT/benchmarks.txt.
+#
+#   bash benchmarks/scale_session.sh SIZE PASSAGES TRAIN_QUERIES DEV_QUERIES ["BENCHMARK COMMAND" ...]
+# with carry [".whl", ".gpu"]. SMK_TIMEOUT (s) bounds snakemake; SMK_ARGS go to it.
+set -uo pipefail
+size=$1 passages=$2 train=$3 dev=$4; shift 4
+if [ -z "${NO_WHEELS:-}" ]; then  # NO_WHEELS=1: packages already installed (a CPU rehearsal of this script)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+mkdir -p /tmp/bin && ln -sf "$(command -v python3)" /tmp/bin/python  # rules call `python -m stages.<stage>`
+export PATH=/tmp/bin:$PATH PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast off
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no GPU"; nproc; free -g | head -2; } | tee "$OUT/device.txt"
+began=$(date +%s)
+python3 benchmarks/random_encoder.py /tmp/scale/minilm-random --source .gpu/minilm-config > /dev/null 2>&1 || exit 1
+/usr/bin/time -v python3 benchmarks/msmarco_synthetic.py /tmp/scale/data --passages "$passages" \
+    --train-queries "$train" --dev-queries "$dev" --layout msmarco > "$OUT/generate.txt" 2>&1 || { cat "$OUT/generate.txt"; exit 1; }
+tail -3 "$OUT/generate.txt"
+echo "setup $(( $(date +%s) - began )) s" | tee -a "$OUT/device.txt"
+configs="workflow/configs/scale.yaml"
+[ -f "workflow/configs/scale-$size.yaml" ] && configs="$configs workflow/configs/scale-$size.yaml"
+began=$(date +%s)
+timeout "${SMK_TIMEOUT:-540}" python3 -m snakemake --cores all --resources gpu=1 --scheduler greedy \
+    --configfile $configs ${SMK_ARGS:-} > "$OUT/snakemake.txt" 2>&1
+echo "snakemake exit $? after $(( $(date +%s) - began )) s" | tee -a "$OUT/device.txt"
+tail -4 "$OUT/snakemake.txt"
+python3 benchmarks/stage_table.py results --json "$OUT/scale-$size.json" --label "$size: $passages passages, $train train queries, $dev dev queries" | tee "$OUT/table.md"
+tar -czf "$OUT/results.tgz" --exclude='*/model' --exclude='*.parquet' --exclude=run.trec --exclude='*.faiss' \
+    --exclude='*.npz' --exclude='*.npy' --exclude='results/work' --exclude='*.safetensors' --exclude='*.pt' results
+for command in "$@"; do
+    echo "== $command" | tee -a "$OUT/benchmarks.txt"
+    bash -c "$command" >> "$OUT/benchmarks.txt" 2>&1
+    tail -c 2500 "$OUT/benchmarks.txt"
+done
+ls -la "$OUT"

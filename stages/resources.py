@@ -1,0 +1,76 @@
+"""What a stage used, for a per-stage throughput table: wall time, items and items/s, peak host and GPU memory.
+
+`stages.cli.run_stage` starts a `Meter` before the stage's work and merges `Meter.block(items)` into its
+summary.json under ``resources``; a stage names its main count(s) in its summary as ``items``, e.g.
+``{"documents": 5183, "tokens": 1200000}``.
+
+Peak RSS is ``getrusage``'s ``ru_maxrss`` of this process, reset at the start where Linux allows it (so a stage run
+in-process by `stages.run_plan` does not inherit an earlier stage's peak), and of the largest child process
+reaped so far (a worker pool's). Peak GPU memory is torch's ``max_memory_allocated`` when torch is imported and
+CUDA is initialised (0 when CUDA is available but unused, null without CUDA).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+MIB = 1024  # ru_maxrss is in KiB on Linux
+CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def available_threads() -> int:
+    """The cores this process is given: its CPU affinity (a Slurm or container allocation), capped by
+    OMP_NUM_THREADS when set (Snakemake sets it to the rule's ``threads``)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(cores, int(limit))) if limit.isdigit() and int(limit) > 0 else cores
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        CLEAR_REFS.write_text("5")  # resets the high-water mark of this process's RSS
+        return True
+    except OSError:
+        return False
+
+
+def _cuda():
+    torch = sys.modules.get("torch")
+    return torch.cuda if torch is not None and torch.cuda.is_available() else None
+
+
+class Meter:
+    """Started before a stage's work; `block` after it."""
+
+    def __init__(self) -> None:
+        self.rss_reset = _reset_peak_rss()
+        cuda = _cuda()
+        if cuda is not None and cuda.is_initialized():
+            cuda.reset_peak_memory_stats()
+        self.began = time.perf_counter()
+
+    def block(self, items: Mapping[str, int] | None = None) -> dict[str, Any]:
+        wall = time.perf_counter() - self.began
+        items = {name: int(count) for name, count in (items or {}).items()}
+        cuda = _cuda()
+        gpu = None if cuda is None else (cuda.max_memory_allocated() if cuda.is_initialized() else 0)
+        return {
+            "wall_s": round(wall, 3),
+            "threads": available_threads(),
+            "items": items,
+            "items_per_s": {name: round(count / wall, 1) if wall > 0 else None for name, count in items.items()},
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MIB, 1),
+            "peak_rss_children_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / MIB, 1),
+            "peak_rss_reset": self.rss_reset,
+            "peak_gpu_mib": None if gpu is None else round(gpu / 2**20, 1),
+        }
+
+    def merge(self, summary: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``summary`` (or an empty one) with the ``resources`` block of its ``items``."""
+        summary = dict(summary or {})
+        return {**summary, "resources": self.block(summary.get("items"))}
