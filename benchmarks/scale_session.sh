@@ -14,7 +14,7 @@ size=$1 passages=$2 train=$3 dev=$4; shift 4
 if [ -z "${NO_WHEELS:-}" ]; then  # NO_WHEELS=1: packages already installed (a CPU rehearsal of this script)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
-mkdir -p /tmp/bin && ln -sf "$(command -v python3)" /tmp/bin/python  # rules call `python -m stages.<stage>`
+command -v python > /dev/null || { mkdir -p /tmp/bin && ln -sf "$(command -v python3)" /tmp/bin/python; }  # rules call `python`
 export PATH=/tmp/bin:$PATH PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast off
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no GPU"; nproc; free -g | head -2; } | tee "$OUT/device.txt"

@@ -39,6 +39,8 @@ def rows(results: Path) -> list[dict]:
     named = roles(results)
     table = []
     for summary_path in sorted(results.glob("*/*/summary.json")):
+        if summary_path.parent.parent.name == "runs":  # pointers to artifacts listed anyway
+            continue
         artifact = summary_path.parent
         summary = json.loads(summary_path.read_text())
         block = summary.get("resources")

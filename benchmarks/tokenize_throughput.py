@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from msmarco_synthetic import generate  # noqa: E402
 
-from stages.models import load_tokenizer  # noqa: E402
 from stages.tokenize import CHUNK, corpus_chunks, write_token_chunks  # noqa: E402
 
 
@@ -43,6 +42,8 @@ def main() -> None:
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--max-length", type=int, default=256)
     args = parser.parse_args()
+    from stages.models import load_tokenizer  # torch: not imported again by every (spawned) worker
+
     tokenizer = load_tokenizer(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = corpus_parquet(Path(tmp), args.passages)

@@ -44,7 +44,6 @@ class Bm25Params:
 
 
 def bm25_run(params: Bm25Params, inputs: Mapping[str, Path], out_dir: Path) -> dict:
-    os.environ["JAX_PLATFORMS"] = "cpu"  # bm25s imports JAX when installed: keep it off the GPU (no preallocation)
     if "index" not in inputs:
         raise ConfigError("stage bm25 needs an 'index' input", fix="pass a bm25_index artifact of the same corpus")
     started = time.perf_counter()
@@ -60,6 +59,7 @@ def bm25_run(params: Bm25Params, inputs: Mapping[str, Path], out_dir: Path) -> d
     seconds = searched - loaded
     log.info("bm25: %d %s queries, top %d, %d threads: %.1f s", len(queries), params.split, k, threads, seconds)
     return {
+        "items": {"queries": len(queries), "query_passage_pairs": len(queries) * int(index.term_docs.shape[1])},
         "queries": len(queries),
         "top_k": k,
         "rows": len(run),

@@ -90,6 +90,7 @@ def build_index(params: Bm25IndexParams, inputs: Mapping[str, Path], out_dir: Pa
     postings = len(retriever.scores["data"])
     log.info("bm25_index: %d documents, %d terms, %d postings in %.1f s", len(corpus), terms, postings, seconds)
     return {
+        "items": {"documents": len(corpus), "postings": int(postings)},
         "documents": len(corpus),
         "terms": terms,
         "postings": postings,

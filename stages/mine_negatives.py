@@ -3,26 +3,31 @@
 Inputs: ``prepared`` (judgments), ``run`` (any artifact with run.parquet: BM25, or a dense run over the split's
 queries). Output: negatives.parquet (query_id, doc_ids: list of strings in rank order), one row per judged query of
 the split, possibly with no negatives (when the run missed the query or holds only positives). Prints a summary, as
-sentence-transformers' ``mine_hard_negatives`` does.
+sentence-transformers' ``mine_hard_negatives`` does. The run is read `BATCH_ROWS` rows at a time as Arrow columns
+and filtered with numbers (query and document positions), never as a Python object per row.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stages.cli import run_stage
 from stages.errors import ArtifactError, ConfigError, DataError
-from stages.tables import read_qrels, read_run, write_table
+from stages.tables import RUN_PARQUET, read_qrels
 
 VERSION = 1
+BATCH_ROWS = 1 << 22
+"""Run rows read at a time."""
 log = logging.getLogger("stages.mine_negatives")
 
 NEGATIVES = "negatives.parquet"
@@ -43,49 +48,111 @@ class MineParams:
 
 
 def mine(params: MineParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
+    if not 0 <= params.skip_top < params.depth:
+        raise ConfigError(f"skip_top={params.skip_top}, depth={params.depth}", fix="need 0 <= skip_top < depth")
     qrels = read_qrels(inputs["prepared"], params.split)
     if qrels.empty:
         raise DataError(f"no judgments for split {params.split!r}", path=inputs["prepared"])
-    positives = qrels[qrels["relevance"] >= 1].groupby("query_id")["doc_id"].agg(set).to_dict()
-    judged = sorted(qrels["query_id"].unique())
-    run = read_run(inputs["run"])
-    answered = set(run["query_id"]) & set(judged)
-    if not answered:
+    judged = pa.array(sorted(qrels["query_id"].unique()), pa.string())
+    positives = Positives(qrels, judged) if params.exclude_positives else None
+    picked = pick(Path(inputs["run"]) / RUN_PARQUET, judged, positives, params)
+    if not picked.answered.any():
         raise DataError(
             f"the run answers none of the {len(judged)} judged queries of split {params.split!r}",
             path=Path(inputs["run"]),
             fix=f"mine from a run over the {params.split!r} queries",
         )
-    if not 0 <= params.skip_top < params.depth:
-        raise ConfigError(f"skip_top={params.skip_top}, depth={params.depth}", fix="need 0 <= skip_top < depth")
-    window = (run["rank"] > params.skip_top) & (run["rank"] <= params.depth)
-    top = run[run["query_id"].isin(answered) & window].sort_values(["query_id", "rank"])
-    ranked = top.groupby("query_id", sort=False)["doc_id"].agg(list).to_dict()
-    rows, removed = [], 0
-    for query_id in judged:
-        docs = ranked.get(query_id, [])
-        if params.exclude_positives:
-            kept = [d for d in docs if d not in positives.get(query_id, ())]
-            removed += len(docs) - len(kept)
-            docs = kept
-        rows.append((query_id, docs))
-    negatives = pd.DataFrame(rows, columns=["query_id", "doc_ids"])
-    write_table(negatives, Path(out_dir) / NEGATIVES, NEGATIVES_SCHEMA)
-    counts = negatives["doc_ids"].map(len)
+    negatives = picked.table(judged, params.depth)
+    pq.write_table(negatives, Path(out_dir) / NEGATIVES, compression="zstd")
+    counts = np.diff(negatives.column("doc_ids").combine_chunks().offsets.to_numpy())
     summary = {
         "split": params.split,
         "depth": params.depth,
         "skip_top": params.skip_top,
         "queries": len(negatives),
-        "queries_not_in_run": len(judged) - len(answered),
+        "queries_not_in_run": len(judged) - int(picked.answered.sum()),
         "queries_without_negatives": int((counts == 0).sum()),
         "mean_negatives_per_query": round(float(counts.mean()), 2),
         "min_negatives": int(counts.min()),
         "max_negatives": int(counts.max()),
-        "positives_removed": removed,
+        "positives_removed": picked.removed,
     }
     print(format_summary(summary))
     return {**summary, "items": {"queries": len(negatives)}}
+
+
+class Positives:
+    """The judged (query, document) pairs with relevance >= 1, as numbers: query number (in ``judged``) times the
+    number of positive documents plus document number."""
+
+    def __init__(self, qrels: pd.DataFrame, judged: pa.Array):
+        relevant = qrels[qrels["relevance"] >= 1]
+        self.doc_ids = pa.array(relevant["doc_id"].unique(), pa.string())
+        queries = lookup(pa.array(relevant["query_id"], pa.string()), judged)
+        docs = lookup(pa.array(relevant["doc_id"], pa.string()), self.doc_ids)
+        self.keys = pa.array(np.unique(queries * len(self.doc_ids) + docs))
+
+    def contains(self, queries: np.ndarray, doc_ids: pa.Array) -> np.ndarray:
+        """Whether each (query number, document) pair is positive."""
+        docs = lookup(doc_ids, self.doc_ids)
+        found = np.zeros(len(docs), dtype=bool)
+        maybe = np.flatnonzero(docs >= 0)  # documents positive for some query
+        keys = pa.array(queries[maybe] * len(self.doc_ids) + docs[maybe])
+        found[maybe] = pc.is_in(keys, value_set=self.keys).to_numpy(zero_copy_only=False)
+        return found
+
+
+def lookup(values: pa.Array, value_set: pa.Array) -> np.ndarray:
+    """The position of each value in ``value_set`` (int64), -1 where it is not there; one hash of a dictionary
+    array's dictionary, not of each row."""
+    if pa.types.is_dictionary(values.type):
+        return lookup(values.dictionary, value_set)[values.indices.to_numpy(zero_copy_only=False)]
+    return pc.fill_null(pc.index_in(values, value_set=value_set), -1).to_numpy().astype(np.int64)
+
+
+@dataclass
+class Picked:
+    """The run's rows in the rank window for judged queries, positives removed (if asked), in the run's order."""
+
+    queries: list[np.ndarray] = field(default_factory=list)
+    ranks: list[np.ndarray] = field(default_factory=list)
+    doc_ids: list[pa.Array] = field(default_factory=list)
+    answered: np.ndarray | None = None
+    removed: int = 0
+
+    def table(self, judged: pa.Array, depth: int) -> pa.Table:
+        """One row per judged query, in ``judged``'s order: its documents in rank order (a stable sort)."""
+        queries = np.concatenate([np.zeros(0, np.int64), *self.queries])
+        key = queries * (depth + 1) + np.concatenate([np.zeros(0, np.int64), *self.ranks])
+        doc_ids = pa.chunked_array(self.doc_ids, pa.string())
+        if np.any(key[1:] < key[:-1]):  # a run written sorted by (query_id, rank) needs no sort
+            order = np.argsort(key, kind="stable")
+            queries, doc_ids = queries[order], doc_ids.take(pa.array(order))
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(queries, minlength=len(judged)))])
+        lists = pa.ListArray.from_arrays(pa.array(offsets).cast(pa.int32()), doc_ids.combine_chunks())
+        return pa.Table.from_arrays([judged, lists], schema=NEGATIVES_SCHEMA)
+
+
+def pick(path: Path, judged: pa.Array, positives: Positives | None, params: MineParams) -> Picked:
+    """Stream the run's (query_id, doc_id, rank) columns, keeping the rows that become negatives."""
+    if not path.is_file():
+        raise ArtifactError("missing table", path=path, fix="rerun the stage that writes it")
+    picked = Picked(answered=np.zeros(len(judged), dtype=bool))
+    run = pq.ParquetFile(path, read_dictionary=["query_id"])
+    for batch in run.iter_batches(batch_size=BATCH_ROWS, columns=["query_id", "doc_id", "rank"]):
+        queries = lookup(batch.column("query_id"), judged)
+        picked.answered[queries[queries >= 0]] = True
+        ranks = batch.column("rank").to_numpy(zero_copy_only=False)
+        keep = (queries >= 0) & (ranks > params.skip_top) & (ranks <= params.depth)
+        queries, ranks, doc_ids = queries[keep], ranks[keep], batch.column("doc_id").filter(pa.array(keep))
+        if positives is not None:
+            positive = positives.contains(queries, doc_ids)
+            picked.removed += int(positive.sum())
+            queries, ranks, doc_ids = queries[~positive], ranks[~positive], doc_ids.filter(pa.array(~positive))
+        picked.queries.append(queries)
+        picked.ranks.append(ranks)
+        picked.doc_ids.append(doc_ids.cast(pa.string()))
+    return picked
 
 
 def format_summary(summary: Mapping[str, object]) -> str:

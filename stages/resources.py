@@ -6,8 +6,9 @@ summary.json under ``resources``; a stage names its main count(s) in its summary
 
 Peak RSS is ``getrusage``'s ``ru_maxrss`` of this process, reset at the start where Linux allows it (so a stage run
 in-process by `stages.run_plan` does not inherit an earlier stage's peak), and of the largest child process
-reaped so far (a worker pool's). Peak GPU memory is torch's ``max_memory_allocated`` when torch is imported and
-CUDA is initialised (0 when CUDA is available but unused, null without CUDA).
+reaped so far (a worker pool's: an upper bound, since Linux counts in a child the RSS its parent had when it
+started it). Peak GPU memory is torch's ``max_memory_allocated`` when torch is imported and CUDA is initialised
+(0 when CUDA is available but unused, null without CUDA).
 """
 
 from __future__ import annotations

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stages.errors import ArtifactError, DataError
+from stages.resources import available_threads
 
 CORPUS, QUERIES, QRELS = "corpus.parquet", "queries.parquet", "qrels.parquet"
 RUN_PARQUET, RUN_TREC = "run.parquet", "run.trec"
@@ -57,24 +60,148 @@ def qrels_dict(qrels: pd.DataFrame) -> dict[str, dict[str, int]]:
 
 
 def write_run(run: pd.DataFrame, out_dir: Path, tag: str) -> None:
-    """A run as Parquet (query_id, doc_id, rank, score) and as a TREC run file whose scores strictly decrease with
-    rank (trec_eval and pytrec_eval ignore the rank column and break score ties by doc id)."""
+    """A run frame as `RunWriter` writes it, its rows sorted by (query_id, rank) first."""
     run = run.sort_values(["query_id", "rank"], kind="stable")
-    write_table(run, Path(out_dir) / RUN_PARQUET, RUN_SCHEMA)
-    scores = strictly_decreasing(run["query_id"].to_numpy(), run["score"].to_numpy())
-    with open(Path(out_dir) / RUN_TREC, "w") as trec:
-        for query_id, doc_id, rank, score in zip(run["query_id"], run["doc_id"], run["rank"], scores):
-            trec.write(f"{query_id} Q0 {doc_id} {rank} {score} {tag}\n")
+    with RunWriter(out_dir, tag) as writer:
+        writer.write(*pa.Table.from_pandas(run[RUN_SCHEMA.names], preserve_index=False).columns)
 
 
-def strictly_decreasing(query_ids: np.ndarray, scores: np.ndarray) -> list[str]:
+class RunWriter:
+    """Writes a run as Parquet (query_id, doc_id, rank, score) and as a TREC run file whose scores strictly decrease
+    with rank (trec_eval and pytrec_eval ignore the rank column and break score ties by doc id), batch by batch.
+
+    Each `write` takes whole queries, each query's rows together and in rank order; the rows are written in the
+    order given. The TREC lines are made by ``threads`` threads, ``chunk_rows`` rows (whole queries) at a time,
+    while another writes the Parquet rows. Use as a context manager:
+    ``with RunWriter(out_dir, tag) as writer: writer.write(...)``.
+    """
+
+    def __init__(self, out_dir: Path, tag: str, chunk_rows: int = 1 << 20, threads: int | None = None):
+        self.out_dir, self.tag, self.chunk_rows = Path(out_dir), tag, chunk_rows
+        self.threads = threads or available_threads()
+        self.rows = 0
+        self._last_query: str | None = None
+
+    def __enter__(self) -> "RunWriter":
+        self._pool = ThreadPoolExecutor(self.threads + 1)  # + 1: the Parquet writer
+        self._parquet = pq.ParquetWriter(
+            self.out_dir / RUN_PARQUET, RUN_SCHEMA, compression="zstd", use_dictionary=["query_id"]
+        )
+        self._trec = open(self.out_dir / RUN_TREC, "wb")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown()
+        self._parquet.close()
+        self._trec.close()
+
+    def write(self, query_ids, doc_ids, ranks, scores) -> None:
+        """Rows of whole queries: Arrow or numpy arrays (or sequences); scores in any float type (the TREC scores
+        are rounded from them as given, the Parquet ones are float32)."""
+        query_ids, doc_ids = _strings(query_ids), _strings(doc_ids)
+        ranks, scores = _numbers(ranks, np.int32), _numbers(scores, np.float64)
+        if not len(query_ids) == len(doc_ids) == len(ranks) == len(scores):
+            raise ValueError("query_ids, doc_ids, ranks and scores differ in length")
+        if not len(query_ids):
+            return
+        if query_ids[0].as_py() == self._last_query:
+            raise ValueError(f"query {self._last_query!r} continues across two writes; write whole queries")
+        self._last_query = query_ids[-1].as_py()
+        table = pa.Table.from_arrays(
+            [query_ids, doc_ids, pa.array(ranks), pa.array(scores.astype(np.float32))], schema=RUN_SCHEMA
+        )
+        parquet = self._pool.submit(self._parquet.write_table, table)
+        bounds = _chunk_bounds(_query_numbers(query_ids), self.chunk_rows)
+        parts = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+        chunks = [(query_ids[p], doc_ids[p], ranks[p], scores[p], self.tag) for p in parts]
+        for text in self._pool.map(_trec_lines, *zip(*chunks)):
+            self._trec.write(text)
+        parquet.result()
+        self.rows += len(query_ids)
+
+
+def _strings(values) -> pa.Array:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = values.cast(pa.string())
+        return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    return pa.array(values, pa.string())
+
+
+def _numbers(values, dtype) -> np.ndarray:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else values.to_numpy()
+    return np.asarray(values).astype(dtype, copy=False)
+
+
+def _query_numbers(query_ids: pa.Array) -> np.ndarray:
+    """0, 1, ... per row: the number of the run of equal query ids it belongs to."""
+    changes = pc.not_equal(query_ids[1:], query_ids[:-1]).to_numpy(zero_copy_only=False)
+    return np.concatenate([[0], np.cumsum(changes)])
+
+
+def _chunk_bounds(numbers: np.ndarray, rows: int) -> np.ndarray:
+    """Row numbers that cut the rows into chunks of about ``rows`` rows, at the first rows of queries."""
+    starts = np.flatnonzero(np.concatenate([[True], numbers[1:] != numbers[:-1]]))
+    cuts = starts[np.searchsorted(starts, np.arange(0, len(numbers), rows), side="right") - 1]
+    return np.append(np.unique(cuts), len(numbers))
+
+
+def _trec_lines(query_ids: pa.Array, doc_ids: pa.Array, ranks: np.ndarray, scores: np.ndarray, tag: str) -> pa.Buffer:
+    """The TREC lines of whole queries, as one buffer of text."""
+    micro = _lowered_micro(_query_numbers(query_ids), scores)
+    whole, fraction = np.divmod(np.abs(micro), 1_000_000)
+    fraction = pc.ascii_lpad(pa.array(fraction).cast(pa.string()), 6, "0")
+    lines = pc.binary_join_element_wise(
+        query_ids, " Q0 ", doc_ids, _rank_and_sign(ranks, micro < 0), pa.array(whole).cast(pa.string()), ".",
+        fraction, f" {tag}\n", "",
+    )  # fmt: skip
+    offsets = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + len(lines) + 1]
+    return lines.buffers()[2][offsets[0] : offsets[-1]]
+
+
+def _rank_and_sign(ranks: np.ndarray, negative: np.ndarray) -> pa.Array:
+    """' <rank> ' and the score's sign: ' 3 -'; from a table of all of them when ranks are small."""
+    if ranks.min() < 0 or ranks.max() > 1 << 20:
+        sign = pc.if_else(pa.array(negative), "-", "")
+        return pc.binary_join_element_wise("", pa.array(ranks).cast(pa.string()), sign, " ")
+    top = int(ranks.max()) + 1
+    table = pa.array([f" {rank} {sign}" for sign in ("", "-") for rank in range(top)])
+    return table.take(pa.array(ranks + top * negative.astype(ranks.dtype)))
+
+
+def strictly_decreasing(query_ids: np.ndarray, scores: np.ndarray) -> pa.StringArray:
     """Scores rounded to 1e-6 and, where ties (or a rank order against the scores) would remain, lowered by 1e-6
     steps so that each query's scores strictly decrease in rank order; as fixed-point text."""
+    micro = _lowered_micro(pd.factorize(np.asarray(query_ids))[0], scores)
+    whole, fraction = np.divmod(np.abs(micro), 1_000_000)
+    sign = pc.if_else(pa.array(micro < 0), "-", "")
+    fraction = pc.ascii_lpad(pa.array(fraction).cast(pa.string()), 6, "0")
+    return pc.binary_join_element_wise(sign, pa.array(whole).cast(pa.string()), ".", fraction, "")
+
+
+def _lowered_micro(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """`strictly_decreasing`'s scores in millionths (int64), rows grouped by ``groups`` (a number per row)."""
     micro = np.round(np.asarray(scores, dtype=np.float64) * 1e6).astype(np.int64)
-    position = pd.Series(query_ids).groupby(query_ids, sort=False).cumcount().to_numpy()
+    if len(groups) == 0:
+        return micro
     # s'[r] = min over j <= r of (s[j] + j) - r, within each query: the largest sequence below s that drops by >= 1
-    lowered = pd.Series(micro + position).groupby(query_ids, sort=False).cummin().to_numpy() - position
-    return [f"{'-' if value < 0 else ''}{abs(value) // 1_000_000}.{abs(value) % 1_000_000:06d}" for value in lowered]
+    if np.all(groups[1:] >= groups[:-1]):  # each group's rows together: numpy only
+        first = np.concatenate([[True], groups[1:] != groups[:-1]])
+        number = np.cumsum(first) - 1
+        position = np.arange(len(groups)) - np.flatnonzero(first)[number]
+        return _segment_cummin(micro + position, number) - position
+    position = pd.Series(groups).groupby(groups, sort=False).cumcount().to_numpy()
+    return pd.Series(micro + position).groupby(groups, sort=False).cummin().to_numpy() - position
+
+
+def _segment_cummin(values: np.ndarray, number: np.ndarray) -> np.ndarray:
+    """The running minimum of ``values`` restarting where ``number`` (0, 0, 1, 1, 1, 2, ...) steps up."""
+    low, span = int(values.min()), int(values.max()) - int(values.min()) + 1
+    if (int(number[-1]) + 1) * span >= 1 << 62:  # the offsets below would overflow
+        return pd.Series(values).groupby(number, sort=False).cummin().to_numpy()
+    # each segment shifted below every earlier one: one running minimum over all of them stays within segments
+    offset = number * span
+    return np.minimum.accumulate(values - low - offset) + offset + low
 
 
 def read_run(artifact: Path) -> pd.DataFrame:
@@ -95,6 +222,19 @@ def run_from_topk(query_ids: list[str], doc_ids: np.ndarray, indices: np.ndarray
     )
 
 
+def run_table_from_topk(query_ids, doc_ids: pa.Array, indices: np.ndarray, scores: np.ndarray) -> pa.Table:
+    """`run_from_topk` as an Arrow table (RUN_SCHEMA); ``doc_ids`` (row number -> id) best given as an Arrow array."""
+    count, k = indices.shape
+    valid = (indices >= 0).ravel()
+    columns = [
+        _strings(query_ids).take(pa.array(np.repeat(np.arange(count), k)[valid])),
+        _strings(doc_ids).take(pa.array(indices.ravel()[valid])),
+        pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), count)[valid]),
+        pa.array(scores.ravel()[valid].astype(np.float32)),
+    ]
+    return pa.Table.from_arrays(columns, schema=RUN_SCHEMA)
+
+
 def embedding_schema(dim: int, dtype: str) -> pa.Schema:
     value = pa.float16() if dtype == "float16" else pa.float32()
     return pa.schema([("id", pa.string()), ("embedding", pa.list_(value, dim))])
@@ -113,7 +253,7 @@ def write_embeddings(path: Path, ids: list[str], embeddings: np.ndarray, dtype: 
 def iter_embeddings(paths: Iterable[Path], batch_rows: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
     """Stream (ids, float32 matrix) batches from embedding files, never holding more than one batch."""
     for path in paths:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every row group read until the end
         dim = parquet.schema_arrow.field("embedding").type.list_size
         for batch in parquet.iter_batches(batch_size=batch_rows):
             flat = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)

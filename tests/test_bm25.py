@@ -163,3 +163,41 @@ def test_one_index_serves_the_test_run_and_the_train_mining(tmp_path, scifact_sl
     assert deeper.inputs["index"].key == index.key and deeper.key != test_run.key  # top_k is the run's
     other = plan_for(tmp_path, scifact_slice, bm25={"k1": 1.2}).experiments["bm25"]["bm25-test"]
     assert other.inputs["index"].key != index.key  # k1 is the index's
+
+
+def test_duplicate_documents_every_measure_scores_the_run_order(tmp_path):
+    """SciFact's documents repeated: every judged document has identical twins with identical BM25 scores; nDCG@10
+    and MRR@10 must see the same rank (with one relevant document: nDCG@10 = 1 / log2(rank + 1), MRR@10 = 1 / rank)."""
+    data = tmp_path / "data"
+    (data / "qrels").mkdir(parents=True)
+    docs = [json.loads(line) for line in pd.read_json(SCIFACT / "corpus.jsonl.gz", lines=True).head(200).to_json(
+        orient="records", lines=True).splitlines()]
+    with open(data / "corpus.jsonl", "w") as handle:
+        for copy in range(3):  # the original ids last, so that a doc-id tie-break would not favour them
+            for doc in docs:
+                doc_id = doc["_id"] if copy == 2 else f"{doc['_id']}-copy{copy}"
+                handle.write(json.dumps({"_id": doc_id, "title": doc["title"], "text": doc["text"]}) + "\n")
+    queries = [{"_id": f"q{i}", "text": doc["title"]} for i, doc in enumerate(docs[:40])]
+    (data / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
+    for split, chosen in (("train", queries[:20]), ("test", queries[20:])):
+        lines = [f"{q['_id']}\t{docs[int(q['_id'][1:])]['_id']}\t1" for q in chosen]
+        (data / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(lines) + "\n")
+    params = PrepareParams(format="beir", splits=["train", "test"], dev_fraction=0, dev_source="train", seed=1,
+                           unknown_ids="error", empty_documents="keep")
+    prepared, index, run_dir = tmp_path / "prepared", tmp_path / "index", tmp_path / "run"
+    for folder in (prepared, index, run_dir):
+        folder.mkdir()
+    prepare(params, dataset_files(data, "beir", ["train", "test"]), prepared)
+    build_index(Bm25IndexParams(), {"prepared": prepared}, index)
+    bm25_run(Bm25Params(split="test", top_k=100), {"prepared": prepared, "index": index}, run_dir)
+    run = pd.read_parquet(run_dir / "run.parquet")
+    assert (run.groupby(["query_id", "score"]).size() >= 3).any()  # the twins tie
+    values = evaluate(run, read_qrels(prepared, "test"), ["nDCG@10", "MRR@10"], 1).pivot(
+        index="query_id", columns="measure", values="value")
+    rank = 1 / values["MRR@10"].where(values["MRR@10"] > 0)
+    expected = (1 / np.log2(rank + 1)).fillna(0.0)
+    assert np.allclose(values["nDCG@10"], expected)
+    judged = read_qrels(prepared, "test").merge(run, on=["query_id", "doc_id"]).set_index("query_id")["rank"]
+    stated = (1 / judged.where(judged <= 10)).reindex(values.index).fillna(0.0)
+    assert np.allclose(values["MRR@10"], stated)  # the rank the run file states, not a re-sort of tied scores
+    assert values["MRR@10"].mean() > 0

@@ -126,10 +126,13 @@ def model(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def negatives(prepared, tmp_path_factory) -> Path:
     from stages.bm25 import Bm25Params, bm25_run
+    from stages.bm25_index import Bm25IndexParams, build_index
     from stages.mine_negatives import MineParams, mine
 
     run, out = tmp_path_factory.mktemp("dist-bm25"), tmp_path_factory.mktemp("dist-negatives")
-    bm25_run(Bm25Params(split="train", top_k=50), {"prepared": prepared}, run)
+    index = tmp_path_factory.mktemp("dist-bm25-index")
+    build_index(Bm25IndexParams(), {"prepared": prepared}, index)
+    bm25_run(Bm25Params(split="train", top_k=50), {"prepared": prepared, "index": index}, run)
     mine(MineParams(depth=20), {"prepared": prepared, "run": run}, out)
     return out
 

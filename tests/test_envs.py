@@ -29,6 +29,7 @@ PACKAGES = {
     "torch": {"pytorch", "torch"},
     "triton": {"triton", "pytorch", "torch"},  # ships with torch's CUDA builds; imported only on CUDA (pq_kernels)
     "transformers": {"transformers"},
+    "tokenizers": {"tokenizers", "transformers"},  # a dependency of transformers
     "safetensors": {"safetensors"},
     "faiss": {"faiss-cpu", "faiss-gpu", "faiss"},
     "tqdm": {"tqdm"},

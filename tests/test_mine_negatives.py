@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from stages.bm25 import Bm25Params, bm25_run
+from stages.bm25_index import Bm25IndexParams, build_index
 from stages.errors import ConfigError, DataError
-from stages.mine_negatives import MineParams, main, mine, read_negatives
-from stages.tables import read_qrels, write_run
+from stages.mine_negatives import NEGATIVES, NEGATIVES_SCHEMA, MineParams, main, mine, read_negatives
+from stages.tables import RUN_SCHEMA, read_qrels, read_run, write_run, write_table
 
 
 def fake_run(folder, ranked: dict[str, list[str]]):
@@ -52,9 +56,11 @@ def test_keeping_positives(prepared, train_qrels, tmp_path):
 
 
 def test_bm25_negatives_exclude_every_positive(prepared, train_qrels, tmp_path, capsys):
-    run = tmp_path / "bm25"
+    run, index = tmp_path / "bm25", tmp_path / "bm25_index"
     run.mkdir()
-    bm25_run(Bm25Params(split="train", top_k=50), {"prepared": prepared}, run)
+    index.mkdir()
+    build_index(Bm25IndexParams(), {"prepared": prepared}, index)
+    bm25_run(Bm25Params(split="train", top_k=50), {"prepared": prepared, "index": index}, run)
     out = tmp_path / "out"
     out.mkdir()
     summary = mine(MineParams(depth=30), {"prepared": prepared, "run": run}, out)
@@ -94,3 +100,85 @@ def test_skip_top_drops_the_highest_ranks(prepared, train_qrels, tmp_path):
     assert read_negatives(out)[first] == ["x2", "x3"]
     with pytest.raises(ConfigError, match="skip_top"):
         mine(MineParams(depth=3, skip_top=3), {"prepared": prepared, "run": run}, tmp_path)
+
+
+def reference_mine(params: MineParams, prepared, run_dir, out_dir) -> dict:
+    """`mine` as it was before it streamed the run as Arrow (pandas groupby and Python lists)."""
+    qrels = read_qrels(prepared, params.split)
+    positives = qrels[qrels["relevance"] >= 1].groupby("query_id")["doc_id"].agg(set).to_dict()
+    judged = sorted(qrels["query_id"].unique())
+    run = read_run(run_dir)
+    answered = set(run["query_id"]) & set(judged)
+    window = (run["rank"] > params.skip_top) & (run["rank"] <= params.depth)
+    top = run[run["query_id"].isin(answered) & window].sort_values(["query_id", "rank"])
+    ranked = top.groupby("query_id", sort=False)["doc_id"].agg(list).to_dict()
+    rows, removed = [], 0
+    for query_id in judged:
+        docs = ranked.get(query_id, [])
+        if params.exclude_positives:
+            kept = [d for d in docs if d not in positives.get(query_id, ())]
+            removed += len(docs) - len(kept)
+            docs = kept
+        rows.append((query_id, docs))
+    negatives = pd.DataFrame(rows, columns=["query_id", "doc_ids"])
+    write_table(negatives, out_dir / NEGATIVES, NEGATIVES_SCHEMA)
+    counts = negatives["doc_ids"].map(len)
+    return {
+        "split": params.split,
+        "depth": params.depth,
+        "skip_top": params.skip_top,
+        "queries": len(negatives),
+        "queries_not_in_run": len(judged) - len(answered),
+        "queries_without_negatives": int((counts == 0).sum()),
+        "mean_negatives_per_query": round(float(counts.mean()), 2),
+        "min_negatives": int(counts.min()),
+        "max_negatives": int(counts.max()),
+        "positives_removed": removed,
+        "items": {"queries": len(negatives)},
+    }
+
+
+def awkward_run(folder, qrels: pd.DataFrame, shuffled: bool):
+    """A run over most judged queries and some others: tied scores, positives at every depth, documents repeated
+    across queries, some queries whose window holds only positives; in (query_id, rank) order or shuffled."""
+    rng = np.random.default_rng(7)
+    judged = sorted(qrels["query_id"].unique())
+    positives = qrels[qrels["relevance"] >= 1].groupby("query_id")["doc_id"].agg(list).to_dict()
+    other_positives = [d for docs in positives.values() for d in docs]
+    rows = []
+    for number, query_id in enumerate([*judged[3:], "not-judged-1", "not-judged-2"]):
+        docs = [f"d{rng.integers(300)}" for _ in range(int(rng.integers(1, 30)))]
+        for doc in positives.get(query_id, [])[:2]:
+            docs.insert(int(rng.integers(len(docs) + 1)), doc)  # its own positives somewhere in the ranking
+        docs.insert(int(rng.integers(len(docs) + 1)), other_positives[number % len(other_positives)])
+        if number % 5 == 0:
+            docs = positives.get(query_id, docs)[:1] + docs[:1]  # a short list, maybe only a positive
+        scores = np.round(rng.normal(size=len(docs)), 1)  # ties
+        rows += [(query_id, d, r, float(s)) for r, (d, s) in enumerate(zip(docs, -np.sort(-scores)), 1)]
+    frame = pd.DataFrame(rows, columns=["query_id", "doc_id", "rank", "score"])
+    folder.mkdir()
+    if shuffled:  # not the order write_run gives: mining sorts
+        frame = frame.sample(frac=1.0, random_state=3)
+        pq.write_table(pa.Table.from_pandas(frame, RUN_SCHEMA, preserve_index=False), folder / "run.parquet")
+    else:
+        write_run(frame, folder, tag="awkward")
+    return folder
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+@pytest.mark.parametrize(
+    "params",
+    [MineParams(), MineParams(depth=10), MineParams(depth=12, skip_top=3), MineParams(exclude_positives=False)],
+    ids=["paper", "depth-10", "skip-top", "keep-positives"],
+)
+def test_same_negatives_and_summary_as_the_reference(prepared, train_qrels, tmp_path, monkeypatch, params, shuffled):
+    run = awkward_run(tmp_path / "run", train_qrels, shuffled)
+    monkeypatch.setattr("stages.mine_negatives.BATCH_ROWS", 37)  # many batches
+    for name in ("new", "old"):
+        (tmp_path / name).mkdir()
+    summary = mine(params, {"prepared": prepared, "run": run}, tmp_path / "new")
+    expected = reference_mine(params, prepared, run, tmp_path / "old")
+    assert summary == expected
+    assert summary["queries_not_in_run"] == 3 and summary["queries_without_negatives"] >= 3
+    assert params.exclude_positives is False or summary["positives_removed"] > 0
+    assert pq.read_table(tmp_path / "new" / NEGATIVES).equals(pq.read_table(tmp_path / "old" / NEGATIVES))

@@ -10,9 +10,9 @@ import pytest
 from stages.encode import EMBEDDINGS, EncodeParams, encode
 from stages.errors import ConfigError
 from stages.index import IndexParams, build_index
-from stages.retrieve import RetrieveParams, retrieve
+from stages.retrieve import RetrieveParams, query_batch, retrieve
 from stages.score import evaluate
-from stages.tables import RUN_TREC, read_corpus, read_qrels, read_queries, read_run, write_embeddings
+from stages.tables import RUN_TREC, read_corpus, read_qrels, read_queries, read_run, write_embeddings, write_run
 
 TOP_K = 50
 
@@ -71,3 +71,23 @@ def test_query_encoder_must_match_the_index_dimension(prepared, tiny_model_dir, 
     build_index(IndexParams(), {"shard_0": shard}, tmp_path / "index")
     with pytest.raises(ConfigError, match="32-dim vectors but the index holds 16-dim"):
         run_retrieve(prepared, tmp_path / "index", tiny_model_dir, tmp_path / "run")
+
+
+def test_batches_of_queries_give_the_same_run(prepared, dense_index, tiny_model_dir, tmp_path, monkeypatch):
+    whole = run_retrieve(prepared, dense_index, tiny_model_dir, tmp_path / "whole")
+    monkeypatch.setattr("stages.retrieve.QUERY_BATCH", 3)
+    batched = run_retrieve(prepared, dense_index, tiny_model_dir, tmp_path / "batched")
+    assert batched["query_batch"] == 3 and whole["query_batch"] > whole["queries"]
+    assert batched["rows"] == whole["rows"] == whole["queries"] * TOP_K
+    by_whole, by_batches = read_run(tmp_path / "whole"), read_run(tmp_path / "batched")
+    np.testing.assert_allclose(by_whole["score"], by_batches["score"], atol=1e-5)
+    assert by_whole[["query_id", "doc_id", "rank"]].equals(by_batches[["query_id", "doc_id", "rank"]])
+    assert by_whole["query_id"].is_monotonic_increasing  # rows sorted by (query_id, rank), as write_run sorts them
+    (tmp_path / "rewritten").mkdir()
+    write_run(by_batches, tmp_path / "rewritten", "dense")
+    assert (tmp_path / "rewritten" / RUN_TREC).read_bytes() == (tmp_path / "batched" / RUN_TREC).read_bytes()
+
+
+def test_query_batch_bounds_the_rows_of_a_batch():
+    assert query_batch(200) == 65_536 and query_batch(1000) == 16_384  # multiples of the tokenizing chunk
+    assert query_batch(10_000) == 1677 and query_batch(1 << 30) == 1

@@ -170,7 +170,7 @@ def test_workflow_through_slurm_matches_a_local_run(slurm_cluster, tmp_path, sci
         zeroshot_config(workdir, scifact_slice, tiny_model_dir)
     jobs = planned_jobs(cluster_dir)
     assert jobs == Counter(
-        prepare_dataset=1, bm25_retrieve=1, tokenize_corpus=1, encode_corpus=2, index_build=1, retrieve_dense=1, score_run=2,
+        prepare_dataset=1, bm25_index=1, bm25_retrieve=1, tokenize_corpus=1, encode_corpus=2, index_build=1, retrieve_dense=1, score_run=2,
         report_results=1,
     )  # fmt: skip
 

@@ -62,26 +62,26 @@ def removals(output: str) -> set[str]:
 
 def test_gc_keeps_what_a_run_with_layered_config_files_reaches(workdir, capsys):
     alone, layered = plan_paths("config.yaml"), plan_paths("config.yaml", "extra.yaml")
-    assert len(alone & layered) == 1  # prepare is shared; extra.yaml's k1 changes bm25, score and report
+    assert len(alone & layered) == 1  # prepare is shared; extra.yaml's k1 changes the BM25 index, bm25, score and report
     for path in alone | layered:
         path.mkdir(parents=True)
     assert store.main(["gc", "--configfile", "config.yaml", "extra.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "protected by config.yaml + extra.yaml: 4 artifacts (4 in its plan)" in out
+    assert "protected by config.yaml + extra.yaml: 5 artifacts (5 in its plan)" in out
     assert removals(out) == {str(p) for p in alone - layered} and "rerun with --yes" in out
     assert all(p.is_dir() for p in alone | layered)  # nothing removed without --yes
 
     assert store.main(["gc", "--configfile", "config.yaml", "--configfile", "config.yaml", "extra.yaml"]) == 0
     out = capsys.readouterr().out  # two runs: the union of what they reach is kept
-    assert "protected by config.yaml: 4 artifacts" in out and "protected by config.yaml + extra.yaml" in out
+    assert "protected by config.yaml: 5 artifacts" in out and "protected by config.yaml + extra.yaml" in out
     assert removals(out) == set() and "nothing to remove" in out
 
     killed, running = Path(f"results/bm25/.tmp-k1-{dead_pid()}"), Path(f"results/bm25/.tmp-k2-{os.getpid()}")
     killed.mkdir(), running.mkdir()
     assert store.main(["gc", "--yes"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("no --configfile given: keeping what config.yaml reaches\nprotected by config.yaml: 4")
-    assert removals(out) == {str(p) for p in layered - alone} | {str(killed)} and out.endswith("removed 4 folders\n")
+    assert out.startswith("no --configfile given: keeping what config.yaml reaches\nprotected by config.yaml: 5")
+    assert removals(out) == {str(p) for p in layered - alone} | {str(killed)} and out.endswith("removed 5 folders\n")
     assert f"keep {running}: an unfinished write of process {os.getpid()}, which still runs" in out
     assert all(p.is_dir() for p in alone) and not any(p.exists() for p in layered - alone)
     assert running.is_dir() and not killed.exists()
@@ -101,20 +101,20 @@ def test_run_plan_layers_config_files_as_snakemake_does(workdir):
 
 
 def test_a_damaged_artifact_is_set_aside_by_the_next_run_and_rebuilt(workdir, capsys):
-    assert "4 of 4 artifacts to make" in run("stages.run_plan").stdout
+    assert "5 of 5 artifacts to make" in run("stages.run_plan").stdout
     [artifact] = [p for p in Path("results/bm25").iterdir() if not p.name.startswith(".")]
     with open(artifact / "run.parquet", "ab") as handle:
         handle.write(b"\0")  # e.g. a disk error, or a copy gone wrong
     assert "run.parquet" in store.damage(artifact)
 
     dry = run("stages.run_plan", "-n")
-    assert "0 of 4 artifacts to make" in dry.stdout and artifact.is_dir()  # a dry run moves nothing
+    assert "0 of 5 artifacts to make" in dry.stdout and artifact.is_dir()  # a dry run moves nothing
     assert f"warning: damaged artifact {artifact}" in dry.stderr and "a run moves it aside" in dry.stderr
     dry = snakemake("-n")
     assert artifact.is_dir() and f"warning: damaged artifact {artifact}" in dry.stderr
 
     again = run("stages.run_plan")
-    assert "1 of 4 artifacts to make" in again.stdout and "moved aside to" in again.stderr
+    assert "1 of 5 artifacts to make" in again.stdout and "moved aside to" in again.stderr
     [aside] = [p for p in artifact.parent.iterdir() if p.name.startswith(f".damaged-{artifact.name}-")]
     assert store.verify_artifact(artifact) == [] and store.damage(artifact) is None  # rebuilt, intact
     assert store.main(["verify"]) == 0

@@ -42,6 +42,9 @@ def test_ids_equal_the_tokenizers_own_call_and_bytes_equal_for_any_number_of_thr
     np.testing.assert_array_equal(lengths, expected_lengths)
     np.testing.assert_array_equal(np.concatenate(table["input_ids"].to_pylist()), expected_ids)
     assert two["rows"] == len(corpus) and two["tokens"] == int(expected_lengths.sum())
+    ids, texts = corpus["doc_id"].tolist(), document_texts(corpus)  # the in-memory entry point writes the same file
+    assert tokenize.write_tokens(load_tokenizer("bundled"), ids, texts, 64, tmp_path / "t") == two["tokens"]
+    assert (tmp_path / "t").read_bytes() == (tmp_path / "two" / tokenize.TOKENS).read_bytes()
 
 
 def test_corpus_is_read_in_chunks_of_exactly_the_size_across_row_groups(prepared, tmp_path):

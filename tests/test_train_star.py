@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from stages.bm25 import Bm25Params, bm25_run
+from stages.bm25_index import Bm25IndexParams, build_index
 from stages.errors import ConfigError
 from stages.mine_negatives import MineParams, mine
 from stages.train_star import (
@@ -33,8 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def negatives(prepared, tmp_path_factory) -> Path:
     """A mine_negatives artifact over a BM25 run of the train queries."""
-    run = tmp_path_factory.mktemp("bm25-train")
-    bm25_run(Bm25Params(split="train", top_k=50), {"prepared": prepared}, run)
+    run, index = tmp_path_factory.mktemp("bm25-train"), tmp_path_factory.mktemp("bm25-index")
+    build_index(Bm25IndexParams(), {"prepared": prepared}, index)
+    bm25_run(Bm25Params(split="train", top_k=50), {"prepared": prepared, "index": index}, run)
     out = tmp_path_factory.mktemp("negatives")
     mine(MineParams(depth=20), {"prepared": prepared, "run": run}, out)
     return out

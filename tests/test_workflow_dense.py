@@ -37,7 +37,7 @@ def test_dense_dag_runs_and_a_star_change_reruns_star_and_below_only(tmp_path, s
     first = planned_jobs(tmp_path)
     # encode: zero-shot, warm-up (mining), STAR (shared by star and star-pq), inbatch: 4 models x 2 shards
     assert first == Counter(
-        prepare_dataset=1, bm25_retrieve=1, mine_negatives=2, train_warmup=1, train_star=2, tokenize_corpus=1,
+        prepare_dataset=1, bm25_index=1, bm25_retrieve=1, mine_negatives=2, train_warmup=1, train_star=2, tokenize_corpus=1,
         encode_corpus=8, index_build=5, retrieve_dense=5, score_run=4, report_results=1, export_retriever=1,
     )  # fmt: skip
     # two (fake) GPUs: jobs claim their own; STAR gets both and trains under torchrun (2 gloo processes on the CPU)
