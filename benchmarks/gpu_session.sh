@@ -9,19 +9,12 @@
 # (e.g. PLAN_ARGS="--train-gpus 2" on a 2-GPU machine: every training stage under torchrun on both GPUs).
 set -uo pipefail
 config=$1; shift
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast off
+source benchmarks/box.sh
+box_setup || exit 1
 tar -xJf .gpu/all-MiniLM-L6-v2-fp16.tar.xz -C /tmp
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 timeout "${PLAN_TIMEOUT:-3600}" python3 -m stages.run_plan --keep-going --deadline "${PLAN_DEADLINE:-0}" --configfile "$config" ${PLAN_ARGS:-} > "$OUT/run_plan.txt" 2>&1
 echo "run_plan exit $?"; tail -5 "$OUT/run_plan.txt"
 tar -czf "$OUT/results.tgz" --exclude='*/model' --exclude=embeddings.parquet --exclude=run.parquet \
     --exclude=run.trec --exclude=index.faiss --exclude=negatives.parquet --exclude='results/prepare' \
     --exclude='results/work' --exclude='results/export' results
-for command in "$@"; do
-    echo "== $command" | tee -a "$OUT/benchmarks.txt"
-    bash -c "$command" >> "$OUT/benchmarks.txt" 2>&1
-    tail -c 3000 "$OUT/benchmarks.txt"
-done
-ls -la "$OUT"
+box_benchmarks "$@"

@@ -11,13 +11,10 @@
 # with carry [".whl", ".gpu"]. SMK_TIMEOUT (s) bounds snakemake; SMK_ARGS go to it.
 set -uo pipefail
 size=$1 passages=$2 train=$3 dev=$4; shift 4
-if [ -z "${NO_WHEELS:-}" ]; then  # NO_WHEELS=1: packages already installed (a CPU rehearsal of this script)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-fi
+source benchmarks/box.sh
+box_setup || exit 1
 command -v python > /dev/null || { mkdir -p /tmp/bin && ln -sf "$(command -v python3)" /tmp/bin/python; }  # rules call `python`
-export PATH=/tmp/bin:$PATH PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast off
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no GPU"; nproc; free -g | head -2; } | tee "$OUT/device.txt"
+export PATH=/tmp/bin:$PATH
 began=$(date +%s)
 python3 benchmarks/random_encoder.py /tmp/scale/minilm-random --source .gpu/minilm-config > /dev/null 2>&1 || exit 1
 /usr/bin/time -v python3 benchmarks/msmarco_synthetic.py /tmp/scale/data --passages "$passages" \
@@ -34,9 +31,4 @@ tail -4 "$OUT/snakemake.txt"
 python3 benchmarks/stage_table.py results --json "$OUT/scale-$size.json" --label "$size: $passages passages, $train train queries, $dev dev queries" | tee "$OUT/table.md"
 tar -czf "$OUT/results.tgz" --exclude='*/model' --exclude='*.parquet' --exclude=run.trec --exclude='*.faiss' \
     --exclude='*.npz' --exclude='*.npy' --exclude='results/work' --exclude='*.safetensors' --exclude='*.pt' results
-for command in "$@"; do
-    echo "== $command" | tee -a "$OUT/benchmarks.txt"
-    bash -c "$command" >> "$OUT/benchmarks.txt" 2>&1
-    tail -c 2500 "$OUT/benchmarks.txt"
-done
-ls -la "$OUT"
+box_benchmarks "$@"

@@ -14,7 +14,6 @@ lower corpus row first, so the run does not depend on the thread count or the ba
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ import scipy.sparse as sp
 from stages.bm25_index import Bm25Index, load_index, tokenize
 from stages.cli import run_stage
 from stages.errors import ConfigError
+from stages.resources import available_threads
 from stages.tables import read_queries, run_from_topk, write_run
 
 VERSION = 2
@@ -51,7 +51,7 @@ def bm25_run(params: Bm25Params, inputs: Mapping[str, Path], out_dir: Path) -> d
     queries = read_queries(inputs["prepared"], params.split)
     k = min(params.top_k, index.term_docs.shape[1])
     loaded = time.perf_counter()
-    threads = stage_threads()
+    threads = available_threads()  # the rule's threads (OMP_NUM_THREADS), within this process's CPUs
     docs, scores = search(index, queries["text"].tolist(), k, threads)
     searched = time.perf_counter()
     run = run_from_topk(queries["query_id"].tolist(), index.doc_ids, docs, scores)
@@ -67,12 +67,6 @@ def bm25_run(params: Bm25Params, inputs: Mapping[str, Path], out_dir: Path) -> d
         "search_seconds": round(seconds, 3),
         "queries_per_s": round(len(queries) / max(seconds, 1e-9), 1),
     }
-
-
-def stage_threads() -> int:
-    """The rule's threads (Snakemake exports them as OMP_NUM_THREADS), else every CPU this process may use."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
 
 
 def search(index: Bm25Index, texts: list[str], k: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
