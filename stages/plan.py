@@ -286,7 +286,8 @@ class Plan:
     def _prepare(self) -> Node:
         dataset = self.config["dataset"]
         files = dataset_files(Path(dataset["path"]), dataset["format"], dataset["splits"])
-        params = {k: dataset[k] for k in ("format", "splits", "dev_fraction", "dev_source", "seed", "unknown_ids", "empty_documents")}
+        names = ("format", "splits", "dev_fraction", "dev_source", "seed", "unknown_ids", "empty_documents")
+        params = {name: dataset[name] for name in names}
         return self._add("prepare", params, {name: RawFile(path, self.cache) for name, path in files.items()})
 
     def _build(self, index: int, experiment: Mapping[str, Any], seed: int | None) -> dict[str, Node]:
