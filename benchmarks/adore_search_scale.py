@@ -137,7 +137,8 @@ def adore_steps(args: argparse.Namespace, generator: torch.Generator) -> dict:
             optimizer.step()
             torch.cuda.synchronize()
             if step >= 3:  # warm-up: autotuning, allocator, cuBLAS handles
-                rows.append((time.perf_counter() - began, extras["encode_seconds"], extras["search_seconds"]))
+                seconds = [float(extras[name]) for name in ("encode_seconds", "search_seconds")]
+                rows.append((time.perf_counter() - began, *seconds))
         step_s, encode_s, search_s = np.median(np.array(rows), axis=0)
         results[f"adore_step_{name}"] = {
             "dim": dim,

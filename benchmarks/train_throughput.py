@@ -8,13 +8,16 @@ For each configuration (a trainer, a loss, a batch size) two runs over the same 
   `batch_queries`, then `Encoder.tokenize`, exactly the calls of the stage's ``batch_loss``), built and moved to the
   device before the clock starts: the ceiling for these shapes and this padding.
 - stage: the stage's own training loop, `stages.training.train` (it makes AdamW and the scheduler, wraps and runs the
-  loop), with the per-step closure that `train_star.train_star` / `train_adore.train_adore` build (`sample_batch` +
-  `train_star.batch_loss`; `batch_queries` + `train_adore.batch_loss`) and the encoder set up as those stages set it
-  up (`seed_everything`, `load_encoder`, ``.to(device)``). The loop body is not a callable of its own, so the smallest
-  unit that holds a whole step is `train` run for warm-up + timed + 1 steps; a step's time is the time between the
-  starts of two consecutive ``batch_loss`` calls, each after ``torch.cuda.synchronize()``: one iteration of the loop,
-  everything in it (see ``INCLUDES`` below, also written into the JSON). Outside the steps `train` also saves the
-  model, the log and the loss plot; that is reported as ``outside_steps_s``, not in the step times.
+  loop), with the per-step closure that `train_star.train_star` / `train_adore.train_adore` build
+  (`train_star.step_losses`: the host side of each step prepared ahead on a thread; `batch_queries` +
+  `train_adore.batch_loss`) and the encoder set up as those stages set it up (`seed_everything`, `load_encoder`,
+  ``.to(device)``). The loop body is not a callable of its own, so the smallest unit that holds a whole step is
+  `train` run for warm-up + timed + 1 steps.
+
+Both runs are timed over a window: one ``torch.cuda.synchronize()`` where the first timed step starts and one where
+the step after the last starts, nothing in between, so the host may queue a step while the device computes the one
+before, as the loop does (see ``INCLUDES`` below, also written into the JSON). Outside the steps `train` also saves
+the model, the log and the loss plot; that is reported as ``outside_steps_s``, not in the step times.
 
 Configurations: the warm-up (`train_warmup`: STAR's trainer on BM25-like negatives, 1 a query, pairwise), STAR
 pairwise (1 hard negative a query) and STAR listwise (softmax loss, 5 hard negatives a query), at the paper's batch
@@ -26,8 +29,8 @@ Texts: the MS MARCO-shaped generator (`benchmarks/msmarco_synthetic.py`: passage
 words), else SciFact cut to those lengths. Each query has one or two positives and 200 random passages as its
 "mined" negatives (their texts have the passages' lengths, which is all a step's cost depends on).
 
-Per configuration and run: median step time over ``--steps`` timed steps after ``--warmup-steps``, queries/s, real
-(non-padding) and padded tokens/s (mean tokens a step over the median step), share of peak = model FLOPs / step time
+Per configuration and run: mean step time over ``--steps`` timed steps after ``--warmup-steps``, queries/s, real
+(non-padding) and padded tokens/s (mean tokens a step over the mean step), share of peak = model FLOPs / step time
 / 989e12 (FLOPs: 3 x `encode_throughput.flops` over the real token lengths of every forward pass, i.e. 6 x
 non-embedding parameters x tokens + 12 x layers x hidden x tokens^2; search FLOPs are not counted), and the ratio
 stage / bare. Prints one JSON object on stdout (progress on stderr) and writes it to ``--out`` after each
@@ -117,14 +120,14 @@ NOT_MEASURED = [
 NOTES = [
     "warmup and star_pairwise run the same code (train_warmup is train_star with negatives 'star', 1 hard negative, "
     "pairwise) and differ only in the model they start from: their steps should match (a check of the noise)",
-    "the harness's synchronize at the start of each batch_loss adds nothing today (the loop already waits for each "
-    "step's end: float(loss) after the optimizer step); should a later loop stop waiting, steps are still timed "
-    "whole, but can no longer overlap the next step's host work",
-    "stage.logged_step_s_median is the stage's own clock (train_log.parquet 'seconds') over the same steps",
+    "stage.logged_step_s_mean is the stage's own clock (train_log.parquet 'seconds': the mean step of each logging "
+    "window) over all its steps, warm-up included",
     "ADORE's peak_gpu_memory_gib includes the resident index; its encode_s / search_s are batch_loss's own clocks "
-    "(encode includes tokenizing)",
-    "tokens/s: the timed steps' mean tokens over the median step time; both runs see the same batches "
-    "(stage_saw_the_same_batches compares the shapes and token counts the stage tokenized with the bare's inputs)",
+    "(CUDA events: device time of the query forward and of the search)",
+    "tokens/s: the timed steps' mean tokens over the mean step time; both runs see the same batches "
+    "(STAR: stage_saw_the_same_batches compares the shapes and token counts the stage tokenized with the bare's "
+    "inputs; ADORE tokenizes every training query once, before its first step, so there is nothing per step to "
+    "compare: null)",
 ]
 
 
@@ -353,14 +356,13 @@ def bare_run(model_path: str, kind: str, batches: list[list[dict]], warmup: int,
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
     with cpu_threads(device):
         for index, inputs in enumerate(on_device):
-            began = clock(device)
+            if index == warmup:
+                began = clock(device)
             step(inputs)
-            if index >= warmup:
-                times.append(clock(device) - began)
-    return {"step_times_s": times, "fused_adamw": fused, "peak_gpu_memory_gib": peak_gib(device)}
+        window = clock(device) - began
+    return {"window_s": window, "fused_adamw": fused, "peak_gpu_memory_gib": peak_gib(device)}
 
 
 class StepRecorder:
@@ -368,8 +370,10 @@ class StepRecorder:
     bound one whole loop iteration), the extras it returns, and the tokens and time of the encoder's tokenize calls
     and of `train_star.pair_masks` (observed, not changed)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, edges: tuple[int, int]):
         self.device = device
+        self.edges = edges
+        """The calls that start and end the timed window (synchronised stamps)."""
         self.stamps: list[float] = []
         self.extras: list[dict] = []
         self.shapes: list[list[tuple]] = []
@@ -378,10 +382,10 @@ class StepRecorder:
 
     def closure(self, step_loss: Callable) -> Callable:
         def timed(model, epoch, batch):
-            self.stamps.append(clock(self.device))
-            self.shapes.append([])
-            self.tokenize_s.append(0.0)
-            self.pair_masks_s.append(0.0)
+            # waiting for the device only where the timed window starts and ends: a wait every step would stop
+            # the host from queueing the next step while the device computes, which the loop is built to do
+            edge = len(self.stamps) in self.edges
+            self.stamps.append(clock(self.device) if edge else time.perf_counter())
             loss, extras = step_loss(model, epoch, batch)
             self.extras.append(dict(extras))
             return loss, extras
@@ -389,13 +393,15 @@ class StepRecorder:
         return timed
 
     def observe_tokenize(self, encoder) -> None:
-        method = encoder.tokenize  # the bound method; the instance attribute below shadows it for batch_loss
+        """Every tokenize call's shape and time, in call order: STAR's prefetch thread tokenizes the steps ahead of
+        the device, in step order (queries, then documents, of each step)."""
+        method = encoder.tokenize  # the bound method; the instance attribute below shadows it for the stage
 
         def tokenize(texts, max_length):
             began = time.perf_counter()
             batch = method(texts, max_length)
-            self.tokenize_s[-1] += time.perf_counter() - began
-            self.shapes[-1].append((tuple(batch["input_ids"].shape), int(batch["attention_mask"].sum())))
+            self.tokenize_s.append(time.perf_counter() - began)
+            self.shapes.append((tuple(batch["input_ids"].shape), int(batch["attention_mask"].sum())))
             return batch
 
         encoder.tokenize = tokenize
@@ -409,7 +415,7 @@ class StepRecorder:
             try:
                 return original(*args, **kwargs)
             finally:
-                self.pair_masks_s[-1] += time.perf_counter() - began
+                self.pair_masks_s.append(time.perf_counter() - began)
 
         train_star.pair_masks = pair_masks
         try:
@@ -419,33 +425,35 @@ class StepRecorder:
 
 
 def stage_run(
-    encoder, params, steps_per_epoch: int, step_loss: Callable, warmup: int, timed: int, device: torch.device,
+    encoder, params, steps_per_epoch: int, step_losses: Callable, warmup: int, timed: int, device: torch.device,
     star: bool,
 ) -> dict:
     """`stages.training.train` for warmup + timed + 1 steps; the timed steps' times and what was observed in them."""
-    recorder = StepRecorder(device)
+    recorder = StepRecorder(device, (warmup, warmup + timed))
     recorder.observe_tokenize(encoder)
     with tempfile.TemporaryDirectory() as out, (recorder.observe_pair_masks() if star else _nothing()):
         began = time.perf_counter()
-        summary = train(encoder, params, steps_per_epoch, recorder.closure(step_loss), Path(out))
+        with step_losses() as step_loss:
+            summary = train(encoder, params, steps_per_epoch, recorder.closure(step_loss), Path(out))
         total = time.perf_counter() - began
         logged = pd.read_parquet(Path(out) / TRAIN_LOG)
     del encoder.tokenize  # back to the method
     chosen = slice(warmup, warmup + timed)
-    durations = np.diff(recorder.stamps)[chosen]
+    steps = len(recorder.stamps)
     result = {
-        "step_times_s": durations.tolist(),
-        "logged_step_s_median": float(logged["seconds"].iloc[chosen].median()),
-        "tokenize_s_median": float(np.median(recorder.tokenize_s[chosen])),
+        "window_s": recorder.stamps[warmup + timed] - recorder.stamps[warmup],
+        "logged_step_s_mean": float(logged["seconds"].mean()),
+        "host_tokenize_s_per_step": float(np.sum(recorder.tokenize_s)) / steps,  # overlapped with the device (STAR)
         "outside_steps_s": round(total - float(np.diff(recorder.stamps).sum()) - float(logged["seconds"].iloc[-1]), 3),
         "peak_gpu_memory_gib": summary.get("peak_gpu_memory_gib"),  # ADORE: with the resident index
-        "shapes": recorder.shapes[chosen],
+        # STAR: each step's (queries, documents) tokenize calls; ADORE tokenizes every query once, before step 1
+        "shapes": [recorder.shapes[2 * i : 2 * i + 2] for i in range(steps)][chosen] if star else None,
     }
     if star:
-        result["pair_masks_s_median"] = float(np.median(recorder.pair_masks_s[chosen]))
+        result["host_pair_masks_s_per_step"] = float(np.sum(recorder.pair_masks_s)) / steps
     else:
-        extras = pd.DataFrame(recorder.extras[chosen])
-        result["encode_s_median"] = float(extras["encode_seconds"].median())  # batch_loss's own clocks
+        extras = pd.DataFrame([{k: float(v) for k, v in row.items()} for row in recorder.extras[chosen]])
+        result["encode_s_median"] = float(extras["encode_seconds"].median())  # batch_loss's own (device) clocks
         result["search_s_median"] = float(extras["search_seconds"].median())
     return result
 
@@ -459,13 +467,11 @@ def significant(value: float, digits: int = 5) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def rates(times: list[float], tokens: StepTokens, batch_size: int) -> dict:
-    """Median step and the throughputs of the mean step's tokens over it."""
-    step = float(np.median(times))
+def rates(window: float, tokens: StepTokens, batch_size: int) -> dict:
+    """The mean step over the timed window and the throughputs of the mean step's tokens over it."""
+    step = window / len(tokens.real)
     return {
         "step_s": significant(step),
-        "step_s_mean": significant(float(np.mean(times))),
-        "step_s_min_max": [significant(min(times)), significant(max(times))],
         "queries_per_s": significant(batch_size / step),
         "real_tokens_per_s": significant(float(np.mean(tokens.real)) / step),
         "padded_tokens_per_s": significant(float(np.mean(tokens.padded)) / step),
@@ -559,16 +565,20 @@ def run_config(config: Config, args, texts: Texts, cache: dict, device: torch.de
     release(device)
 
     if star:
-        def step_loss(model, epoch, batch):  # as train_star.train_star builds it
-            batch = train_star.sample_batch(data, params, epoch, batch)
-            return train_star.batch_loss(model, data, params, batch, device)
+        def step_losses():  # train_star.train_star's closure: the host side of each step prepared ahead
+            return train_star.step_losses(encoder, data, params, steps_per_epoch, device)
     else:
-        def step_loss(model, epoch, batch):  # as train_adore.train_adore builds it
-            queries = train_adore.batch_queries(len(data.query_texts), params, epoch, batch)
-            return train_adore.batch_loss(model, data, params, queries, documents, device)
+        @contextmanager
+        def step_losses():  # as train_adore.train_adore builds it
+            def step_loss(model, epoch, batch):
+                queries = train_adore.batch_queries(len(data.query_texts), params, epoch, batch)
+                return train_adore.batch_loss(model, data, params, queries, documents, device)
 
-    stage = stage_run(encoder, params, steps_per_epoch, step_loss, args.warmup_steps, args.steps, device, star)
-    same = stage.pop("shapes") == [shape_of(b) for b in batches[timed]]
+            yield step_loss
+
+    stage = stage_run(encoder, params, steps_per_epoch, step_losses, args.warmup_steps, args.steps, device, star)
+    shapes = stage.pop("shapes")
+    same = shapes == [shape_of(b) for b in batches[timed]] if star else None
     result = {
         "trainer": config.stage,
         "batch_size": size,
@@ -583,9 +593,9 @@ def run_config(config: Config, args, texts: Texts, cache: dict, device: torch.de
             "padding_share": round(1 - float(np.sum(tokens.real)) / float(np.sum(tokens.padded)), 4),
             "model_gflop": significant(float(np.mean(tokens.flops)) / 1e9),
         },
-        "stage_saw_the_same_batches": bool(same),
-        "bare": {**rates(bare.pop("step_times_s"), tokens, size), **bare},
-        "stage": {**rates(stage.pop("step_times_s"), tokens, size), **stage},
+        "stage_saw_the_same_batches": same,
+        "bare": {**rates(bare.pop("window_s"), tokens, size), **bare},
+        "stage": {**rates(stage.pop("window_s"), tokens, size), **stage},
     }
     if not star:
         searcher = documents.searcher

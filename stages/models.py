@@ -85,6 +85,59 @@ class Encoder(torch.nn.Module):
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
         return self._pool(hidden, attention_mask)
 
+    def forward_packed(self, ids: np.ndarray | torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
+        """`forward` on texts packed into one row of tokens, with gradient: (texts, dim) float32, pooled and
+        normalised as `forward` gives on the same texts padded (in eval mode; in training the dropout masks
+        differ, and on the flash kernel attention-probability dropout is off: see `stages.packed`).
+
+        ``ids``: the texts' token ids one after another (numpy or a CPU tensor, pinned or not; int32 or int64),
+        ``lengths``: tokens per text as a host array (`packed_tokens` gives both). Nothing is read back from the
+        device: the longest text and the token count come from ``lengths``, the ids go over asynchronously (through
+        pinned memory on CUDA). Use it where `supports_packed_training` says so; elsewhere it is correct (the
+        attention pads the heads) but slower than `forward` on length-sorted padded batches.
+        """
+        from stages.packed import PackedChunk, packed_implementation, position_start
+
+        lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        if len(ids) != int(lengths.sum()):
+            raise ValueError(f"{len(ids)} packed ids but lengths sum to {int(lengths.sum())}")
+        if len(lengths) == 0:
+            return torch.zeros((0, self.dim), device=self.device)
+        if lengths.min() < 1:
+            raise ValueError("every packed text needs at least one token")
+        chunk = PackedChunk(ids, lengths, self.device, position_start(self.model))
+        input_ids, positions, packing = chunk.batch(0, len(lengths))
+        with packed_implementation(self.model):
+            hidden = self._packed_hidden(input_ids, positions, packing).float()  # (tokens, dim)
+        pooled = packing.first(hidden) if self.pooling == "cls" else packing.mean(hidden)
+        return self._head(pooled)
+
+    def supports_packed_training(self, autocast: str | None = "auto") -> bool:
+        """Whether `forward_packed` pays off for training here: a model type `stages.packed` knows, on CUDA, computing
+        in bf16/fp16 (``autocast`` 'bf16'/'fp16', or the weights' dtype with None/'none'; 'auto': bf16 on CUDA) and
+        torch's variable-length flash attention available. Such training has no attention-probability dropout."""
+        from stages.packed import packing_pays
+
+        if autocast == "auto":
+            autocast = default_autocast(self.device)
+        return packing_pays(self.model, AUTOCAST_DTYPES.get(autocast, next(self.parameters()).dtype))
+
+    def packed_tokens(self, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of the texts one after another, tokens per text), both int64 numpy, for `forward_packed`: the ids
+        `tokenize` gives without its padding (special tokens included, truncated to ``max_length``)."""
+        if not len(texts):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return self._token_chunk(list(texts), max_length)
+
+    def _packed_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, packing) -> torch.Tensor:
+        """(tokens, dim) last hidden states of a packed row (under `packed_implementation`)."""
+        return self.model(
+            input_ids=input_ids,
+            position_ids=positions,
+            token_type_ids=torch.zeros_like(input_ids),
+            packing=packing,
+        ).last_hidden_state[0]
+
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(texts, tokens, dim) float states and (texts, tokens) mask -> (texts, dim) float32."""
         if self.pooling == "cls":
@@ -92,6 +145,10 @@ class Encoder(torch.nn.Module):
         else:
             mask = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return self._head(pooled)
+
+    def _head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(texts, dim) pooled states -> float32, L2-normalised if asked."""
         if self.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
         return pooled.float()
@@ -203,12 +260,7 @@ class Encoder(torch.nn.Module):
         for start in range(0, len(lengths), batch_size):
             stop = min(start + batch_size, len(lengths))
             input_ids, positions, packing = chunk.batch(start, stop)
-            hidden = self.model(
-                input_ids=input_ids,
-                position_ids=positions,
-                token_type_ids=torch.zeros_like(input_ids),
-                packing=packing,
-            ).last_hidden_state[0]
+            hidden = self._packed_hidden(input_ids, positions, packing)
             hidden = packing.pad(hidden.float())  # (texts, longest, dim) with zeros on padding
             outputs.append(self._pool(hidden, packing.key_mask()))
             bar.update(stop - start)

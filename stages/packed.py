@@ -10,10 +10,19 @@ models keep their own attention.
 
 Packing needs to know how a model numbers positions: models whose type is in `POSITION_START` are packed, others
 are encoded padded (`supports_packing`).
+
+Training runs packed too (`Encoder.forward_packed`): gradients flow through both attentions (torch registers the
+flash kernel's backward with `varlen_attn`). Attention dropout differs between them: the padded reference attention
+applies transformers' ``dropout`` argument (attention-probability dropout while the model trains, none in eval
+mode), but the variable-length flash kernel has no dropout, so **packed training on CUDA in bf16/fp16 runs without
+attention-probability dropout** (``attention_probs_dropout_prob`` is ignored there, logged once); the hidden-state
+dropouts (embeddings, attention output, feed-forward output) still apply, as they are separate layers. Inference is
+unaffected: transformers passes ``dropout=0`` in eval mode.
 """
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -26,6 +35,7 @@ try:
 except ImportError:  # torch < 2.9
     varlen_attn = None
 
+log = logging.getLogger("stages.packed")
 ATTENTION = "hardneg_packed"
 POSITION_START = {
     "bert": lambda config: 0,
@@ -47,6 +57,8 @@ class Packing:
     """int64 (tokens,): each token's place in a (texts, longest) padded layout (row * longest + position)."""
     lengths: torch.Tensor
     """int64 (texts,)."""
+    text_of_token: torch.Tensor
+    """int64 (tokens,): the text (0 .. texts - 1) each token belongs to."""
 
     @property
     def texts(self) -> int:
@@ -57,6 +69,18 @@ class Packing:
         padded = packed.new_zeros((self.texts * self.longest, *packed.shape[1:]))
         padded[self.padded_index] = packed
         return padded.view(self.texts, self.longest, *packed.shape[1:])
+
+    def mean(self, packed: torch.Tensor) -> torch.Tensor:
+        """(tokens, ...) -> (texts, ...): each text's mean over its tokens, a segment sum (``index_add``, with
+        gradient) divided by its length; no device sync, no padded copy. On CUDA the sum's order is not fixed
+        (atomic adds) unless `torch.use_deterministic_algorithms` is on."""
+        sums = packed.new_zeros((self.texts, *packed.shape[1:])).index_add(0, self.text_of_token, packed)
+        counts = self.lengths.clamp(min=1).to(packed.dtype)
+        return sums / counts.view(-1, *[1] * (packed.dim() - 1))
+
+    def first(self, packed: torch.Tensor) -> torch.Tensor:
+        """(tokens, ...) -> (texts, ...): each text's first token (CLS)."""
+        return packed.index_select(0, self.offsets[:-1])
 
     def key_mask(self) -> torch.Tensor:
         """bool (texts, longest): True on real tokens."""
@@ -80,20 +104,41 @@ def position_start(model: torch.nn.Module) -> int:
 
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, packing=None, **kwargs):
     """transformers' attention-function signature; query/key/value (1, heads, tokens, head_dim) of a packed row.
-    Returns ((1, tokens, heads, head_dim), None) as transformers' own attention functions do."""
+    Returns ((1, tokens, heads, head_dim), None) as transformers' own attention functions do.
+
+    ``dropout`` (attention-probability dropout, which transformers sets to 0 outside training) is applied by the
+    padded attention; the flash kernel has none and runs without it (see the module docstring)."""
     if packing is None:
         raise RuntimeError(f"the {ATTENTION!r} attention needs a packing= argument; encode with Encoder.encode_tokens")
     query, key, value = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
     default_scale = query.shape[-1] ** -0.5
     flash = varlen_available() and query.is_cuda and query.dtype in FLASH_DTYPES
     if flash and (scaling is None or abs(scaling - default_scale) < 1e-12):
+        if dropout > 0:
+            _note_dropout_skipped(dropout)
         out = varlen_attn(query, key, value, packing.offsets, packing.offsets, packing.longest, packing.longest)
     else:
         heads_first = [packing.pad(t).transpose(1, 2) for t in (query, key, value)]  # (texts, heads, longest, dim)
         mask = packing.key_mask()[:, None, None, :]
-        out = torch.nn.functional.scaled_dot_product_attention(*heads_first, attn_mask=mask, scale=scaling)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            *heads_first, attn_mask=mask, dropout_p=dropout, scale=scaling
+        )
         out = out.transpose(1, 2).flatten(0, 1)[packing.padded_index]  # back to (tokens, heads, head_dim)
     return out.unsqueeze(0), None
+
+
+_dropout_noted = False
+
+
+def _note_dropout_skipped(dropout: float) -> None:
+    global _dropout_noted
+    if not _dropout_noted:
+        _dropout_noted = True
+        log.warning(
+            "packed training on the flash kernel: attention-probability dropout (%g) is not applied "
+            "(the variable-length flash attention has none); hidden-state dropout still is",
+            dropout,
+        )
 
 
 def varlen_available() -> bool:
@@ -124,9 +169,14 @@ def packed_implementation(model: torch.nn.Module) -> Iterator[None]:
 class PackedChunk:
     """A chunk of texts as packed token ids on the device, cut into batches of consecutive texts without syncing.
 
-    Only the ids and lengths cross to the device (pinned, asynchronously on CUDA); the rest is computed there."""
+    Only the ids and lengths cross to the device (pinned, asynchronously on CUDA); the rest is computed there.
+    ``ids`` may also be a CPU tensor (pinned or not); ``lengths`` stay a host array: the batches' token counts and
+    longest texts are read from it, never from the device."""
 
-    def __init__(self, ids: np.ndarray, lengths: np.ndarray, device: torch.device, first_position: int):
+    def __init__(
+        self, ids: np.ndarray | torch.Tensor, lengths: np.ndarray, device: torch.device, first_position: int
+    ):
+        lengths = np.asarray(lengths)
         self.lengths, self.offsets = lengths, np.concatenate([[0], np.cumsum(lengths)])
         self.ids = to_device(ids, device).long()  # int32 as stored: half the bytes to copy
         self.lengths_on_device = to_device(lengths, device)
@@ -143,19 +193,23 @@ class PackedChunk:
         first, last = int(self.offsets[start]), int(self.offsets[stop])
         longest = int(self.lengths[start:stop].max())
         tokens = slice(first, last)
+        text_of_token = self.text_of_token[tokens] - start
         packing = Packing(
             offsets=(self.offsets_on_device[start : stop + 1] - first).int(),
             longest=longest,
-            padded_index=(self.text_of_token[tokens] - start) * longest + self.positions[tokens],
+            padded_index=text_of_token * longest + self.positions[tokens],
             lengths=self.lengths_on_device[start:stop],
+            text_of_token=text_of_token,
         )
         return self.ids[None, tokens], self.positions[None, tokens] + self.first_position, packing
 
 
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """On CUDA through pinned memory without waiting for the GPU; the caching host allocator keeps the pinned copy
-    alive until the transfer is done."""
-    tensor = torch.from_numpy(array)
-    if device.type != "cuda":
+    alive until the transfer is done. A tensor already pinned (or already on the device) is not copied on the host."""
+    tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
+    if not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)

@@ -49,13 +49,22 @@ Several processes (torchrun, see `stages.distributed`): each rank holds its own 
 takes its slice of the global batch's queries; its loss is its share of the global loss (the sum of its queries'
 losses over the global batch size); the documents are frozen, so nothing else crosses ranks but the logged values.
 
+A step does not wait for the device (one process), so that the host queues the next step while the device runs this
+one: every training query's tokens (right-padded, as `Encoder.tokenize` pads) and judged positives (padded) are
+put on the device once, at the start (`ResidentQueries`), a step copies only its queries' indices there and cuts
+its slice to its longest query and widest positive list with lengths kept on the host; ranks and weights are
+computed on the device (float64 on the CPU, float32 elsewhere; the weights enter the loss as float32 either way),
+and the logged values are read later (`Interval`, 0-dim tensors). With several processes the logged rates are
+summed over the ranks, which waits.
+
 Inputs: ``prepared`` (train split queries and qrels), ``index`` (an `index` artifact, flat or PQ), optional ``init``
 (an artifact with model/; otherwise ``model``), optional ``shard_0`` .. ``shard_<n-1>`` (the `encode` artifacts the
 index was built from; only for a PQ index with ``pq_scoring: uncompressed``). Search and scoring run in torch on the
 training device (`stages.search`: the flat matrix, or the PQ codes, resident on the GPU).
 Outputs: model/ (the query encoder; evaluate with `retrieve`, inputs index = the same index, model = this artifact),
-train_log.parquet (per step also train_mrr, train_recall and the encode / search / loss+backward seconds), loss.png,
-summary.json.
+train_log.parquet (per step also train_mrr, train_recall and the encode / search / loss+backward seconds; on CUDA the
+encode and search seconds are the device's, between timing events, and loss_seconds the rest of the host's step time,
+so only their means add up), loss.png, summary.json.
 """
 
 from __future__ import annotations
@@ -64,7 +73,7 @@ import logging
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -111,29 +120,142 @@ class AdoreParams(InitialEncoder, TrainConfig):
 
 @dataclass
 class TrainingData:
-    """Training queries with the index rows and relevance grades of their judged positives."""
+    """Training queries with the index rows and relevance grades of their judged positives, as lists on the host;
+    ``resident`` holds them again, with the queries' tokens, on the training device (see `ResidentQueries`)."""
 
     query_texts: list[str]
     positive_rows: list[np.ndarray]
     positive_gains: list[np.ndarray]
+    resident: ResidentQueries | None = field(default=None, repr=False)
+    """Built by `train_adore` before training; `batch_loss` builds it on its first call when missing (or made for
+    another tokenizer, query_max_length or device)."""
+
+
+def weight_dtype(device: torch.device) -> torch.dtype:
+    """The float type of the gains, ranks and weights: float64 on the CPU (as numpy computed them), float32 elsewhere
+    (the weights are float32 in the loss either way; ranks up to 2**24 are exact in float32)."""
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
+@dataclass
+class Positives:
+    """Every query's judged positives as padded (queries, P) tensors on one device; P = the most of any query."""
+
+    rows: torch.Tensor
+    """(N, P) int64 index rows (0 where padded)."""
+    gains: torch.Tensor
+    """(N, P) float relevance grades (0 where padded)."""
+    valid: torch.Tensor
+    """(N, P) bool: which slots are real."""
+    counts: np.ndarray
+    """(N,) int64 on the host: the positives of each query (to cut a batch to its widest without a sync)."""
+
+    @classmethod
+    def pad(
+        cls, rows: list[np.ndarray], gains: list[np.ndarray], device: torch.device, dtype: torch.dtype | None = None
+    ) -> Positives:
+        """From per-query arrays (the order of each query's positives is kept: it decides the rank of an unretrieved
+        one); ``dtype`` of the gains: `weight_dtype` by default."""
+        counts = np.array([len(r) for r in rows], dtype=np.int64)
+        width = int(counts.max(initial=0))
+        valid = np.arange(width)[None, :] < counts[:, None]
+        padded_rows = np.zeros(valid.shape, dtype=np.int64)
+        padded_gains = np.zeros(valid.shape, dtype=np.float64)
+        if len(rows):
+            padded_rows[valid] = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
+            padded_gains[valid] = np.concatenate([np.asarray(g, dtype=np.float64) for g in gains])
+        return cls(
+            rows=torch.from_numpy(padded_rows).to(device),
+            gains=torch.from_numpy(padded_gains).to(device, dtype or weight_dtype(device)),
+            valid=torch.from_numpy(valid).to(device),
+            counts=counts,
+        )
+
+    def take(self, index: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, gains, valid) of the queries ``index`` (a tensor on their device), cut to ``width`` columns."""
+        return self.rows[index, :width], self.gains[index, :width], self.valid[index, :width]
+
+
+@dataclass
+class QueryTokens:
+    """Every query's token ids, right-padded (with the tokenizer's pad id) to the longest, on one device."""
+
+    ids: torch.Tensor
+    """(N, L) int32 token ids."""
+    lengths: torch.Tensor
+    """(N,) int64 tokens per query (special tokens included), on the device: the attention masks."""
+    host_lengths: np.ndarray
+    """The same on the host: a batch's longest query without a sync."""
+
+    @classmethod
+    def tokenize(
+        cls, tokenizer: Any, texts: list[str], max_length: int, device: torch.device, chunk_size: int = 10_000
+    ) -> QueryTokens:
+        """Tokenize ``texts`` (truncated to ``max_length``, as `Encoder.tokenize` does) in chunks, once."""
+        from stages.models import token_chunk
+
+        pieces = [token_chunk(tokenizer, texts[start : start + chunk_size], max_length)
+                  for start in range(0, len(texts), chunk_size)]
+        lengths = np.concatenate([n for _, n in pieces]) if pieces else np.zeros(0, dtype=np.int64)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        filled = np.arange(int(lengths.max(initial=0)))[None, :] < lengths[:, None]
+        ids = np.full(filled.shape, pad, dtype=np.int32)
+        if pieces:
+            ids[filled] = np.concatenate([i for i, _ in pieces])
+        return cls(torch.from_numpy(ids).to(device), torch.from_numpy(lengths).to(device), lengths)
+
+    def take(self, index: torch.Tensor, longest: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), both (B, longest) int64, of the queries ``index`` (a tensor on the device)."""
+        positions = torch.arange(longest, device=self.ids.device)
+        return self.ids[index, :longest].long(), (positions[None, :] < self.lengths[index][:, None]).long()
+
+
+@dataclass
+class ResidentQueries:
+    """The training queries' tokens and judged positives on the training device, built once, so that a step only
+    indexes them with its queries' index tensor."""
+
+    tokens: QueryTokens
+    positives: Positives
+    tokenizer: Any
+    max_length: int
+    device: torch.device
+
+    @classmethod
+    def build(cls, data: TrainingData, tokenizer: Any, max_length: int, device: torch.device) -> ResidentQueries:
+        tokens = QueryTokens.tokenize(tokenizer, data.query_texts, max_length, device)
+        positives = Positives.pad(data.positive_rows, data.positive_gains, device)
+        return cls(tokens, positives, tokenizer, max_length, device)
+
+    def serves(self, tokenizer: Any, max_length: int, device: torch.device) -> bool:
+        return self.tokenizer is tokenizer and self.max_length == max_length and self.device == device
+
+
+def resident_queries(data: TrainingData, tokenizer: Any, max_length: int, device: torch.device) -> ResidentQueries:
+    """``data.resident``, built (and kept there) unless it already serves this tokenizer, max_length and device."""
+    if data.resident is None or not data.resident.serves(tokenizer, max_length, device):
+        data.resident = ResidentQueries.build(data, tokenizer, max_length, device)
+    return data.resident
 
 
 @dataclass
 class Pairs:
-    """One batch's retrieval as arrays: the retrieved rows and the positives with their ranks."""
+    """One batch's retrieval as tensors on the training device: the retrieved rows and the positives with their
+    ranks."""
 
-    retrieved: np.ndarray
-    """(B, k) index rows in search order (rank = column + 1)."""
-    negative: np.ndarray
-    """(B, k) whether the retrieved document is not judged relevant."""
-    positive_rows: np.ndarray
-    """(B, P) index rows of the judged positives (padded with 0)."""
-    positive_gains: np.ndarray
-    """(B, P) their relevance grades (0 where padded)."""
-    positive_ranks: np.ndarray
-    """(B, P) their ranks: column + 1 of the retrieved list, else top_k + 1 + their position (padding: inf)."""
-    valid: np.ndarray
-    """(B, P) which positive slots are real."""
+    retrieved: torch.Tensor
+    """(B, k) int64 index rows in search order (rank = column + 1)."""
+    negative: torch.Tensor
+    """(B, k) bool: whether the retrieved document is not judged relevant."""
+    positive_rows: torch.Tensor
+    """(B, P) int64 index rows of the judged positives (padded with 0)."""
+    positive_gains: torch.Tensor
+    """(B, P) float: their relevance grades (0 where padded)."""
+    positive_ranks: torch.Tensor
+    """(B, P) float (the gains' type): their ranks: column + 1 of the retrieved list, else top_k + 1 + their
+    position among the query's positives (padding: inf)."""
+    valid: torch.Tensor
+    """(B, P) bool: which positive slots are real."""
 
 
 class FrozenDocuments:
@@ -212,52 +334,51 @@ def batch_queries(count: int, params: AdoreParams, epoch: int, batch: int) -> li
     return epoch_order(count, params.seed, epoch)[batch * size : (batch + 1) * size].tolist()
 
 
-def rank_pairs(retrieved: np.ndarray, positive_rows: list[np.ndarray], positive_gains: list[np.ndarray]) -> Pairs:
-    """The ranks of each query's positives in its retrieved list (beyond it: top_k + 1 + their position)."""
-    count, k = retrieved.shape
-    width = max(len(rows) for rows in positive_rows)
-    rows = np.zeros((count, width), dtype=np.int64)
-    gains = np.zeros((count, width))
-    ranks = np.full((count, width), np.inf)
-    negative = np.ones((count, k), dtype=bool)
-    for query, (positives, grades) in enumerate(zip(positive_rows, positive_gains)):
-        rows[query, : len(positives)] = positives
-        gains[query, : len(positives)] = grades
-        hit = retrieved[query][:, None] == positives[None, :]
-        negative[query] = ~hit.any(axis=1)
-        found = hit.any(axis=0)
-        ranks[query, : len(positives)] = np.where(found, hit.argmax(axis=0) + 1, k + 1 + np.arange(len(positives)))
-    return Pairs(retrieved, negative, rows, gains, ranks, np.isfinite(ranks))
+def rank_pairs(
+    retrieved: torch.Tensor, positive_rows: torch.Tensor, positive_gains: torch.Tensor, valid: torch.Tensor
+) -> Pairs:
+    """The ranks of each query's positives in its retrieved list (beyond it: top_k + 1 + their position among the
+    query's positives), all queries at once on the tensors' device: (B, k) retrieved rows, (B, P) padded positives."""
+    k = retrieved.shape[1]
+    hit = (retrieved[:, :, None] == positive_rows[:, None, :]) & valid[:, None, :]  # (B, k, P)
+    columns = torch.arange(k, device=retrieved.device)[None, :, None]
+    first_hit = torch.where(hit, columns, k).amin(dim=1)  # (B, P): k where not retrieved
+    position = torch.arange(positive_rows.shape[1], device=retrieved.device)[None, :]
+    ranks = torch.where(first_hit < k, first_hit + 1, k + 1 + position).to(positive_gains.dtype)
+    ranks = torch.where(valid, ranks, torch.inf)
+    return Pairs(retrieved, ~hit.any(dim=2), positive_rows, positive_gains, ranks, valid)
 
 
-def swap_weights(pairs: Pairs, metric: str, cutoff: int) -> np.ndarray:
-    """(B, P, k): |delta metric| of swapping positive p with retrieved document n; 0 unless (p, n) is a real
-    (positive, negative) pair. See the module docstring for the formulas."""
+def swap_weights(pairs: Pairs, metric: str, cutoff: int) -> torch.Tensor:
+    """(B, P, k), in the ranks' float type: |delta metric| of swapping positive p with retrieved document n; 0 unless
+    (p, n) is a real (positive, negative) pair. See the module docstring for the formulas."""
+    ranks = pairs.positive_ranks
     k = pairs.retrieved.shape[1]
-    rank_n = np.arange(1, k + 1, dtype=np.float64)[None, None, :]
-    rank_p = pairs.positive_ranks[:, :, None]
+    rank_n = torch.arange(1, k + 1, dtype=ranks.dtype, device=ranks.device)[None, None, :]
+    rank_p = ranks[:, :, None]
     if metric == "mrr":
-        def reciprocal(rank: np.ndarray) -> np.ndarray:
-            return np.where(rank <= cutoff, 1.0 / rank, 0.0)
+        def reciprocal(rank: torch.Tensor) -> torch.Tensor:
+            return torch.where(rank <= cutoff, 1.0 / rank, 0.0)
 
-        ordered = np.sort(pairs.positive_ranks, axis=1)
+        ordered = torch.sort(ranks, dim=1).values
         first = ordered[:, :1, None]
-        second = ordered[:, 1:2, None] if ordered.shape[1] > 1 else np.full_like(first, np.inf)
-        weights = np.where(
+        second = ordered[:, 1:2, None] if ordered.shape[1] > 1 else torch.full_like(first, torch.inf)
+        weights = torch.where(
             rank_n < first,
             reciprocal(rank_n) - reciprocal(first),
-            np.where(rank_p == first, reciprocal(first) - reciprocal(np.minimum(rank_n, second)), 0.0),
+            torch.where(rank_p == first, reciprocal(first) - reciprocal(torch.minimum(rank_n, second)), 0.0),
         )
     else:
-        def discount(rank: np.ndarray) -> np.ndarray:
-            return np.where(rank <= cutoff, 1.0 / np.log2(rank + 1.0), 0.0)
+        def discount(rank: torch.Tensor) -> torch.Tensor:
+            return torch.where(rank <= cutoff, 1.0 / torch.log2(rank + 1.0), 0.0)
 
-        ideal_gains = -np.sort(-pairs.positive_gains, axis=1)[:, :cutoff]
-        ideal = (ideal_gains * discount(np.arange(1.0, ideal_gains.shape[1] + 1))).sum(axis=1)
+        ideal_gains = torch.sort(pairs.positive_gains, dim=1, descending=True).values[:, :cutoff]
+        positions = torch.arange(1, ideal_gains.shape[1] + 1, dtype=ranks.dtype, device=ranks.device)
+        ideal = (ideal_gains * discount(positions)).sum(dim=1)
         gain = pairs.positive_gains[:, :, None]
-        weights = gain * np.abs(discount(rank_p) - discount(rank_n)) / np.maximum(ideal, 1e-12)[:, None, None]
+        weights = gain * torch.abs(discount(rank_p) - discount(rank_n)) / ideal.clamp(min=1e-12)[:, None, None]
     real = pairs.valid[:, :, None] & pairs.negative[:, None, :]
-    return np.where(real, np.abs(weights), 0.0)
+    return torch.where(real, torch.abs(weights), 0.0)
 
 
 def lambda_loss(
@@ -276,50 +397,88 @@ def lambda_loss(
     return per_query.mean() if batch_size is None else per_query.sum() / batch_size
 
 
-def _clock(device: torch.device) -> float:
+class Interval:
+    """Seconds between two `_mark` s, read only when converted with ``float()`` (the training loop does, later), so
+    that taking them does not wait for the device. On CUDA the device's time between two timing events (reading
+    waits for the second one), elsewhere the host's between two ``time.perf_counter()`` values."""
+
+    __slots__ = ("start", "end")
+
+    def __init__(self, start: float | torch.cuda.Event, end: float | torch.cuda.Event):
+        self.start, self.end = start, end
+
+    def __float__(self) -> float:
+        if isinstance(self.start, torch.cuda.Event):
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end) / 1000.0
+        return self.end - self.start
+
+    def __repr__(self) -> str:
+        return f"Interval({float(self):.6f} s)"
+
+
+def _mark(device: torch.device) -> float | torch.cuda.Event:
+    """A point in time that costs no sync: a timing event queued on the current CUDA stream, else the host clock."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(device))
+        return event
     return time.perf_counter()
+
+
+def _to_device(index: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small int64 index array on ``device``; on CUDA through pinned memory, without waiting for the copy."""
+    tensor = torch.from_numpy(index)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def batch_loss(
     encoder: torch.nn.Module,
     data: TrainingData,
     params: AdoreParams,
-    queries: list[int],
+    queries: list[int] | np.ndarray,
     documents: FrozenDocuments,
     device: torch.device,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Encode the queries, retrieve their top-k, and return the LambdaLoss with the values to log.
 
-    Several processes: ``queries`` is the global batch; this rank takes its slice and returns its share of the loss
-    (the logged values are the whole batch's; the seconds this rank's)."""
+    Nothing in it waits for the device (one process): the queries' tokens and positives are indexed on the device
+    (`ResidentQueries`; built on the first call when ``data.resident`` is missing), the batch's index is the one
+    host-to-device copy, and the logged values are lazy: train_mrr and train_recall 0-dim tensors, the seconds
+    `Interval` s; ``float()`` reads them. Several processes: ``queries`` is the global batch; this rank takes its slice
+    and returns its share of the loss (the logged values are the whole batch's, summed over the ranks at once, as
+    floats; the seconds this rank's)."""
     batch_size = len(queries)
-    queries = queries[distributed.local_slice(batch_size)]
-    began = _clock(device)
-    tokens = distributed.unwrap(encoder).tokenize([data.query_texts[q] for q in queries], params.query_max_length)
-    embeddings = encoder(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-    encoded = _clock(device)
+    local = np.asarray(queries, dtype=np.int64)[distributed.local_slice(batch_size)]
+    resident = resident_queries(data, distributed.unwrap(encoder).tokenizer, params.query_max_length, device)
+    began = _mark(device)
+    index = _to_device(local, device)
+    input_ids, attention_mask = resident.tokens.take(index, int(resident.tokens.host_lengths[local].max()))
+    embeddings = encoder(input_ids, attention_mask)
+    encoded = _mark(device)
     with torch.autocast(device.type, enabled=False):
         retrieved = documents.search(embeddings, min(params.top_k, documents.ntotal))
-        searched = _clock(device)
-        pairs = rank_pairs(
-            retrieved.cpu().numpy(), [data.positive_rows[q] for q in queries], [data.positive_gains[q] for q in queries]
-        )
-        weights = torch.from_numpy(swap_weights(pairs, params.metric, params.metric_cutoff)).float().to(device)
-        real = torch.from_numpy(pairs.valid[:, :, None] & pairs.negative[:, None, :]).to(device)
+        searched = _mark(device)
+        pairs = rank_pairs(retrieved, *resident.positives.take(index, int(resident.positives.counts[local].max())))
+        weights = swap_weights(pairs, params.metric, params.metric_cutoff).float()
+        real = pairs.valid[:, :, None] & pairs.negative[:, None, :]
         retrieved_scores = documents.scores(embeddings, retrieved) / params.temperature
-        positive_scores = documents.scores(embeddings, torch.from_numpy(pairs.positive_rows).to(device))
+        positive_scores = documents.scores(embeddings, pairs.positive_rows)
         share = batch_size if distributed.active() else None
         loss = lambda_loss(retrieved_scores, positive_scores / params.temperature, weights, real, share)
-    first = pairs.positive_ranks.min(axis=1)
-    k = pairs.retrieved.shape[1]
-    reciprocal_ranks, hits = distributed.all_sum([np.where(first <= k, 1.0 / first, 0.0).sum(), (first <= k).sum()])
+    first = pairs.positive_ranks.amin(dim=1)
+    found = first <= retrieved.shape[1]
+    reciprocal_ranks = torch.where(found, 1.0 / first, 0.0).sum()
+    hits = found.sum().to(first.dtype)
+    if distributed.active():  # a sync, as all_sum takes and gives floats
+        reciprocal_ranks, hits = distributed.all_sum([float(reciprocal_ranks), float(hits)])
     return loss, {
-        "train_mrr": float(reciprocal_ranks / batch_size),
-        "train_recall": float(hits / batch_size),
-        "encode_seconds": encoded - began,
-        "search_seconds": searched - encoded,
+        "train_mrr": reciprocal_ranks / batch_size,
+        "train_recall": hits / batch_size,
+        "encode_seconds": Interval(began, encoded),
+        "search_seconds": Interval(encoded, searched),
     }
 
 
@@ -410,11 +569,14 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
                 fix="initialise from the encoder that encoded the documents",
             )
     encoder.to(device)
+    began = time.perf_counter()
+    data.resident = ResidentQueries.build(data, encoder.tokenizer, params.query_max_length, device)
+    log.info("tokenized the %d train queries in %.1f s", len(data.query_texts), time.perf_counter() - began)
     size = min(params.batch_size, len(data.query_texts))
     distributed.rank_slices(size)  # fails early if the batch is smaller than the number of processes
     steps_per_epoch = max(1, len(data.query_texts) // size)
 
-    def step_loss(model: torch.nn.Module, epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_loss(model: torch.nn.Module, epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, Any]]:
         queries = batch_queries(len(data.query_texts), params, epoch, batch)
         return batch_loss(model, data, params, queries, documents, device)
 

@@ -26,6 +26,12 @@ with their positives and negatives; the document embeddings of all ranks are gat
 that encoded them), so each query still meets every document of the global batch, with the same masks. A rank's loss
 is its share of the global loss: its pairs' (or queries') losses over the global count.
 
+The host side of a step (sampling, the pair masks, tokenizing: `prepare_inputs`) is apart from its device side (the
+forward passes and the loss: `inputs_loss`); while the device runs one step, a background thread (`Prefetcher`)
+already prepares the next two, into pinned memory on CUDA, so the copies do not block. Nothing of the loss is read
+back to the host within a step (one process): `star_loss` selects its pairs with indices made on the host
+(`loss_index`) and returns its logged terms as 0-dim tensors.
+
 Why a temperature: STAR scores with the plain inner product of un-normalised RoBERTa embeddings. A normalising model
 (MiniLM) gives cosines in [-1, 1], so score differences stay below 2 and the logistic loss saturates early with weak
 gradients; dividing by 0.05 (sentence-transformers' default scale 20) restores a useful range. Use temperature 1 for
@@ -38,11 +44,14 @@ Outputs: model/, train_log.parquet, loss.png, summary.json.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -59,6 +68,7 @@ from stages.training import (
     epoch_order,
     pick_device,
     seed_everything,
+    total_steps,
     train,
 )
 
@@ -210,10 +220,31 @@ def pair_masks(
         raise ValueError(f"{len(doc_ids)} documents for {count} queries with {per_query} negatives each")
     own = owner[None, :] == np.arange(count)[:, None]
     negative = (np.arange(len(doc_ids)) >= count)[None, :]
-    relevant = np.array([[doc in positives for doc in doc_ids] for positives in judged], dtype=bool)
+    relevant = judged_matrix(judged, doc_ids)
     hard = own & negative & ~relevant & hard_term
     random = ~own & ~relevant & random_term
     return hard, random
+
+
+def judged_matrix(judged: list[set[str]], doc_ids: list[str]) -> np.ndarray:
+    """Boolean (queries, documents): whether each document of the batch is among each query's ``judged`` positives.
+
+    The batch's distinct documents get integer codes; only the judged positives found among them are looked up (from
+    the smaller side), so the cost is about documents + judged positives, not queries x documents."""
+    code: dict[str, int] = {}
+    columns = np.fromiter((code.setdefault(doc, len(code)) for doc in doc_ids), dtype=np.intp, count=len(doc_ids))
+    rows: list[int] = []
+    found: list[int] = []
+    for row, positives in enumerate(judged):
+        if len(positives) <= len(code):
+            hits = [code[doc] for doc in positives if doc in code]
+        else:
+            hits = [column for doc, column in code.items() if doc in positives]
+        rows += [row] * len(hits)
+        found += hits
+    by_code = np.zeros((len(judged), len(code)), dtype=bool)
+    by_code[np.array(rows, dtype=np.intp), np.array(found, dtype=np.intp)] = True
+    return by_code[:, columns]
 
 
 def _share(values: torch.Tensor, count: int) -> torch.Tensor:
@@ -221,11 +252,61 @@ def _share(values: torch.Tensor, count: int) -> torch.Tensor:
     return values.sum() / max(1, count)
 
 
-def _listwise(scores: torch.Tensor, positive: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per query with any negative in ``mask``: -log softmax of the positive among the positive and those negatives."""
+def _listwise(scores: torch.Tensor, positive: torch.Tensor, mask: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Per query with any negative in ``mask`` (their rows: ``queries``): -log softmax of the positive among the
+    positive and those negatives."""
     negatives = scores.masked_fill(~mask, float("-inf"))
     per_query = torch.logsumexp(torch.cat([positive, negatives], dim=1), dim=1) - positive.squeeze(1)
-    return per_query[mask.any(dim=1)]
+    return per_query[queries]
+
+
+def _map_tensors(value: Any, function: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` (a tensor, a tuple / dict of them or a dataclass of those) with ``function`` applied to its tensors."""
+    if isinstance(value, torch.Tensor):
+        return function(value)
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(item, function) for item in value)
+    if isinstance(value, dict):
+        return {key: _map_tensors(item, function) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: _map_tensors(getattr(value, f.name), function) for f in dataclasses.fields(value)}
+        return dataclasses.replace(value, **changes)
+    return value
+
+
+@dataclass
+class LossIndex:
+    """What `star_loss` selects, worked out on the host from the numpy masks (`loss_index`), so that the loss never
+    reads a device value back: per term, this rank's (row, column) pairs (pairwise) or its rows with a negative
+    (softmax), as int64 tensors in row-major order, and the whole batch's counts of pairs (or of queries)."""
+
+    counts: dict[str, int]
+    """hard, random, combined: pairs (pairwise) or queries with a negative (softmax), over the whole batch."""
+    selections: dict[str, tuple[torch.Tensor, ...]]
+    """hard, random (and combined for softmax): (rows, columns) of the pairs, or (rows,) of the queries."""
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> LossIndex:
+        return _map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> LossIndex:
+        return _map_tensors(self, torch.Tensor.pin_memory)
+
+
+def loss_index(hard: np.ndarray, random: np.ndarray, rows: slice = slice(None), loss: str = "pairwise") -> LossIndex:
+    """`LossIndex` of the (queries, documents) boolean masks of `pair_masks` for the rank's query ``rows``."""
+
+    def positions(*found: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(np.ascontiguousarray(f, dtype=np.int64)) for f in found)
+
+    if loss == "pairwise":
+        counts = {"hard": int(hard.sum()), "random": int(random.sum())}
+        counts["combined"] = counts["hard"] + counts["random"]  # the masks are disjoint
+        pairs = {name: positions(*np.nonzero(mask[rows])) for name, mask in (("hard", hard), ("random", random))}
+        return LossIndex(counts, pairs)
+    masks = {"hard": hard, "random": random, "combined": hard | random}
+    counts = {name: int(mask.any(axis=1).sum()) for name, mask in masks.items()}  # queries with negatives
+    queries = {name: positions(np.flatnonzero(mask[rows].any(axis=1))) for name, mask in masks.items()}
+    return LossIndex(counts, queries)
 
 
 def star_loss(
@@ -236,8 +317,10 @@ def star_loss(
     random_weight: float = -1.0,
     loss: str = "pairwise",
     rows: slice = slice(None),
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training loss of (queries, documents) ``scores`` and the per-term values to log (nan for an empty term).
+    index: LossIndex | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of (queries, documents) ``scores`` and the per-term values to log, as detached 0-dim tensors
+    (nan for an empty term).
 
     ``positive_column[i]`` is the column of query i's positive. Pairwise: each (query, negative) pair costs
     softplus(s_neg - s_pos); ``random_weight < 0`` takes the mean over all pairs of both terms, otherwise
@@ -245,26 +328,29 @@ def star_loss(
 
     ``scores`` may hold only ``rows`` of the batch's queries (one rank's; the masks still cover the whole batch):
     the loss and the extras are then their share; the shares of all rows sum to the whole batch's values.
+
+    ``index``: `loss_index` of the masks, made on the host and already on the device of ``scores``; then nothing is
+    read back from the device. Without it, it is made here from the masks (which reads them back: a sync on a GPU).
     """
+    if index is None:
+        index = loss_index(hard_mask.cpu().numpy(), random_mask.cpu().numpy(), rows, loss).to(scores.device)
+    counts, chosen = index.counts, index.selections
     positive = scores.gather(1, positive_column[:, None])
-    hard_rows, random_rows = hard_mask[rows], random_mask[rows]
     if loss == "pairwise":
         pairs = F.softplus(scores - positive)
-        hard, random = pairs[hard_rows], pairs[random_rows]
+        hard, random = pairs[chosen["hard"]], pairs[chosen["random"]]
         combined = torch.cat([hard, random])
-        counts = {"hard": int(hard_mask.sum()), "random": int(random_mask.sum())}
-        counts["combined"] = counts["hard"] + counts["random"]  # the masks are disjoint
     else:
-        hard, random = _listwise(scores, positive, hard_rows), _listwise(scores, positive, random_rows)
-        combined = _listwise(scores, positive, hard_rows | random_rows)
-        masks = {"hard": hard_mask, "random": random_mask, "combined": hard_mask | random_mask}
-        counts = {name: int(mask.any(dim=1).sum()) for name, mask in masks.items()}  # queries with negatives
+        hard_rows, random_rows = hard_mask[rows], random_mask[rows]
+        hard = _listwise(scores, positive, hard_rows, *chosen["hard"])
+        random = _listwise(scores, positive, random_rows, *chosen["random"])
+        combined = _listwise(scores, positive, hard_rows | random_rows, *chosen["combined"])
     if random_weight < 0:
         total = _share(combined, counts["combined"])
     else:
         total = _share(hard, counts["hard"]) + random_weight * _share(random, counts["random"])
     extras = {
-        f"{term}_loss": float(_share(values.detach(), counts[term])) if counts[term] else float("nan")
+        f"{term}_loss": _share(values.detach(), counts[term]) if counts[term] else scores.new_full((), float("nan"))
         for term, values in (("hard", hard), ("random", random))
     }
     return total, extras
@@ -288,39 +374,215 @@ def gathered_columns(parts: list[slice], per_query: int) -> np.ndarray:
     return np.array(positives + negatives, dtype=np.int64)
 
 
-def batch_loss(
-    encoder: torch.nn.Module, data: TrainingData, params: StarParams, batch: Batch, device: torch.device
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Encode the batch's queries and documents with the one encoder and return `star_loss` of their scores.
+@dataclass
+class StepInputs:
+    """The host side of one step (`prepare_inputs`): everything `inputs_loss` needs, as CPU tensors."""
 
-    Several processes: this rank's queries against the documents of all ranks; its share of the loss, the extras of
-    the whole batch (see the module docstring)."""
+    query_input_ids: torch.Tensor
+    query_attention_mask: torch.Tensor
+    """This rank's queries, tokenized."""
+    doc_input_ids: torch.Tensor
+    doc_attention_mask: torch.Tensor
+    """This rank's part of the documents (`rank_part`), tokenized."""
+    hard_mask: torch.Tensor
+    random_mask: torch.Tensor
+    """`pair_masks` of the whole batch."""
+    positive_columns: torch.Tensor
+    """Column of each of this rank's queries' positive."""
+    index: LossIndex
+    """`loss_index` of the masks for this rank's rows."""
+    rows: slice
+    """This rank's queries of the batch."""
+    gathered_columns: torch.Tensor | None = None
+    """Several processes: `gathered_columns` of the batch (rows of the gathered documents in the batch layout)."""
+
+    def pin_memory(self) -> StepInputs:
+        """A copy in pinned (page-locked) memory, so that the copies to a GPU can be asynchronous."""
+        return _map_tensors(self, torch.Tensor.pin_memory)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> StepInputs:
+        return _map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
+
+
+def prepare_inputs(
+    tokenize: Callable[[list[str], int], dict[str, torch.Tensor]],
+    data: TrainingData,
+    params: StarParams,
+    batch: Batch,
+    pin_memory: bool = False,
+) -> StepInputs:
+    """The host side of a step on ``batch``: its pair masks, this rank's queries and documents tokenized with
+    ``tokenize`` (`Encoder.tokenize`), the loss's index; in pinned memory with ``pin_memory`` (for a GPU).
+    Reads no device state: it may run on another thread while the device works on an earlier step."""
     _, hard_term, random_term = MODES[params.negatives]
     per_query = negatives_per_query(params)
     judged = [data.judged[q] for q in batch.queries]
     hard, random = pair_masks(judged, batch.doc_ids, per_query, hard_term, random_term)
     rows = distributed.local_slice(len(batch.queries))
     part = rank_part(batch, rows, per_query)
-    tokenize = distributed.unwrap(encoder).tokenize
     queries = tokenize([data.query_texts[q] for q in part.queries], params.query_max_length)
     docs = tokenize([data.doc_text[d] for d in part.doc_ids], params.doc_max_length)
-    query_embeddings = encoder(queries["input_ids"].to(device), queries["attention_mask"].to(device))
-    doc_embeddings = encoder(docs["input_ids"].to(device), docs["attention_mask"].to(device))
+    gathered = None
     if distributed.active():
-        columns = gathered_columns(distributed.rank_slices(len(batch.queries)), per_query)
-        doc_embeddings = distributed.all_gather_rows(doc_embeddings)[torch.from_numpy(columns).to(device)]
+        gathered = torch.from_numpy(gathered_columns(distributed.rank_slices(len(batch.queries)), per_query))
+    inputs = StepInputs(
+        query_input_ids=queries["input_ids"],
+        query_attention_mask=queries["attention_mask"],
+        doc_input_ids=docs["input_ids"],
+        doc_attention_mask=docs["attention_mask"],
+        hard_mask=torch.from_numpy(hard),
+        random_mask=torch.from_numpy(random),
+        positive_columns=torch.arange(rows.start, rows.stop),
+        index=loss_index(hard, random, rows, params.loss),
+        rows=rows,
+        gathered_columns=gathered,
+    )
+    return inputs.pin_memory() if pin_memory else inputs
+
+
+def prepare_step(
+    tokenize: Callable[[list[str], int], dict[str, torch.Tensor]],
+    data: TrainingData,
+    params: StarParams,
+    epoch: int,
+    batch: int,
+    pin_memory: bool = False,
+) -> StepInputs:
+    """The host side of step ``batch`` of ``epoch``: `sample_batch` then `prepare_inputs` (a function of the step)."""
+    return prepare_inputs(tokenize, data, params, sample_batch(data, params, epoch, batch), pin_memory)
+
+
+def inputs_loss(
+    encoder: torch.nn.Module, inputs: StepInputs, params: StarParams, device: torch.device
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    """The device side of a step: ``inputs`` (`prepare_inputs`) copied to ``device`` (asynchronously from pinned
+    memory), the queries and documents encoded with the one encoder, and `star_loss` of their scores.
+
+    Returns the loss and the logged terms; one process: as 0-dim tensors on the device (nothing read back). Several
+    processes: this rank's share of the loss, and the terms of the whole batch as floats (summed over the ranks)."""
+    _, hard_term, random_term = MODES[params.negatives]
+    inputs = inputs.to(device, non_blocking=True)
+    query_embeddings = encoder(inputs.query_input_ids, inputs.query_attention_mask)
+    doc_embeddings = encoder(inputs.doc_input_ids, inputs.doc_attention_mask)
+    if distributed.active():
+        doc_embeddings = distributed.all_gather_rows(doc_embeddings)[inputs.gathered_columns]
     scores = query_embeddings.float() @ doc_embeddings.float().T / params.temperature
     loss, extras = star_loss(
         scores,
-        torch.arange(rows.start, rows.stop, device=device),
-        torch.from_numpy(hard).to(device),
-        torch.from_numpy(random).to(device),
+        inputs.positive_columns,
+        inputs.hard_mask,
+        inputs.random_mask,
         params.random_weight,
         params.loss,
-        rows,
+        inputs.rows,
+        index=inputs.index,
     )
     terms = [name for name, used in (("hard_loss", hard_term), ("random_loss", random_term)) if used]
-    return loss, dict(zip(terms, distributed.all_sum([extras[name] for name in terms])))
+    if distributed.active():
+        return loss, dict(zip(terms, distributed.all_sum([float(extras[name]) for name in terms])))
+    return loss, {name: extras[name] for name in terms}
+
+
+def batch_loss(
+    encoder: torch.nn.Module, data: TrainingData, params: StarParams, batch: Batch, device: torch.device
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    """Encode the batch's queries and documents with the one encoder and return `star_loss` of their scores:
+    `prepare_inputs` then `inputs_loss`, on this thread.
+
+    Several processes: this rank's queries against the documents of all ranks; its share of the loss, the extras of
+    the whole batch (see the module docstring)."""
+    tokenize = distributed.unwrap(encoder).tokenize
+    inputs = prepare_inputs(tokenize, data, params, batch, pin_memory=device.type == "cuda")
+    return inputs_loss(encoder, inputs, params, device)
+
+
+T = TypeVar("T")
+
+
+class Prefetcher(Generic[T]):
+    """``make(step)`` of the steps after the one asked for, computed ahead on one background thread.
+
+    `get(step)` returns ``make(step)``: the one computed ahead when it was expected (the step after the last one
+    asked for, in order), else computed on the calling thread (the first call, a resumed run, any jump). Either way it
+    then queues the next ``ahead`` steps (not from ``end`` on). ``make`` must depend on the step alone. At most one
+    ``make`` runs at a time, so it need not be thread-safe (a tokenizer is not). A context manager: leaving it
+    cancels what is queued and waits for the running one, so no thread outlives it."""
+
+    def __init__(
+        self,
+        make: Callable[[int], T],
+        ahead: int = 2,
+        end: int | None = None,
+        initializer: Callable[[], None] | None = None,
+    ):
+        self._make, self._ahead, self._end = make, ahead, end
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="train_star-prefetch", initializer=initializer)
+        self._pending: dict[int, Future] = {}
+        self.computed_here = 0
+        """Steps that were not ready ahead (computed on the calling thread)."""
+
+    def get(self, step: int) -> T:
+        future = self._pending.pop(step, None)
+        if future is None:
+            self._discard()  # nothing else runs ``make`` meanwhile
+            self.computed_here += 1
+            value = self._make(step)
+            self._queue(step + 1)
+            return value
+        for earlier in [s for s in self._pending if s < step]:
+            self._pending.pop(earlier).cancel()
+        self._queue(step + 1)  # after ``step``'s in the one worker's queue
+        return future.result()
+
+    def _queue(self, first: int) -> None:
+        for step in range(first, first + self._ahead):
+            if (self._end is None or step < self._end) and step not in self._pending:
+                self._pending[step] = self._pool.submit(self._make, step)
+
+    def _discard(self) -> None:
+        """Cancel the queued steps and wait for the running one (its result, or error, is dropped)."""
+        pending, self._pending = list(self._pending.values()), {}
+        for future in pending:
+            future.cancel()
+        for future in pending:
+            if not future.cancelled():
+                future.exception()  # waits; the error (if any) is not this caller's
+
+    def close(self) -> None:
+        self._discard()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Prefetcher[T]:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+@contextmanager
+def step_losses(
+    encoder: torch.nn.Module, data: TrainingData, params: StarParams, steps_per_epoch: int, device: torch.device
+) -> Iterator[Callable[[torch.nn.Module, int, int], tuple[torch.Tensor, dict[str, Any]]]]:
+    """The per-step closure for `stages.training.train`: the device side of each step, its host side prepared ahead
+    on the `Prefetcher`'s thread (pinned on CUDA, on this rank's device)."""
+    tokenize, pin = distributed.unwrap(encoder).tokenize, device.type == "cuda"
+
+    def prepare(step: int) -> StepInputs:
+        """The host side of global step ``step`` (run ahead on the prefetch thread)."""
+        return prepare_step(tokenize, data, params, *divmod(step, steps_per_epoch), pin_memory=pin)
+
+    cuda_index = (device.index if device.index is not None else torch.cuda.current_device()) if pin else None
+
+    def on_device() -> None:  # the prefetch thread's CUDA calls (pinning) go to this rank's device
+        torch.cuda.set_device(cuda_index)
+
+    end = total_steps(params, steps_per_epoch)
+    with Prefetcher(prepare, ahead=2, end=end, initializer=on_device if pin else None) as prefetcher:
+
+        def step_loss(model: torch.nn.Module, epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, Any]]:
+            return inputs_loss(model, prefetcher.get(epoch * steps_per_epoch + batch), params, device)
+
+        yield step_loss
 
 
 def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, work_dir: Path | None = None) -> dict:
@@ -341,9 +603,6 @@ def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, wo
     distributed.rank_slices(size)  # fails early if the batch is smaller than the number of processes
     steps_per_epoch = max(1, len(data.query_texts) // size)
 
-    def step_loss(model: torch.nn.Module, epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return batch_loss(model, data, params, sample_batch(data, params, epoch, batch), device)
-
     log.info(
         "%s: %d train queries, %d per step, %d steps per epoch, %d negatives per query",
         params.negatives,
@@ -352,9 +611,10 @@ def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, wo
         steps_per_epoch,
         negatives_per_query(params),
     )
-    summary: dict[str, Any] = train(
-        encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size
-    )
+    with step_losses(encoder, data, params, steps_per_epoch, device) as step_loss:
+        summary: dict[str, Any] = train(
+            encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size
+        )
     items = {"queries": summary["steps"] * size, "steps": summary["steps"]}
     head = {"mode": params.negatives, "train_queries": len(data.query_texts), "init": str(init), "items": items}
     return {**head, **summary}

@@ -51,6 +51,10 @@ TRAIN_LOG, LOSS_PLOT = "train_log.parquet", "loss.png"
 # Test hook: exit abruptly (as if killed) right after this step, to exercise resuming.
 STOP_AFTER_ENV = "HARDNEG_STOP_AFTER_STEP"
 STOPPED_EXIT_CODE = 75
+LOG_EVERY = 50
+"""On a GPU, the logged values of a step (loss, gradient norm, the trainer's extras) stay on the device and are read
+back every this many steps, in one go: reading them each step would make the host wait for the GPU every step,
+instead of queueing the next one while it computes. On the CPU they are read every step (nothing runs ahead)."""
 CPU_THREADS = 2
 """Intra-op threads of training on the CPU, whatever the machine or --cores: sums split over threads round
 differently, so the count changes the weights. A constant of the code, so not in the artifact key."""
@@ -135,7 +139,9 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
             exempt = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
             (no_decay if exempt else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate)
+    # fused on CUDA: one kernel for every parameter's update (the same AdamW, rounded differently from the foreach one)
+    fused = all(p.is_cuda for group in groups for p in group["params"]) or None
+    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused)
 
 
 def make_scheduler(
@@ -342,17 +348,13 @@ def train(
     progress = tqdm(
         range(start, total), initial=start, total=total, desc="train", unit="step", disable=not distributed.is_main()
     )
+    log_every = LOG_EVERY if device.type == "cuda" else 1
+    window = PendingRows(progress)
     for step in progress:
-        began = time.perf_counter()
         epoch, batch = divmod(step, steps_per_epoch)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss, extras = batch_loss(trained, epoch, batch)
         global_loss = distributed.global_sum(loss)
-        if not torch.isfinite(global_loss):
-            raise ConfigError(
-                f"the training loss is {float(global_loss)} at step {step + 1}",
-                fix="lower learning_rate (or turn bf16 off); the last checkpoint is kept in the work folder",
-            )
         optimizer.zero_grad(set_to_none=True)
         (loss * world if world > 1 else loss).backward()  # DDP averages the ranks' gradients
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
@@ -360,11 +362,12 @@ def train(
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
-        row = {"step": step + 1, "epoch": epoch, "loss": float(global_loss), "lr": lr, "grad_norm": float(grad_norm)}
-        rows.append(row | {k: float(v) for k, v in extras.items()} | {"seconds": time.perf_counter() - began})
-        progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+        window.add({"step": step + 1, "epoch": epoch, "loss": global_loss, "lr": lr, "grad_norm": grad_norm} | extras)
         done = step + 1
-        if every > 0 and done % every == 0 and done < total:
+        checkpoint_due = every > 0 and done % every == 0 and done < total
+        if done % log_every == 0 or done == total or checkpoint_due or done == stop_after:
+            rows += window.flush()  # raises on a non-finite loss, before any checkpoint of it
+        if checkpoint_due:
             save_checkpoint(checkpoint, model, optimizer, scheduler, done, rows, shape)
         if done == stop_after:
             distributed.barrier()  # let rank 0 finish its checkpoint
@@ -378,6 +381,42 @@ def train(
         write_table(frame, Path(out_dir) / TRAIN_LOG)
         plot_losses(frame, Path(out_dir) / LOSS_PLOT)
     return summarise(frame, queries_per_step or config.batch_size, device, resumed_from=start)
+
+
+class PendingRows:
+    """Log rows whose values may still be on the device (0-dim tensors, or anything with ``__float__``), turned into
+    floats together by `flush`: one wait for the device for the whole window. A row's ``seconds`` is the mean step
+    time of its window, from the end of the previous window to the end of this one (steps are queued ahead of the
+    device, so one step's own time is not observable without waiting for it)."""
+
+    def __init__(self, progress: tqdm):
+        self.progress = progress
+        self.rows: list[dict[str, Any]] = []
+        self.since = time.perf_counter()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> list[dict[str, float]]:
+        tensors = [v for row in self.rows for v in row.values() if isinstance(v, torch.Tensor)]
+        values = iter(torch.stack([t.detach().double().reshape(()) for t in tensors]).tolist() if tensors else [])
+        rows = [
+            {k: v if k in ("step", "epoch") else (next(values) if isinstance(v, torch.Tensor) else float(v))
+             for k, v in row.items()}
+            for row in self.rows
+        ]
+        now = time.perf_counter()
+        for row in rows:
+            row["seconds"] = (now - self.since) / len(rows)
+            if not math.isfinite(row["loss"]):
+                raise ConfigError(
+                    f"the training loss is {row['loss']} at step {row['step']}",
+                    fix="lower learning_rate (or turn bf16 off); the last checkpoint is kept in the work folder",
+                )
+        self.rows, self.since = [], now
+        if rows:
+            self.progress.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['lr']:.2e}")
+        return rows
 
 
 def summarise(frame: pd.DataFrame, queries_per_step: int, device: torch.device, resumed_from: int) -> dict[str, Any]:

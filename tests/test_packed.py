@@ -105,3 +105,117 @@ def test_flash_varlen_on_cuda_matches_padded_in_bf16(monkeypatch):
     assert autocast == "none" and stages.packed.packing_pays(encoder.model, next(encoder.parameters()).dtype)
     packed, padded = both_ways(encoder, monkeypatch, texts=TEXTS * 20, batch_size=16, autocast=autocast)
     assert ((packed * padded).sum(1)).min() > 0.999  # unit vectors: cosine
+
+
+# training: Encoder.forward_packed (with gradient) against Encoder.forward on the padded batch
+
+LONG_AND_SHORT = ["x", "Statins lower LDL cholesterol " * 12, "y z", TEXTS[3], "0-dimensional biomaterials " * 30]
+
+
+def packed_and_padded(encoder: Encoder, texts=LONG_AND_SHORT, max_length: int = 128, as_type=np.asarray):
+    """(forward_packed, forward on the padded batch) of the same texts."""
+    ids, lengths = encoder.packed_tokens(texts, max_length)
+    batch = encoder.tokenize(texts, max_length)
+    assert lengths.tolist() == batch["attention_mask"].sum(1).tolist() and lengths.max() > 10 * lengths.min()
+    return encoder.forward_packed(as_type(ids), lengths), encoder(batch["input_ids"], batch["attention_mask"])
+
+
+@pytest.mark.parametrize("pooling,normalize", [("mean", False), ("mean", True), ("cls", False), ("cls", True)])
+def test_forward_packed_matches_forward_values_and_gradients(tiny_model_dir, pooling, normalize):
+    encoder = load_encoder(tiny_model_dir, pooling=pooling, normalize=normalize).eval()  # eval: dropout off
+    weights = torch.randn(len(LONG_AND_SHORT), encoder.dim, generator=torch.Generator().manual_seed(1))
+    results = []
+    for output in packed_and_padded(encoder):
+        encoder.zero_grad(set_to_none=True)
+        assert output.dtype == torch.float32 and output.shape == (len(LONG_AND_SHORT), encoder.dim)
+        ((output * weights).sum() + output.pow(2).sum()).backward()
+        results.append((output.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}))
+    (packed, packed_grads), (padded, padded_grads) = results
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    assert (packed[0] - packed[2]).abs().max() > 1e-3  # distinct texts, distinct rows
+    if normalize:
+        torch.testing.assert_close(packed.norm(dim=1), torch.ones(len(packed)))
+    assert packed_grads.keys() == padded_grads.keys() and len(packed_grads) > 10
+    for name, grad in packed_grads.items():
+        torch.testing.assert_close(grad, padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert encoder.model.config._attn_implementation != stages.packed.ATTENTION  # restored after the forward
+
+
+@pytest.mark.parametrize("as_type", ["numpy", "int32 numpy", "tensor", "pinned tensor"])
+def test_forward_packed_takes_numpy_or_cpu_tensors(tiny_model_dir, as_type):
+    if as_type == "pinned tensor" and not torch.cuda.is_available():
+        pytest.skip("pinned memory needs an accelerator")
+    convert = {
+        "numpy": np.asarray,
+        "int32 numpy": lambda ids: ids.astype(np.int32),
+        "tensor": torch.from_numpy,
+        "pinned tensor": lambda ids: torch.from_numpy(ids).pin_memory(),
+    }[as_type]
+    encoder = load_encoder(tiny_model_dir).eval()
+    with torch.no_grad():
+        packed, padded = packed_and_padded(encoder, as_type=convert)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_packed_rejects_lengths_that_do_not_add_up(tiny_model_dir):
+    encoder = load_encoder(tiny_model_dir)
+    ids, lengths = encoder.packed_tokens(TEXTS[:3], 32)
+    with pytest.raises(ValueError, match="lengths sum"):
+        encoder.forward_packed(ids[:-1], lengths)
+    assert encoder.forward_packed(*encoder.packed_tokens([], 32)).shape == (0, encoder.dim)
+
+
+def dropout_encoder(tiny_model_dir, attention_dropout: float) -> Encoder:
+    """The tiny BERT with only attention-probability dropout (none on the hidden states)."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig.from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0)
+    config.attention_probs_dropout_prob = attention_dropout
+    model = BertModel.from_pretrained(tiny_model_dir, config=config)
+    return Encoder(model, load_tokenizer(tiny_model_dir), pooling="mean", normalize=False)
+
+
+def test_padded_attention_applies_attention_dropout_in_training(tiny_model_dir):
+    encoder = dropout_encoder(tiny_model_dir, attention_dropout=0.3)
+    ids, lengths = encoder.packed_tokens(LONG_AND_SHORT, 64)
+
+    def run(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return encoder.forward_packed(ids, lengths).detach()
+
+    encoder.train()
+    first, again, other = run(0), run(0), run(1)
+    torch.testing.assert_close(first, again, atol=0, rtol=0)  # same seed, same dropout masks
+    assert (first - other).abs().max() > 1e-3  # the dropout argument is honoured, not ignored
+    encoder.eval()  # transformers passes dropout 0 in eval mode: the padded forward's embeddings again
+    with torch.no_grad():
+        packed, padded = packed_and_padded(encoder, max_length=64)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    assert (packed - first).abs().max() > 1e-3
+
+
+def test_training_without_dropout_is_the_padded_training(tiny_model_dir):
+    encoder = dropout_encoder(tiny_model_dir, attention_dropout=0.0).train()
+    packed, padded = packed_and_padded(encoder)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_training_is_only_suggested_for_the_flash_kernel(tiny_model_dir, monkeypatch):
+    encoder = load_encoder(tiny_model_dir)
+    assert not encoder.supports_packed_training()  # CPU
+    assert not encoder.supports_packed_training("bf16")
+    seen = []
+    monkeypatch.setattr(stages.packed, "packing_pays", lambda model, dtype: seen.append(dtype) or True)
+    assert encoder.supports_packed_training("fp16") and encoder.supports_packed_training(None)
+    assert seen == [torch.float16, torch.float32]
+
+
+def test_packing_pools_segments_without_padding():
+    chunk = stages.packed.PackedChunk(np.arange(10, 20), np.array([3, 1, 4, 2]), torch.device("cpu"), 0)
+    _, _, packing = chunk.batch(1, 4)  # texts 1..3: tokens [3, 10)
+    states = torch.arange(7.0).repeat_interleave(2).view(7, 2).requires_grad_()
+    assert packing.text_of_token.tolist() == [0, 1, 1, 1, 1, 2, 2]
+    assert packing.mean(states).tolist() == [[0, 0], [2.5, 2.5], [5.5, 5.5]]
+    assert packing.first(states).tolist() == [[0, 0], [1, 1], [5, 5]]
+    packing.mean(states).sum().backward()
+    assert states.grad[:, 0].tolist() == [1, 0.25, 0.25, 0.25, 0.25, 0.5, 0.5]

@@ -27,6 +27,10 @@ from stages.search import faiss_search, load_index
 from stages.tables import read_embeddings, read_run
 from stages.train_adore import (
     AdoreParams,
+    Interval,
+    Positives,
+    QueryTokens,
+    TrainingData,
     batch_loss,
     batch_queries,
     frozen_documents,
@@ -74,23 +78,40 @@ def brute_force_weights(retrieved, positives, gains, metric, cutoff) -> np.ndarr
     return weights
 
 
+def pairs_of(retrieved, positives, gains, dtype=torch.float64):
+    """`rank_pairs` of (B, k) retrieved rows and per-query positive lists, on the CPU."""
+    padded = Positives.pad(positives, gains, torch.device("cpu"), dtype)
+    return rank_pairs(torch.as_tensor(np.asarray(retrieved), dtype=torch.int64), padded.rows, padded.gains, padded.valid)
+
+
+def weights_of(pairs, metric: str, cutoff: int) -> np.ndarray:
+    return swap_weights(pairs, metric, cutoff).numpy()
+
+
 def test_mrr_and_ndcg_weights_by_hand():
     # ranks: 10@1 11@2 12@3 13@4 14@5; positives 12 (rank 3), 14 (rank 5, grade 2) and 99 (not retrieved)
-    pairs = rank_pairs(np.array([[10, 11, 12, 13, 14]]), [np.array([12, 14, 99])], [np.array([1.0, 2.0, 1.0])])
+    pairs = pairs_of([[10, 11, 12, 13, 14]], [np.array([12, 14, 99])], [np.array([1.0, 2.0, 1.0])])
     assert pairs.positive_ranks.tolist() == [[3, 5, 8]]
     assert pairs.negative.tolist() == [[True, True, False, True, False]]
-    mrr = swap_weights(pairs, "mrr", cutoff=5)[0]
+    mrr = weights_of(pairs, "mrr", cutoff=5)[0]
     # the first positive (rank 3) with negatives at 1, 2 (it becomes first) and 4 (it drops below the next, rank 4)
     np.testing.assert_allclose(mrr[0], [1 - 1 / 3, 1 / 2 - 1 / 3, 0, 1 / 3 - 1 / 4, 0])
     # the other positives only matter against negatives above the first one
     np.testing.assert_allclose(mrr[1], [1 - 1 / 3, 1 / 2 - 1 / 3, 0, 0, 0])
     np.testing.assert_allclose(mrr[2], [1 - 1 / 3, 1 / 2 - 1 / 3, 0, 0, 0])
-    ndcg = swap_weights(pairs, "ndcg", cutoff=5)[0]
+    ndcg = weights_of(pairs, "ndcg", cutoff=5)[0]
     disc = [1 / math.log2(r + 1) for r in range(1, 6)]
     ideal = 2 * disc[0] + disc[1] + disc[2]
     np.testing.assert_allclose(ndcg[0], [abs(disc[2] - disc[r]) / ideal if r in (0, 1, 3) else 0 for r in range(5)])
     np.testing.assert_allclose(ndcg[1], [2 * abs(disc[4] - disc[r]) / ideal if r in (0, 1, 3) else 0 for r in range(5)])
     np.testing.assert_allclose(ndcg[2], [disc[r] / ideal if r in (0, 1, 3) else 0 for r in range(5)])
+    # float32 (the type on CUDA): the same ranks, weights to float32 rounding
+    single = pairs_of([[10, 11, 12, 13, 14]], [np.array([12, 14, 99])], [np.array([1.0, 2.0, 1.0])], torch.float32)
+    assert single.positive_ranks.tolist() == [[3, 5, 8]]
+    for metric, expected in (("mrr", mrr), ("ndcg", ndcg)):
+        weights = swap_weights(single, metric, cutoff=5)
+        assert weights.dtype == torch.float32
+        np.testing.assert_allclose(weights[0].numpy(), expected, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("metric", ["mrr", "ndcg"])
@@ -100,24 +121,128 @@ def test_weights_equal_brute_force_swaps(metric):
         retrieved = rng.permutation(20)[:6]
         positives = rng.choice(20, size=rng.integers(1, 4), replace=False)
         gains = rng.integers(1, 4, size=len(positives)).astype(float)
-        pairs = rank_pairs(retrieved[None, :], [positives], [gains])
+        pairs = pairs_of(retrieved[None, :], [positives], [gains])
         expected = brute_force_weights(list(retrieved), list(positives), list(gains), metric, cutoff)
-        np.testing.assert_allclose(swap_weights(pairs, metric, cutoff)[0], expected, atol=1e-12, err_msg=str(trial))
+        np.testing.assert_allclose(weights_of(pairs, metric, cutoff)[0], expected, atol=1e-12, err_msg=str(trial))
+
+
+# the per-query numpy implementation that the vectorised one replaced: the reference for a whole batch
+
+
+def reference_pairs(retrieved: np.ndarray, positive_rows: list[np.ndarray], positive_gains: list[np.ndarray]):
+    count, k = retrieved.shape
+    width = max(len(rows) for rows in positive_rows)
+    rows = np.zeros((count, width), dtype=np.int64)
+    gains = np.zeros((count, width))
+    ranks = np.full((count, width), np.inf)
+    negative = np.ones((count, k), dtype=bool)
+    for query, (positives, grades) in enumerate(zip(positive_rows, positive_gains)):
+        rows[query, : len(positives)] = positives
+        gains[query, : len(positives)] = grades
+        hit = retrieved[query][:, None] == positives[None, :]
+        negative[query] = ~hit.any(axis=1)
+        found = hit.any(axis=0)
+        ranks[query, : len(positives)] = np.where(found, hit.argmax(axis=0) + 1, k + 1 + np.arange(len(positives)))
+    return negative, rows, gains, ranks, np.isfinite(ranks)
+
+
+def reference_weights(retrieved, positive_rows, positive_gains, metric: str, cutoff: int) -> np.ndarray:
+    negative, _, positive_gains, positive_ranks, valid = reference_pairs(retrieved, positive_rows, positive_gains)
+    k = retrieved.shape[1]
+    rank_n = np.arange(1, k + 1, dtype=np.float64)[None, None, :]
+    rank_p = positive_ranks[:, :, None]
+    if metric == "mrr":
+        def reciprocal(rank: np.ndarray) -> np.ndarray:
+            return np.where(rank <= cutoff, 1.0 / rank, 0.0)
+
+        ordered = np.sort(positive_ranks, axis=1)
+        first = ordered[:, :1, None]
+        second = ordered[:, 1:2, None] if ordered.shape[1] > 1 else np.full_like(first, np.inf)
+        weights = np.where(
+            rank_n < first,
+            reciprocal(rank_n) - reciprocal(first),
+            np.where(rank_p == first, reciprocal(first) - reciprocal(np.minimum(rank_n, second)), 0.0),
+        )
+    else:
+        def discount(rank: np.ndarray) -> np.ndarray:
+            return np.where(rank <= cutoff, 1.0 / np.log2(rank + 1.0), 0.0)
+
+        ideal_gains = -np.sort(-positive_gains, axis=1)[:, :cutoff]
+        ideal = (ideal_gains * discount(np.arange(1.0, ideal_gains.shape[1] + 1))).sum(axis=1)
+        gain = positive_gains[:, :, None]
+        weights = gain * np.abs(discount(rank_p) - discount(rank_n)) / np.maximum(ideal, 1e-12)[:, None, None]
+    real = valid[:, :, None] & negative[:, None, :]
+    return np.where(real, np.abs(weights), 0.0)
+
+
+@pytest.mark.parametrize("metric", ["mrr", "ndcg"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_vectorised_weights_equal_the_per_query_reference(metric, dtype):
+    rng = np.random.default_rng(11)
+    queries, k, corpus = 16, 12, 40
+    for trial, cutoff in itertools.product(range(10), (1, 4, 12)):
+        retrieved = np.stack([rng.permutation(corpus)[:k] for _ in range(queries)])
+        counts = rng.integers(1, 5, size=queries)
+        positives = []
+        for query, count in enumerate(counts):
+            # some retrieved (anywhere, also beyond the cutoff), some not; row 0 is a common one (the padding row)
+            pool = np.concatenate([retrieved[query][rng.permutation(k)[:2]], rng.choice(corpus, size=4), [0]])
+            positives.append(rng.permutation(np.unique(pool))[:count].astype(np.int64))
+        gains = [rng.integers(1, 4, size=len(p)).astype(float) for p in positives]
+        # the batch takes a subset of all queries, in any order, cut to its widest (as batch_loss does)
+        everything = Positives.pad(positives, gains, torch.device("cpu"), dtype)
+        batch = rng.permutation(queries)[:10]
+        taken = everything.take(torch.from_numpy(batch), int(everything.counts[batch].max()))
+        pairs = rank_pairs(torch.from_numpy(retrieved[batch]), *taken)
+
+        negative, rows, padded_gains, ranks, valid = reference_pairs(
+            retrieved[batch], [positives[q] for q in batch], [gains[q] for q in batch]
+        )
+        message = f"trial {trial} cutoff {cutoff}"
+        assert np.array_equal(pairs.negative.numpy(), negative), message
+        assert np.array_equal(pairs.positive_rows.numpy(), rows), message
+        assert np.array_equal(pairs.positive_gains.numpy(), padded_gains), message
+        assert np.array_equal(pairs.positive_ranks.numpy(), ranks.astype(pairs.positive_ranks.numpy().dtype)), message
+        assert np.array_equal(pairs.valid.numpy(), valid), message
+        expected = reference_weights(retrieved[batch], [positives[q] for q in batch], [gains[q] for q in batch],
+                                     metric, cutoff)
+        weights = swap_weights(pairs, metric, cutoff)
+        assert weights.dtype == dtype
+        if dtype == torch.float64:
+            np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-13, atol=1e-15, err_msg=message)
+            # and what the loss gets: the same float32 weights as the numpy code gave
+            assert np.array_equal(weights.float().numpy(), expected.astype(np.float32)), message
+        else:
+            np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-5, atol=1e-7, err_msg=message)
+
+
+def test_query_tokens_are_what_the_encoder_tokenizes(tiny_model_dir):
+    from stages.models import load_encoder
+
+    encoder = load_encoder(tiny_model_dir)
+    texts = ["what is a cell", "  ", "a much longer query about the many proteins of the human cell membrane", "x y"]
+    tokens = QueryTokens.tokenize(encoder.tokenizer, texts, 8, torch.device("cpu"), chunk_size=3)
+    assert tokens.host_lengths.tolist() == tokens.lengths.tolist()
+    for batch in ([0, 1, 2, 3], [3, 1], [1], [2, 0]):
+        ids, mask = tokens.take(torch.tensor(batch), int(tokens.host_lengths[batch].max()))
+        expected = encoder.tokenize([texts[q] for q in batch], 8)
+        assert ids.dtype == mask.dtype == torch.int64
+        assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"]), batch
 
 
 def test_positives_outside_the_top_k_still_pull():
-    pairs = rank_pairs(np.array([[5, 6, 7], [1, 2, 3]]), [np.array([9]), np.array([2, 8])], [np.ones(1), np.ones(2)])
+    pairs = pairs_of([[5, 6, 7], [1, 2, 3]], [np.array([9]), np.array([2, 8])], [np.ones(1), np.ones(2)])
     assert pairs.positive_ranks[0, 0] == 4 and pairs.valid.tolist() == [[True, False], [True, True]]
     # no positive retrieved: swapping it with the negative at rank r gains 1/r (the paper code's weight); cut at 2
-    np.testing.assert_allclose(swap_weights(pairs, "mrr", cutoff=3)[0, 0], [1, 1 / 2, 1 / 3])
-    np.testing.assert_allclose(swap_weights(pairs, "mrr", cutoff=2)[0, 0], [1, 1 / 2, 0])
-    assert not swap_weights(pairs, "mrr", cutoff=3)[0, 1].any()  # padding
+    np.testing.assert_allclose(weights_of(pairs, "mrr", cutoff=3)[0, 0], [1, 1 / 2, 1 / 3])
+    np.testing.assert_allclose(weights_of(pairs, "mrr", cutoff=2)[0, 0], [1, 1 / 2, 0])
+    assert not weights_of(pairs, "mrr", cutoff=3)[0, 1].any()  # padding
     # second query: the unretrieved positive 8 pairs with the negative above the first positive
-    np.testing.assert_allclose(swap_weights(pairs, "mrr", cutoff=3)[1], [[1 / 2, 0, 1 / 2 - 1 / 3], [1 / 2, 0, 0]])
+    np.testing.assert_allclose(weights_of(pairs, "mrr", cutoff=3)[1], [[1 / 2, 0, 1 / 2 - 1 / 3], [1 / 2, 0, 0]])
     scores = torch.zeros(2, 3, requires_grad=True)
     positive_scores = torch.zeros(2, 2, requires_grad=True)
-    weights = torch.from_numpy(swap_weights(pairs, "mrr", cutoff=3)).float()
-    real = torch.from_numpy(pairs.valid[:, :, None] & pairs.negative[:, None, :])
+    weights = swap_weights(pairs, "mrr", cutoff=3).float()
+    real = pairs.valid[:, :, None] & pairs.negative[:, None, :]
     lambda_loss(scores, positive_scores, weights, real).backward()
     assert positive_scores.grad[1, 1] < 0  # the unretrieved positive is pushed up
 
@@ -199,7 +324,7 @@ def test_only_the_query_encoder_learns(prepared, flat_index, tiny_model_dir, tmp
     loss, extras = batch_loss(encoder, data, params, batch_queries(len(data.query_texts), params, 0, 0), documents,
                               torch.device("cpu"))
     loss.backward()
-    assert loss > 0 and 0 <= extras["train_mrr"] <= 1 and extras["search_seconds"] >= 0
+    assert loss > 0 and 0 <= float(extras["train_mrr"]) <= 1 and float(extras["search_seconds"]) >= 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
     assert not documents.searcher.matrix.requires_grad and documents.searcher.matrix.grad is None
 
@@ -209,6 +334,51 @@ def test_only_the_query_encoder_learns(prepared, flat_index, tiny_model_dir, tmp
     assert torch.equal(documents.searcher.matrix, frozen)
     before, after = model_tensors_of(tiny_model_dir), model_tensors(tmp_path)
     assert any(not torch.equal(before[name], after[name]) for name in before if name in after)
+
+
+@pytest.mark.parametrize("metric", ["mrr", "ndcg"])
+def test_batch_loss_is_lazy_and_equals_the_per_query_reference(prepared, flat_index, tiny_model_dir, metric):
+    from stages.models import load_encoder
+
+    params = tiny_params(tiny_model_dir, metric=metric, batch_size=6, top_k=15, metric_cutoff=7)
+    device = torch.device("cpu")
+    documents, doc_ids = frozen_documents(params, {"index": flat_index}, device)
+    loaded = load_training_data(prepared, doc_ids)
+    data = TrainingData(loaded.query_texts, loaded.positive_rows, loaded.positive_gains)  # nothing resident yet
+    encoder = load_encoder(tiny_model_dir).eval()  # no dropout: the reference below sees the same embeddings
+    queries = batch_queries(len(data.query_texts), params, 0, 1)
+    loss, extras = batch_loss(encoder, data, params, queries, documents, device)
+    resident = data.resident
+    assert resident is not None and resident.positives.rows.shape[0] == len(data.query_texts)
+
+    # the values to log are lazy: 0-dim tensors and intervals, read by float()
+    assert set(extras) == {"train_mrr", "train_recall", "encode_seconds", "search_seconds"}
+    assert all(torch.is_tensor(extras[key]) and extras[key].dim() == 0 for key in ("train_mrr", "train_recall"))
+    assert isinstance(extras["encode_seconds"], Interval) and isinstance(extras["search_seconds"], Interval)
+    values = {key: float(value) for key, value in extras.items()}
+    assert values["encode_seconds"] >= 0 and values["search_seconds"] >= 0
+    assert 0 <= values["train_mrr"] <= values["train_recall"] <= 1
+
+    # the reference: tokenize the batch, search, rank and weigh per query in numpy, as before
+    tokens = encoder.tokenize([data.query_texts[q] for q in queries], params.query_max_length)
+    embeddings = encoder(tokens["input_ids"], tokens["attention_mask"])
+    retrieved = documents.search(embeddings, params.top_k)
+    rows, gains = [data.positive_rows[q] for q in queries], [data.positive_gains[q] for q in queries]
+    negative, padded_rows, _, ranks, valid = reference_pairs(retrieved.numpy(), rows, gains)
+    weights = reference_weights(retrieved.numpy(), rows, gains, metric, params.metric_cutoff)
+    expected = lambda_loss(
+        documents.scores(embeddings, retrieved) / params.temperature,
+        documents.scores(embeddings, torch.from_numpy(padded_rows)) / params.temperature,
+        torch.from_numpy(weights).float(),
+        torch.from_numpy(valid[:, :, None] & negative[:, None, :]),
+    )
+    assert torch.equal(loss, expected)
+    first = ranks.min(axis=1)
+    assert values["train_mrr"] == pytest.approx(np.where(first <= params.top_k, 1 / first, 0).mean())
+    assert values["train_recall"] == pytest.approx((first <= params.top_k).mean())
+
+    batch_loss(encoder, data, params, np.array(queries[::-1]), documents, device)
+    assert data.resident is resident  # built once, then only indexed
 
 
 def model_tensors_of(folder: Path) -> dict[str, torch.Tensor]:
@@ -317,3 +487,4 @@ def test_flat_scores_are_what_the_search_ranks_by(flat_index):
     assert_same_topk(scores.detach().numpy(), rows.numpy(), expected, expected_rows)
     scores.sum().backward()
     assert queries.grad is not None and queries.grad.abs().sum() > 0
+

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +17,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from stages import train_star as train_star_module
 from stages.bm25 import Bm25Params, bm25_run
 from stages.bm25_index import Bm25IndexParams, build_index
 from stages.errors import ConfigError
 from stages.mine_negatives import MineParams, mine
 from stages.train_star import (
+    Prefetcher,
     StarParams,
+    StepInputs,
     batch_loss,
+    inputs_loss,
     load_training_data,
+    prepare_inputs,
     sample_batch,
     train_star,
 )
@@ -107,6 +114,145 @@ def test_training_lowers_the_loss_of_a_fixed_batch(prepared, negatives, tiny_mod
     before = fixed_batch_loss(tiny_model_dir)
     train_star(params, inputs, tmp_path)
     assert fixed_batch_loss(tmp_path / "model") < 0.5 * before  # about 3.9 -> 0.9
+
+
+@pytest.mark.parametrize("changes", [{}, {"loss": "softmax", "hard_negatives_per_query": 2}, {"negatives": "inbatch"}])
+def test_host_and_device_parts_make_batch_loss(changes, prepared, negatives, tiny_model_dir):
+    """prepare_inputs then inputs_loss is batch_loss, bit for bit; the logged terms stay 0-dim tensors."""
+    from stages.models import load_encoder
+
+    params = tiny_params(tiny_model_dir, **changes)
+    data = load_training_data(params, {"prepared": prepared, "negatives": negatives})
+    batch = sample_batch(data, params, epoch=0, batch=1)
+    cpu = torch.device("cpu")
+    results = []
+    for split in (False, True):
+        torch.manual_seed(3)  # the same dropout draws
+        encoder = load_encoder(tiny_model_dir)
+        if split:
+            inputs = prepare_inputs(encoder.tokenize, data, params, batch)
+            assert isinstance(inputs, StepInputs) and inputs.query_input_ids.device.type == "cpu"
+            assert inputs.hard_mask.shape == (4, len(batch.doc_ids)) and inputs.rows == slice(0, 4)
+            loss, extras = inputs_loss(encoder, inputs, params, cpu)
+        else:
+            loss, extras = batch_loss(encoder, data, params, batch, cpu)
+        loss.backward()
+        grads = [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
+        assert extras and all(isinstance(v, torch.Tensor) and v.shape == () for v in extras.values())
+        results.append((loss.detach(), {k: float(v) for k, v in extras.items()}, grads))
+    (loss_a, extras_a, grads_a), (loss_b, extras_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b) and extras_a == extras_b
+    assert len(grads_a) == len(grads_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+# --- prefetching the host side --------------------------------------------------------------------------------------
+
+
+def prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("train_star-prefetch")]
+
+
+def test_prefetcher_runs_ahead_in_order_on_one_thread():
+    made, busy, most = [], [0], [0]
+    lock, third = threading.Lock(), threading.Event()
+
+    def make(step: int) -> int:
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(0.01)
+        made.append((step, threading.current_thread().name))
+        if step == 7:
+            third.set()
+        with lock:
+            busy[0] -= 1
+        return step * 10
+
+    with Prefetcher(make, ahead=2, end=9) as prefetcher:
+        assert prefetcher.get(5) == 50  # a resumed run: starts wherever it is asked
+        assert third.wait(5)  # 6 and 7 are made in the background meanwhile
+        assert [s for s, _ in made] == [5, 6, 7]
+        assert [prefetcher.get(s) for s in (6, 7, 8)] == [60, 70, 80]
+        assert prefetcher.computed_here == 1
+        assert prefetcher.get(2) == 20  # not the expected step: made on this thread, after the worker stopped
+        assert prefetcher.get(3) == 30 and prefetcher.computed_here == 2
+    assert [s for s, name in made if not name.startswith("train_star-prefetch")] == [5, 2]
+    assert [s for s, _ in made if s >= 9] == []  # nothing from ``end`` on
+    assert most[0] == 1 and not prefetch_threads()
+
+
+def test_prefetcher_raises_a_step_error_at_its_step_and_always_stops_its_thread():
+    def make(step: int) -> int:
+        if step == 2:
+            raise ValueError("bad step")
+        return step
+
+    with pytest.raises(ValueError, match="bad step"):
+        with Prefetcher(make) as prefetcher:
+            assert prefetcher.get(0) == 0 and prefetcher.get(1) == 1
+            prefetcher.get(2)
+    assert not prefetch_threads()
+    started = threading.Event()
+
+    def slow(step: int) -> int:
+        if threading.current_thread().name.startswith("train_star-prefetch"):
+            started.set()
+        time.sleep(0.2)
+        return step
+
+    began = time.perf_counter()
+    with pytest.raises(KeyError):
+        with Prefetcher(slow, ahead=3) as prefetcher:
+            prefetcher.get(0)
+            assert started.wait(5)
+            raise KeyError("the training loop failed")
+    assert not prefetch_threads() and time.perf_counter() - began < 2  # the queued steps were dropped, not made
+
+
+def test_training_prefetches_steps_and_resumes_to_the_same_weights(
+    prepared, negatives, tiny_model_dir, tmp_path, monkeypatch
+):
+    """The host side of each step but the first runs on the prefetch thread; a run that fails mid-way leaves no
+    thread behind, and resumed in-process (the prefetcher starting mid-way) ends with the straight run's weights."""
+    params = tiny_params(tiny_model_dir, max_steps=6, checkpoint_every=2)
+    inputs = {"prepared": prepared, "negatives": negatives}
+    sampled: list[tuple[int, int, bool]] = []
+    original_sample, original_loss = train_star_module.sample_batch, train_star_module.inputs_loss
+
+    def recording_sample(data, params, epoch, batch):
+        sampled.append((epoch, batch, threading.current_thread().name.startswith("train_star-prefetch")))
+        return original_sample(data, params, epoch, batch)
+
+    monkeypatch.setattr(train_star_module, "sample_batch", recording_sample)
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    train_star(params, inputs, straight)
+    assert sampled == [(0, 0, False)] + [(0, b, True) for b in range(1, 6)]
+    assert not prefetch_threads()
+
+    calls = []
+
+    def failing_loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("device lost")
+        return original_loss(*args, **kwargs)
+
+    sampled.clear()
+    out, work = tmp_path / "resumed", tmp_path / "work"
+    out.mkdir()
+    work.mkdir()
+    monkeypatch.setattr(train_star_module, "inputs_loss", failing_loss)
+    with pytest.raises(RuntimeError, match="device lost"):
+        train_star(params, inputs, out, work)
+    assert not prefetch_threads() and (work / CHECKPOINT).is_file()
+    monkeypatch.setattr(train_star_module, "inputs_loss", original_loss)
+    sampled.clear()
+    summary = train_star(params, inputs, out, work)
+    assert summary["resumed_from_step"] == 2
+    assert sampled == [(0, 2, False)] + [(0, b, True) for b in range(3, 6)]
+    expected, actual = model_tensors(straight), model_tensors(out)
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
 
 
 def test_warmup_stage_is_the_star_trainer(prepared, negatives, tiny_model_dir, tmp_path):

@@ -34,7 +34,10 @@ def test_every_configuration_measured(tiny_model_dir, tmp_path, capsys, monkeypa
     for key in ("device", "torch", "stage_sources_sha256", "model_config", "texts", "includes"):
         assert report[key], key
     for name, result in report["configurations"].items():
-        assert result["stage_saw_the_same_batches"], name
+        if "adore" in name:  # its queries are tokenized once, before the first step
+            assert result["stage_saw_the_same_batches"] is None, name
+        else:
+            assert result["stage_saw_the_same_batches"], name
         trainer = {"warmup": "train_warmup", "star": "train_star", "adore": "train_adore"}[name.split("@")[0].split("_")[0]]
         assert result["trainer"] == trainer, name
         assert result["stage_over_bare_step_time"] > 0 and result["stage_share_of_bare_speed"] > 0, name
