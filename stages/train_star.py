@@ -395,6 +395,10 @@ class StepInputs:
     """This rank's queries of the batch."""
     gathered_columns: torch.Tensor | None = None
     """Several processes: `gathered_columns` of the batch (rows of the gathered documents in the batch layout)."""
+    query_lengths: np.ndarray | None = None
+    doc_lengths: np.ndarray | None = None
+    """Packed batches (`prepare_inputs` with ``packed``): tokens per text, on the host; the ``*_input_ids`` then
+    hold the texts' ids one after another and the attention masks are None (`Encoder.forward_packed`)."""
 
     def pin_memory(self) -> StepInputs:
         """A copy in pinned (page-locked) memory, so that the copies to a GPU can be asynchronous."""
@@ -410,9 +414,11 @@ def prepare_inputs(
     params: StarParams,
     batch: Batch,
     pin_memory: bool = False,
+    packed: bool = False,
 ) -> StepInputs:
     """The host side of a step on ``batch``: its pair masks, this rank's queries and documents tokenized with
-    ``tokenize`` (`Encoder.tokenize`), the loss's index; in pinned memory with ``pin_memory`` (for a GPU).
+    ``tokenize`` (`Encoder.tokenize`), the loss's index; in pinned memory with ``pin_memory`` (for a GPU); with
+    ``packed``, the tokens without their padding (`StepInputs.query_lengths`).
     Reads no device state: it may run on another thread while the device works on an earlier step."""
     _, hard_term, random_term = MODES[params.negatives]
     per_query = negatives_per_query(params)
@@ -425,11 +431,17 @@ def prepare_inputs(
     gathered = None
     if distributed.active():
         gathered = torch.from_numpy(gathered_columns(distributed.rank_slices(len(batch.queries)), per_query))
+    lengths = {}
+    if packed:  # the texts one after another, and their lengths on the host
+        lengths = {"query_lengths": queries["attention_mask"].sum(1).numpy(), "doc_lengths": docs["attention_mask"].sum(1).numpy()}
+        queries = {"input_ids": queries["input_ids"][queries["attention_mask"].bool()], "attention_mask": None}
+        docs = {"input_ids": docs["input_ids"][docs["attention_mask"].bool()], "attention_mask": None}
     inputs = StepInputs(
         query_input_ids=queries["input_ids"],
         query_attention_mask=queries["attention_mask"],
         doc_input_ids=docs["input_ids"],
         doc_attention_mask=docs["attention_mask"],
+        **lengths,
         hard_mask=torch.from_numpy(hard),
         random_mask=torch.from_numpy(random),
         positive_columns=torch.arange(rows.start, rows.stop),
@@ -447,9 +459,10 @@ def prepare_step(
     epoch: int,
     batch: int,
     pin_memory: bool = False,
+    packed: bool = False,
 ) -> StepInputs:
     """The host side of step ``batch`` of ``epoch``: `sample_batch` then `prepare_inputs` (a function of the step)."""
-    return prepare_inputs(tokenize, data, params, sample_batch(data, params, epoch, batch), pin_memory)
+    return prepare_inputs(tokenize, data, params, sample_batch(data, params, epoch, batch), pin_memory, packed)
 
 
 def inputs_loss(
@@ -462,8 +475,12 @@ def inputs_loss(
     processes: this rank's share of the loss, and the terms of the whole batch as floats (summed over the ranks)."""
     _, hard_term, random_term = MODES[params.negatives]
     inputs = inputs.to(device, non_blocking=True)
-    query_embeddings = encoder(inputs.query_input_ids, inputs.query_attention_mask)
-    doc_embeddings = encoder(inputs.doc_input_ids, inputs.doc_attention_mask)
+    if inputs.query_lengths is not None:  # packed: one process (DDP's hooks need its own forward)
+        query_embeddings = encoder.forward_packed(inputs.query_input_ids, inputs.query_lengths)
+        doc_embeddings = encoder.forward_packed(inputs.doc_input_ids, inputs.doc_lengths)
+    else:
+        query_embeddings = encoder(inputs.query_input_ids, inputs.query_attention_mask)
+        doc_embeddings = encoder(inputs.doc_input_ids, inputs.doc_attention_mask)
     if distributed.active():
         doc_embeddings = distributed.all_gather_rows(doc_embeddings)[inputs.gathered_columns]
     scores = query_embeddings.float() @ doc_embeddings.float().T / params.temperature
@@ -566,10 +583,12 @@ def step_losses(
     """The per-step closure for `stages.training.train`: the device side of each step, its host side prepared ahead
     on the `Prefetcher`'s thread (pinned on CUDA, on this rank's device)."""
     tokenize, pin = distributed.unwrap(encoder).tokenize, device.type == "cuda"
+    # padding-free batches where the flash kernel runs (one process: DDP's hooks need its wrapper's own forward)
+    packed = not distributed.active() and encoder.supports_packed_training("bf16" if params.bf16 else None)
 
     def prepare(step: int) -> StepInputs:
         """The host side of global step ``step`` (run ahead on the prefetch thread)."""
-        return prepare_step(tokenize, data, params, *divmod(step, steps_per_epoch), pin_memory=pin)
+        return prepare_step(tokenize, data, params, *divmod(step, steps_per_epoch), pin_memory=pin, packed=packed)
 
     cuda_index = (device.index if device.index is not None else torch.cuda.current_device()) if pin else None
 

@@ -129,7 +129,8 @@ def test_forward_packed_matches_forward_values_and_gradients(tiny_model_dir, poo
         encoder.zero_grad(set_to_none=True)
         assert output.dtype == torch.float32 and output.shape == (len(LONG_AND_SHORT), encoder.dim)
         ((output * weights).sum() + output.pow(2).sum()).backward()
-        results.append((output.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}))
+        grads = {name: p.grad.clone() for name, p in encoder.named_parameters() if p.grad is not None}
+        results.append((output.detach(), grads))
     (packed, packed_grads), (padded, padded_grads) = results
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
     assert (packed[0] - packed[2]).abs().max() > 1e-3  # distinct texts, distinct rows
@@ -219,3 +220,32 @@ def test_packing_pools_segments_without_padding():
     assert packing.first(states).tolist() == [[0, 0], [1, 1], [5, 5]]
     packing.mean(states).sum().backward()
     assert states.grad[:, 0].tolist() == [1, 0.25, 0.25, 0.25, 0.25, 0.5, 0.5]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash variable-length attention needs CUDA")
+def test_forward_packed_on_cuda_trains_through_flash_without_syncing(tiny_model_dir):
+    encoder = load_encoder(tiny_model_dir, normalize=True).cuda().eval()
+    assert encoder.supports_packed_training("bf16")
+    texts = LONG_AND_SHORT * 8
+    ids, lengths = encoder.packed_tokens(texts, 128)
+    batch = {name: tensor.cuda() for name, tensor in encoder.tokenize(texts, 128).items()}
+    weights = torch.randn(len(texts), encoder.dim, generator=torch.Generator().manual_seed(1)).cuda()
+    outputs, grads = [], []
+    for packed in (True, False):
+        encoder.zero_grad(set_to_none=True)
+        torch.cuda.set_sync_debug_mode("error" if packed else "default")  # packed: any host-device sync raises
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                output = encoder.forward_packed(ids, lengths) if packed else encoder(**batch)
+            (output * weights).sum().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        outputs.append(output.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in encoder.parameters() if p.grad is not None]))
+    assert (outputs[0] * outputs[1]).sum(1).min() > 0.99  # unit vectors: cosine (bf16 noise)
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+    encoder.train()  # flash: attention-probability dropout off (logged), hidden dropout on
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        trained = encoder.forward_packed(ids, lengths)
+    trained.sum().backward()
+    assert torch.isfinite(trained).all()

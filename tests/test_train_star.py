@@ -310,3 +310,32 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(prepared, neg
     straight_losses = pd.read_parquet(straight / "train_log.parquet")["loss"].tolist()
     assert log["loss"].tolist() == pytest.approx(straight_losses, abs=1e-6)
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 2
+
+
+@pytest.mark.parametrize("changes", [{}, {"loss": "softmax", "hard_negatives_per_query": 2}])
+def test_packed_inputs_give_the_padded_loss(changes, prepared, negatives, tiny_model_dir):
+    """The packed host side (ids without padding, lengths on the host) through Encoder.forward_packed gives the padded
+    batch's loss and gradients (eval mode: no dropout draws to differ; on the CPU the attention pads the heads)."""
+    from stages.models import load_encoder
+
+    params = tiny_params(tiny_model_dir, **changes)
+    data = load_training_data(params, {"prepared": prepared, "negatives": negatives})
+    batch = sample_batch(data, params, epoch=0, batch=1)
+    encoder = load_encoder(tiny_model_dir).eval()
+    results = []
+    for packed in (False, True):
+        inputs = prepare_inputs(encoder.tokenize, data, params, batch, packed=packed)
+        if packed:
+            assert inputs.query_attention_mask is None and inputs.query_input_ids.dim() == 1
+            assert inputs.doc_lengths.sum() == len(inputs.doc_input_ids)
+        encoder.zero_grad(set_to_none=True)
+        loss, extras = inputs_loss(encoder, inputs, params, torch.device("cpu"))
+        loss.backward()
+        grads = [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
+        results.append((float(loss), {k: float(v) for k, v in extras.items()}, grads))
+    (loss_a, extras_a, grads_a), (loss_b, extras_b, grads_b) = results
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    assert extras_b == pytest.approx(extras_a, rel=1e-5)
+    assert len(grads_a) == len(grads_b)
+    for a, b in zip(grads_a, grads_b):  # float sums in another order: compared as whole tensors
+        assert float((b - a).norm()) <= 1e-4 * float(a.norm()) + 1e-7
