@@ -60,6 +60,8 @@ import torch.nn.functional as F
 from stages import distributed
 from stages.errors import ConfigError, DataError
 from stages.mine_negatives import read_negatives
+from stages.models import ThreadedTokenizer
+from stages.resources import available_threads
 from stages.tables import read_corpus, read_qrels, read_queries
 from stages.training import (
     InitialEncoder,
@@ -576,13 +578,18 @@ class Prefetcher(Generic[T]):
         self.close()
 
 
+def host_tokenizer(encoder: torch.nn.Module) -> ThreadedTokenizer:
+    """The host side's tokenizer: `Encoder.tokenize` over the cores this stage is given (the rule's threads)."""
+    return ThreadedTokenizer(encoder.tokenizer, available_threads())
+
+
 @contextmanager
 def step_losses(
     encoder: torch.nn.Module, data: TrainingData, params: StarParams, steps_per_epoch: int, device: torch.device
 ) -> Iterator[Callable[[torch.nn.Module, int, int], tuple[torch.Tensor, dict[str, Any]]]]:
     """The per-step closure for `stages.training.train`: the device side of each step, its host side prepared ahead
     on the `Prefetcher`'s thread (pinned on CUDA, on this rank's device)."""
-    tokenize, pin = distributed.unwrap(encoder).tokenize, device.type == "cuda"
+    pin = device.type == "cuda"
     # padding-free batches where the flash kernel runs (one process: DDP's hooks need its wrapper's own forward)
     packed = not distributed.active() and encoder.supports_packed_training("bf16" if params.bf16 else None)
 
@@ -596,7 +603,9 @@ def step_losses(
         torch.cuda.set_device(cuda_index)
 
     end = total_steps(params, steps_per_epoch)
-    with Prefetcher(prepare, ahead=2, end=end, initializer=on_device if pin else None) as prefetcher:
+    with host_tokenizer(distributed.unwrap(encoder)) as tokenize, Prefetcher(
+        prepare, ahead=2, end=end, initializer=on_device if pin else None
+    ) as prefetcher:
 
         def step_loss(model: torch.nn.Module, epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, Any]]:
             return inputs_loss(model, prefetcher.get(epoch * steps_per_epoch + batch), params, device)

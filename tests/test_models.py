@@ -146,3 +146,21 @@ def test_unknown_pooling_and_normalize_are_config_errors(tiny_model_dir):
 def test_document_texts_join_title_and_text():
     corpus = pd.DataFrame({"doc_id": ["a", "b"], "title": ["Title", ""], "text": ["body text", " only text "]})
     assert document_texts(corpus) == ["Title body text", "only text"]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threaded_tokenizer_gives_what_tokenize_gives(tiny_model_dir, threads):
+    """Split over threads (each with its own tokenizer copy) or not, the ids and masks are Encoder.tokenize's."""
+    from stages.models import ThreadedTokenizer, load_encoder
+
+    encoder = load_encoder(tiny_model_dir)
+    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing".split()
+    texts = [" ".join(words[: 1 + (i * 7) % len(words)] * (1 + i % 4)) for i in range(200)] + ["  padded  "]
+    with ThreadedTokenizer(encoder.tokenizer, threads, min_texts=16) as tokenize:
+        for max_length in (8, 64):
+            expected = encoder.tokenize(texts, max_length)
+            got = tokenize(texts, max_length)
+            assert set(got) == {"input_ids", "attention_mask"}
+            for key in got:
+                assert torch.equal(got[key], expected[key]), (key, max_length)
+        assert torch.equal(tokenize(texts[:5], 16)["input_ids"], encoder.tokenize(texts[:5], 16)["input_ids"])

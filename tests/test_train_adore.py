@@ -37,7 +37,6 @@ from stages.train_adore import (
     lambda_loss,
     load_training_data,
     rank_pairs,
-    resident_queries,
     swap_weights,
     train_adore,
 )
@@ -490,20 +489,3 @@ def test_flat_scores_are_what_the_search_ranks_by(flat_index):
     assert queries.grad is not None and queries.grad.abs().sum() > 0
 
 
-
-def test_packed_query_tokens_encode_as_the_padded_batch(prepared, flat_index, tiny_model_dir):
-    """take_packed (the batch's tokens without padding, lengths on the host) through Encoder.forward_packed gives the
-    padded batch's embeddings: the path batch_loss takes where the flash kernel runs."""
-    from stages.models import load_encoder
-
-    params = tiny_params(tiny_model_dir, batch_size=6)
-    device = torch.device("cpu")
-    _, doc_ids = frozen_documents(params, {"index": flat_index}, device)
-    data = load_training_data(prepared, doc_ids)
-    encoder = load_encoder(tiny_model_dir).eval()
-    resident = resident_queries(data, encoder.tokenizer, params.query_max_length, device)
-    queries = np.array(batch_queries(len(data.query_texts), params, 0, 1), dtype=np.int64)
-    ids, lengths = resident.tokens.take_packed(queries)
-    assert ids.dim() == 1 and len(ids) == lengths.sum() and (lengths == resident.tokens.host_lengths[queries]).all()
-    padded = encoder(*resident.tokens.take(torch.from_numpy(queries), int(lengths.max())))
-    torch.testing.assert_close(encoder.forward_packed(ids, lengths), padded, rtol=1e-5, atol=1e-6)
