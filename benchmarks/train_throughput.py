@@ -91,24 +91,24 @@ INCLUDES = {
         "torch.cuda.synchronize() before and after"
     ),
     "stage_star": (
-        "one iteration of stages.training.train's loop with train_star's closure: sample_batch (numpy), "
-        "train_star.batch_loss = pair_masks (Python, queries x documents), Encoder.tokenize of the queries and the "
-        "documents (on the CPU, every step), host-to-device copies, two forward passes of the Encoder (float32 "
-        "weights, bf16 autocast on CUDA), float32 scores and star_loss (its logged terms read back with float()), "
-        "then the loop: global_sum (no-op, one process), isfinite check (a sync), zero_grad, backward, "
-        "clip_grad_norm_, AdamW step (make_optimizer: two groups, torch's default implementation), LambdaLR step, "
-        "float(loss) and float(grad_norm) for the log row, tqdm postfix; no checkpoint (no work folder). Timed "
-        "between the starts of consecutive batch_loss calls, each after torch.cuda.synchronize()"
+        "one iteration of stages.training.train's loop with train_star.step_losses' closure: the step's host side "
+        "(sample_batch, vectorised pair_masks, token ids gathered from the TokenCache filled before step 1, packed "
+        "without padding where the flash kernel runs, loss_index, pinned) comes from the Prefetcher's thread, "
+        "prepared while the device runs earlier steps; non-blocking copies, two forward passes of the Encoder "
+        "(float32 weights, bf16 autocast on CUDA; Encoder.forward_packed: varlen flash attention, no attention "
+        "dropout), float32 scores and star_loss (logged terms as 0-dim tensors), then the loop: zero_grad, "
+        "backward, clip_grad_norm_, fused AdamW (make_optimizer: two groups), LambdaLR step; the logged values "
+        "are read back every 50 steps (not within the timed steps); no checkpoint (no work folder)"
     ),
     "stage_adore": (
         "one iteration of stages.training.train's loop with train_adore's closure: batch_queries, "
-        "train_adore.batch_loss = Encoder.tokenize of the queries (CPU), host-to-device copy, forward (float32 "
-        "weights, bf16 autocast on CUDA), its three synchronising clocks, search of the top_k over the index "
-        "(FrozenDocuments over FlatTorchSearcher / PQTorchSearcher on the device), the retrieved rows copied to the "
-        "host, rank_pairs and swap_weights (numpy), weights and masks copied to the device, scores of the "
-        "retrieved documents and the positives (flat vectors / decoded PQ centroids), lambda_loss, then the loop as "
-        "for STAR (isfinite sync, zero_grad, backward, clip_grad_norm_, AdamW, LambdaLR, float() of loss and grad "
-        "norm). The document vectors are random unit vectors made on the device, not read from an index artifact"
+        "train_adore.batch_loss = the batch's rows of the queries tokenized once before step 1 (ResidentQueries on "
+        "the device; one pinned copy of the batch's index), padded forward (float32 weights, bf16 autocast on "
+        "CUDA), search of the top_k over the index (FrozenDocuments over FlatTorchSearcher / PQTorchSearcher on "
+        "the device), rank_pairs and swap_weights on the device, scores of the retrieved documents and the "
+        "positives (flat vectors / decoded PQ centroids), lambda_loss, CUDA-event intervals for its clocks, then "
+        "the loop as for STAR. The document vectors are random unit vectors made on the device, not read from an "
+        "index artifact"
     ),
 }
 NOT_MEASURED = [
@@ -381,6 +381,7 @@ class StepRecorder:
         self.shapes: list[list[tuple]] = []
         self.tokenize_s: list[float] = []
         self.pair_masks_s: list[float] = []
+        self.pretokenize_s: float | None = None
 
     def closure(self, step_loss: Callable) -> Callable:
         def timed(model, epoch, batch):
@@ -402,8 +403,11 @@ class StepRecorder:
         original = train_star.host_tokenizer
 
         @contextmanager
-        def host_tokenizer(encoder):
-            with original(encoder) as tokenize:
+        def host_tokenizer(*args):
+            began = time.perf_counter()
+            with original(*args) as tokenize:
+                self.pretokenize_s = time.perf_counter() - began  # every text, once, before the first step
+
                 def observed(texts, max_length):
                     began = time.perf_counter()
                     batch = tokenize(texts, max_length)
@@ -456,6 +460,7 @@ def stage_run(
         "window_s": recorder.stamps[warmup + timed] - recorder.stamps[warmup],
         "logged_step_s_mean": float(logged["seconds"].mean()),
         "host_tokenize_s_per_step": float(np.sum(recorder.tokenize_s)) / steps if star else None,  # overlapped
+        "host_pretokenize_s": recorder.pretokenize_s,  # STAR: every text of the run, before step 1 (not timed)
         "outside_steps_s": round(total - float(np.diff(recorder.stamps).sum()) - float(logged["seconds"].iloc[-1]), 3),
         "peak_gpu_memory_gib": summary.get("peak_gpu_memory_gib"),  # ADORE: with the resident index
         # STAR: each step's (queries, documents) tokenize calls; ADORE tokenizes every query once, before step 1

@@ -60,8 +60,7 @@ import torch.nn.functional as F
 from stages import distributed
 from stages.errors import ConfigError, DataError
 from stages.mine_negatives import read_negatives
-from stages.models import ThreadedTokenizer
-from stages.resources import available_threads
+from stages.models import TokenCache
 from stages.tables import read_corpus, read_qrels, read_queries
 from stages.training import (
     InitialEncoder,
@@ -578,9 +577,21 @@ class Prefetcher(Generic[T]):
         self.close()
 
 
-def host_tokenizer(encoder: torch.nn.Module) -> ThreadedTokenizer:
-    """The host side's tokenizer: `Encoder.tokenize` over the cores this stage is given (the rule's threads)."""
-    return ThreadedTokenizer(encoder.tokenizer, available_threads())
+@contextmanager
+def host_tokenizer(encoder: torch.nn.Module, data: TrainingData, params: StarParams) -> Iterator[TokenCache]:
+    """The host side's tokenizer: every text a step can draw tokenized once, before the first step (`TokenCache`):
+    the queries, and the positives and mined negatives (every document for Rand-Neg)."""
+    cache = TokenCache(encoder.tokenizer)
+    cache.add(data.query_texts, params.query_max_length, desc="tokenize queries")
+    source = MODES[params.negatives][0]
+    if source == "corpus":
+        doc_ids = data.doc_ids.tolist()
+    else:
+        drawn = [d for docs in data.positives for d in docs] + [d for docs in data.mined or [] for d in docs]
+        doc_ids = list(dict.fromkeys(drawn))
+    added = cache.add((data.doc_text[d] for d in doc_ids), params.doc_max_length, desc="tokenize documents")
+    log.info("tokenized %d queries and %d distinct documents for the host side", len(data.query_texts), added)
+    yield cache
 
 
 @contextmanager
@@ -603,7 +614,7 @@ def step_losses(
         torch.cuda.set_device(cuda_index)
 
     end = total_steps(params, steps_per_epoch)
-    with host_tokenizer(distributed.unwrap(encoder)) as tokenize, Prefetcher(
+    with host_tokenizer(distributed.unwrap(encoder), data, params) as tokenize, Prefetcher(
         prepare, ahead=2, end=end, initializer=on_device if pin else None
     ) as prefetcher:
 

@@ -148,19 +148,23 @@ def test_document_texts_join_title_and_text():
     assert document_texts(corpus) == ["Title body text", "only text"]
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_threaded_tokenizer_gives_what_tokenize_gives(tiny_model_dir, threads):
-    """Split over threads (each with its own tokenizer copy) or not, the ids and masks are Encoder.tokenize's."""
-    from stages.models import ThreadedTokenizer, load_encoder
+def test_token_cache_gives_what_tokenize_gives(tiny_model_dir):
+    """Texts tokenized once and gathered by row, or tokenized on the spot (texts it has not seen, another max
+    length), the ids and masks are Encoder.tokenize's."""
+    from stages.models import TokenCache, load_encoder
 
     encoder = load_encoder(tiny_model_dir)
     words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing".split()
     texts = [" ".join(words[: 1 + (i * 7) % len(words)] * (1 + i % 4)) for i in range(200)] + ["  padded  "]
-    with ThreadedTokenizer(encoder.tokenizer, threads, min_texts=16) as tokenize:
-        for max_length in (8, 64):
-            expected = encoder.tokenize(texts, max_length)
-            got = tokenize(texts, max_length)
-            assert set(got) == {"input_ids", "attention_mask"}
-            for key in got:
-                assert torch.equal(got[key], expected[key]), (key, max_length)
-        assert torch.equal(tokenize(texts[:5], 16)["input_ids"], encoder.tokenize(texts[:5], 16)["input_ids"])
+    cache = TokenCache(encoder.tokenizer)
+    assert cache.add(texts[:150], 64) == len(set(texts[:150]))
+    assert cache.add(texts, 64) == len(set(texts)) - len(set(texts[:150]))  # only the new ones
+    batches = [(texts[::-1], 64), (texts[:3] + texts[:3], 64), (texts + ["never seen"], 64), (texts, 8), ([], 64)]
+    for batch, max_length in batches:
+        got, expected = cache(batch, max_length), (encoder.tokenize(batch, max_length) if batch else None)
+        assert set(got) == {"input_ids", "attention_mask"}
+        if expected is None:
+            assert got["input_ids"].shape == (0, 0)
+            continue
+        for key in got:
+            assert torch.equal(got[key], expected[key]), (key, max_length)

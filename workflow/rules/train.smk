@@ -10,7 +10,7 @@ rule train_warmup:
         "results/logs/train_warmup/{key}.log",
     benchmark:
         "results/benchmarks/train_warmup/{key}.tsv"
-    threads: 8  # tokenizing the next steps while the GPU runs this one (fewer when --cores says so)
+    threads: 8  # tokenizing the training texts before step 1, preparing steps ahead of the GPU (fewer on fewer --cores)
     resources:
         mem_mb=16000,
         runtime=240,
@@ -35,7 +35,7 @@ rule train_star:
         "results/logs/train_star/{key}.log",
     benchmark:
         "results/benchmarks/train_star/{key}.tsv"
-    threads: 8  # tokenizing the next steps while the GPU runs this one (fewer when --cores says so)
+    threads: 8  # tokenizing the training texts before step 1, preparing steps ahead of the GPU (fewer on fewer --cores)
     resources:
         mem_mb=16000,
         runtime=240,
