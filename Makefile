@@ -34,7 +34,7 @@ verify: setup
 	$(BIN)/python -m stages.store verify
 
 gc: setup
-	$(BIN)/python -m stages.store gc
+	$(BIN)/python -m stages.prune
 
 clean:
 	rm -rf $(VENV) .snakemake

@@ -10,8 +10,8 @@ For each configuration (a trainer, a loss, a batch size) two runs over the same 
 - stage: the stage's own training loop, `stages.training.train` (it makes AdamW and the scheduler, wraps and runs the
   loop), with the per-step closure that `train_star.train_star` / `train_adore.train_adore` build
   (`train_star.step_losses`: the host side of each step prepared ahead on a thread; `batch_queries` +
-  `train_adore.batch_loss`) and the encoder set up as those stages set it up (`seed_everything`, `load_encoder`,
-  ``.to(device)``). The loop body is not a callable of its own, so the smallest unit that holds a whole step is
+  `train_adore.batch_loss`) and the encoder set up as those stages set it up (`training.initial_encoder`:
+  seed, load, move). The loop body is not a callable of its own, so the smallest unit that holds a whole step is
   `train` run for warm-up + timed + 1 steps.
 
 Both runs are timed over a window: one ``torch.cuda.synchronize()`` where the first timed step starts and one where
@@ -72,7 +72,7 @@ from stages.model_source import resolve_model  # noqa: E402
 from stages.models import load_encoder  # noqa: E402
 from stages.search import FlatTorchSearcher, PQTorchSearcher  # noqa: E402
 from stages.train_warmup import WarmupParams  # noqa: E402
-from stages.training import TRAIN_LOG, seed_everything, train  # noqa: E402
+from stages.training import TRAIN_LOG, batch_shape, initial_encoder, train  # noqa: E402
 
 SPEC_PEAK = 989e12  # H100/H200 SXM dense bf16, the spec sheet
 SCIFACT = ROOT / "resources" / "scifact"
@@ -548,9 +548,7 @@ def run_config(config: Config, args, texts: Texts, cache: dict, device: torch.de
     else:
         params = train_adore.AdoreParams(**common, top_k=args.top_k, metric="mrr", metric_cutoff=args.top_k)
         train_adore.check_params(params)
-    seed_everything(params.seed)  # as the stages: seed, load, move
-    encoder = load_encoder(args.model_spec, pooling=params.pooling, normalize=params.normalize)
-    encoder.to(device)
+    encoder, _ = initial_encoder(params, {}, device)  # as the stages: seed, load, move
     if not star:
         key = f"index:{config.options['index']}"
         if key not in cache:
@@ -565,8 +563,7 @@ def run_config(config: Config, args, texts: Texts, cache: dict, device: torch.de
                   file=sys.stderr, flush=True)
         documents = cache[key]
         data = adore_data(texts, documents.ntotal, args.seed)
-    size = min(params.batch_size, len(data.query_texts))
-    steps_per_epoch = max(1, len(data.query_texts) // size)
+    size, steps_per_epoch = batch_shape(params.batch_size, len(data.query_texts))
 
     # the token batches of every step, by the stage's own batch building (also the bare model's inputs)
     build = star_tokens if star else adore_tokens

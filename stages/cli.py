@@ -32,6 +32,32 @@ def build_params(cls: type[P], values: Mapping[str, Any], stage: str) -> P:
     return cls(**values)
 
 
+@dataclasses.dataclass(frozen=True)
+class StageArgs:
+    """A stage's command line, read."""
+
+    out: Path
+    values: dict[str, Any]
+    """The params as given (they go into the key)."""
+    params: Any
+    """The same, typed (`build_params`)."""
+    inputs: dict[str, Path]
+    check_key: bool
+
+
+def parse_stage_args(stage: str, params_cls: type, argv: list[str] | None = None) -> StageArgs:
+    """``OUT --params JSON --inputs JSON [--no-check-key]``; the params must name every field (`build_params`)."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
+    parser.add_argument("out", type=Path, help="artifact directory to create (results/<stage>/<key>)")
+    parser.add_argument("--params", required=True, help="JSON object with every parameter of the stage")
+    parser.add_argument("--inputs", default="{}", help="JSON object: input name -> path")
+    parser.add_argument("--no-check-key", action="store_true", help="allow an output directory not named by its key")
+    args = parser.parse_args(argv)
+    values = json.loads(args.params)
+    inputs = {name: Path(path) for name, path in json.loads(args.inputs).items()}
+    return StageArgs(args.out, values, build_params(params_cls, values, stage), inputs, not args.no_check_key)
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -48,22 +74,15 @@ def run_stage(
     Snakemake output (so it survives a failed or killed job) for checkpoints; it is removed once the artifact exists.
     One process at a time makes an artifact (a lock per key); one that waited reuses what the other made.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
-    parser.add_argument("out", type=Path, help="artifact directory to create (results/<stage>/<key>)")
-    parser.add_argument("--params", required=True, help="JSON object with every parameter of the stage")
-    parser.add_argument("--inputs", default="{}", help="JSON object: input name -> path")
-    parser.add_argument("--no-check-key", action="store_true", help="allow an output directory not named by its key")
-    args = parser.parse_args(argv)
     setup_logging()
     try:
-        values = json.loads(args.params)
-        params = build_params(params_cls, values, stage)
-        inputs = {name: Path(path) for name, path in json.loads(args.inputs).items()}
+        args = parse_stage_args(stage, params_cls, argv)
+        values, params, inputs = args.values, args.params, args.inputs
         with artifact_lock(args.out):
             if made_already(args.out, stage, values, inputs):
                 log.info("%s exists already (made by another process meanwhile?); reusing it", args.out)
                 return 0
-            with write_artifact(args.out, stage, values, inputs, check_key=not args.no_check_key) as tmp:
+            with write_artifact(args.out, stage, values, inputs, check_key=args.check_key) as tmp:
                 work_dir = work_dir_for(args.out, stage)
                 meter = Meter()  # wall time, items/s, peak memory: summary.json's "resources"
                 if "work_dir" in inspect.signature(work).parameters:

@@ -8,8 +8,6 @@ and every helper answers as for one process. Backend: nccl on CUDA (device cuda:
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import sys
@@ -195,18 +193,11 @@ def run_stage(
 
 
 def _run_other_rank(stage: str, params_cls: type, work: Callable[..., Any], argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--inputs", default="{}")
-    parser.add_argument("--no-check-key", action="store_true")
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rank {rank()} %(levelname)s %(name)s: %(message)s")
     try:
-        params = cli.build_params(params_cls, json.loads(args.params), stage)
-        inputs = {name: Path(path) for name, path in json.loads(args.inputs).items()}
+        args = cli.parse_stage_args(stage, params_cls, argv)
         with tempfile.TemporaryDirectory(prefix=f"{stage}-rank{rank()}-") as scratch:
-            work(params, inputs, Path(scratch), work_dir=cli.work_dir_for(args.out, stage))
+            work(args.params, args.inputs, Path(scratch), work_dir=cli.work_dir_for(args.out, stage))
     except PipelineError as error:
         print(f"error in stage {stage} (rank {rank()}): {error.render()}", file=sys.stderr)
         return 2

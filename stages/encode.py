@@ -44,7 +44,7 @@ class EncodeParams:
     num_shards: int = 1
     max_length: int = 256
     """Truncation in tokens of whatever is encoded (documents: 256, MiniLM's own; queries: shorter)."""
-    batch_size: int = 128
+    batch_size: int = 256
     dtype: str = "float16"
     """Storage precision of the embeddings: float16 or float32."""
     pooling: str = "auto"

@@ -38,7 +38,7 @@ SHARD_INPUT = re.compile(r"shard_(\d+)")
 class IndexParams:
     kind: str = "flat"
     """flat (exact inner product) or pq (product quantisation, lossy and smaller)."""
-    pq_m: int = 96
+    pq_m: int = 48
     """PQ sub-vectors; must divide the embedding dimension."""
     pq_bits: int = 8
     """Bits per PQ sub-vector code (2**bits centroids each, so at least that many training vectors)."""

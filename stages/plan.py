@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from stages.dataset_source import dataset_files
 from stages.errors import ConfigError
 from stages.model_source import ModelSource, check_model_folder, locate_model, position_limit
-from stages.prepare import dataset_files
 from stages.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"

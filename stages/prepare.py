@@ -1,6 +1,6 @@
 """Stage `prepare`: ingest a BEIR or MS MARCO TSV dataset into normalised Parquet, and carve a seeded dev split.
 
-Inputs (named):
+Inputs (named, as `stages.dataset_source.dataset_files` finds them in a dataset folder):
 - BEIR: ``corpus`` (corpus.jsonl or .jsonl.gz), ``queries`` (queries.jsonl), ``qrels_<split>`` (qrels/<split>.tsv)
 - MS MARCO: ``corpus`` (collection.tsv), ``queries_<split>`` (queries.<split>.tsv), ``qrels_<split>`` (qrels.<split>.tsv)
 
@@ -49,31 +49,6 @@ class PrepareParams:
     empty_documents: str = "keep"
     """Documents without title and text: 'keep' (encoded and retrievable; a warning counts them), 'drop' (with a
     counted warning; their judgments go too) or 'error'."""
-
-
-def dataset_files(root: Path, params_format: str, splits: list[str]) -> dict[str, Path]:
-    """The named input files of a dataset folder; raises DataError naming the first missing one."""
-    root = Path(root)
-    if params_format == "beir":
-        corpus = root / "corpus.jsonl"
-        if not corpus.exists() and (root / "corpus.jsonl.gz").exists():
-            corpus = root / "corpus.jsonl.gz"
-        files = {"corpus": corpus, "queries": root / "queries.jsonl"}
-        files |= {f"qrels_{split}": root / "qrels" / f"{split}.tsv" for split in splits}
-    elif params_format == "msmarco":
-        files = {"corpus": root / "collection.tsv"}
-        files |= {f"queries_{split}": root / f"queries.{split}.tsv" for split in splits}
-        files |= {f"qrels_{split}": root / f"qrels.{split}.tsv" for split in splits}
-    else:
-        raise DataError(f"unknown dataset format {params_format!r}", fix="use 'beir' or 'msmarco'")
-    for name, path in files.items():
-        if not path.is_file():
-            raise DataError(
-                f"dataset file for {name!r} not found",
-                path=path,
-                fix=f"check dataset.path and dataset.format ({params_format}) in the config",
-            )
-    return files
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -5,8 +5,7 @@ code version (``VERSION`` in ``stages/<stage>.py``), the canonical JSON of its p
 (an upstream artifact's key, or a raw file's content hash). Outputs appear atomically: a stage writes into a
 temporary sibling directory that is renamed into place, with a ``manifest.json``, once everything is written.
 
-CLI: ``python -m stages.store verify`` re-hashes artifacts; ``python -m stages.store gc`` lists (and with ``--yes``
-removes) artifacts that the given runs' configs no longer reach, and what killed jobs left behind.
+CLI: ``python -m stages.store verify`` re-hashes artifacts (``stages.prune`` removes what no config reaches).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from stages.errors import ArtifactError, PipelineError
+from stages.errors import ArtifactError
 
 KEY_LENGTH = 16
 MANIFEST = "manifest.json"
@@ -405,11 +404,6 @@ def verify(results: Path) -> list[str]:
     return problems
 
 
-def unreachable(results: Path, reachable: set[Path]) -> list[Path]:
-    reachable = {Path(p).resolve() for p in reachable}
-    return [a for a in iter_artifacts(results) if a.resolve() not in reachable]
-
-
 def write_pointers(results: Path, experiments: Mapping[str, Mapping[str, Path]]) -> None:
     """``results/runs/<experiment>/<role>`` symlinks to the artifacts of the latest run, plus an index.json.
 
@@ -433,17 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("verify", help="re-hash every artifact and report files changed since written")
-    gc = commands.add_parser("gc", help="list (and with --yes remove) what the runs' configs no longer reach")
-    gc.add_argument(
-        "--configfile", type=Path, nargs="+", action="append", metavar="FILE",
-        help="the config files of one run, layered as the run did (later win); repeat for each run to keep "
-        "(default: config.yaml)",
-    )  # fmt: skip
-    gc.add_argument("--yes", action="store_true", help="remove what is listed")
     args = parser.parse_args(argv)
-    if args.command == "verify":
-        return verify_command(args.results)
-    return gc_command(args.results, args.configfile, args.yes)
+    return verify_command(args.results)
 
 
 def verify_command(results: Path) -> int:
@@ -453,48 +438,11 @@ def verify_command(results: Path) -> int:
     for folder, what, _ in left:
         print(f"{folder}: leftover, {what}")
     count = sum(1 for _ in iter_artifacts(results))
-    print(f"{count} artifacts checked, {len(problems)} problems, {len(left)} leftover folders (gc --yes removes them)")
+    print(
+        f"{count} artifacts checked, {len(problems)} problems, {len(left)} leftover folders "
+        "(python -m stages.prune --yes removes them)"
+    )
     return 1 if problems else 0
-
-
-def reached_by(results: Path, runs: list[list[Path]]) -> set[Path]:
-    """The artifacts of each run's plan (its config files layered as ``run_plan`` and the Snakefile do), united."""
-    from stages.plan import Plan
-    from stages.plan import load_configs
-
-    reached: set[Path] = set()
-    for files in runs:
-        paths = {node.path(results).resolve() for node in Plan(load_configs(files), results, dry_run=True).nodes()}
-        present = sum(1 for path in paths if path.is_dir())
-        print(f"protected by {' + '.join(map(str, files))}: {present} artifacts ({len(paths)} in its plan)")
-        reached |= paths
-    return reached
-
-
-def gc_command(results: Path, runs: list[list[Path]] | None, yes: bool) -> int:
-    if not runs:
-        runs = [[Path("config.yaml")]]
-        print("no --configfile given: keeping what config.yaml reaches")
-    try:
-        reached = reached_by(results, runs)
-    except PipelineError as error:
-        print(f"error: {error.render()}", file=sys.stderr)
-        return 2
-    stale, left = unreachable(results, reached), leftovers(results)
-    doomed = stale + [folder for folder, _, removable in left if removable]
-    for artifact in stale:
-        print(f"remove {artifact}: no config above reaches it")
-    for folder, what, removable in left:
-        print(f"{'remove' if removable else 'keep'} {folder}: {what}")
-    if not doomed:
-        print("nothing to remove")
-    elif yes:
-        for folder in doomed:
-            shutil.rmtree(folder)
-        print(f"removed {len(doomed)} folders")
-    else:
-        print(f"{len(doomed)} folders to remove; rerun with --yes to remove them")
-    return 0
 
 
 if __name__ == "__main__":

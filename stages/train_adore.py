@@ -89,9 +89,10 @@ from stages.training import (
     TRAIN_LOG,
     InitialEncoder,
     TrainConfig,
+    batch_shape,
     epoch_order,
+    initial_encoder,
     pick_device,
-    seed_everything,
     train,
 )
 
@@ -106,6 +107,8 @@ SHARD_INPUT = re.compile(r"shard_\d+")
 
 @dataclass
 class AdoreParams(InitialEncoder, TrainConfig):
+    epochs: int = 6
+    """Passes over the training queries (the config's default; ADORE's steps are cheap)."""
     top_k: int = 200
     """Documents retrieved per query and step: the dynamic hard negatives (paper: 200)."""
     metric: str = "mrr"
@@ -550,16 +553,11 @@ def add_loss_seconds(out_dir: Path) -> pd.DataFrame:
 
 
 def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, work_dir: Path | None = None) -> dict:
-    from stages.models import MODEL_SUBDIR, load_encoder
-
     check_params(params)
     device = pick_device()
     documents, doc_ids = frozen_documents(params, inputs, device)
     data = load_training_data(inputs["prepared"], doc_ids)
-    seed_everything(params.seed)
-    init = Path(inputs["init"]) / MODEL_SUBDIR if "init" in inputs else params.model
-    log.info("initialising the query encoder from %s", init)
-    encoder = load_encoder(init, pooling=params.pooling, normalize=params.normalize)
+    encoder, init = initial_encoder(params, inputs, device)
     dims = {"index": documents.searcher.dim}
     if documents.uncompressed is not None:
         dims["shard embeddings"] = int(documents.uncompressed.shape[1])
@@ -570,13 +568,10 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
                 path=inputs["index"],
                 fix="initialise from the encoder that encoded the documents",
             )
-    encoder.to(device)
     began = time.perf_counter()
     data.resident = ResidentQueries.build(data, encoder.tokenizer, params.query_max_length, device)
     log.info("tokenized the %d train queries in %.1f s", len(data.query_texts), time.perf_counter() - began)
-    size = min(params.batch_size, len(data.query_texts))
-    distributed.rank_slices(size)  # fails early if the batch is smaller than the number of processes
-    steps_per_epoch = max(1, len(data.query_texts) // size)
+    size, steps_per_epoch = batch_shape(params.batch_size, len(data.query_texts))
 
     def step_loss(model: torch.nn.Module, epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, Any]]:
         queries = batch_queries(len(data.query_texts), params, epoch, batch)

@@ -66,9 +66,10 @@ from stages.training import (
     InitialEncoder,
     TrainConfig,
     batch_rng,
+    batch_shape,
     epoch_order,
+    initial_encoder,
     pick_device,
-    seed_everything,
     total_steps,
     train,
 )
@@ -625,22 +626,14 @@ def step_losses(
 
 
 def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, work_dir: Path | None = None) -> dict:
-    from stages.models import MODEL_SUBDIR, load_encoder
-
     check_params(params, inputs)
     source = MODES[params.negatives][0]
     if "negatives" in inputs and source != "mined":
         log.info("mode %s ignores the 'negatives' input", params.negatives)
     data = load_training_data(params, inputs)
-    seed_everything(params.seed)
-    init = Path(inputs["init"]) / MODEL_SUBDIR if "init" in inputs else params.model
-    log.info("initialising from %s", init)
-    encoder = load_encoder(init, pooling=params.pooling, normalize=params.normalize)
     device = pick_device()
-    encoder.to(device)
-    size = min(params.batch_size, len(data.query_texts))
-    distributed.rank_slices(size)  # fails early if the batch is smaller than the number of processes
-    steps_per_epoch = max(1, len(data.query_texts) // size)
+    encoder, init = initial_encoder(params, inputs, device)
+    size, steps_per_epoch = batch_shape(params.batch_size, len(data.query_texts))
 
     log.info(
         "%s: %d train queries, %d per step, %d steps per epoch, %d negatives per query",

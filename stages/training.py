@@ -30,7 +30,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from stages import distributed
 from stages.errors import ArtifactError, ConfigError
-from stages.models import MODEL_SUBDIR, save_encoder
+from stages.models import MODEL_SUBDIR, Encoder, load_encoder, save_encoder
 from stages.tables import write_table
 
 log = logging.getLogger("stages.training")
@@ -116,6 +116,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA too
+
+
+def initial_encoder(params: Any, inputs: Mapping[str, Path], device: torch.device) -> tuple[Encoder, Path | str]:
+    """Seed every generator from ``params.seed``, then load the encoder to train (the ``init`` input's model, else
+    ``params.model``, with `InitialEncoder`'s pooling and normalize) onto ``device``; returns it and where it came from.
+    """
+    seed_everything(params.seed)
+    init = Path(inputs["init"]) / MODEL_SUBDIR if "init" in inputs else params.model
+    log.info("initialising the encoder from %s", init)
+    encoder = load_encoder(init, pooling=params.pooling, normalize=params.normalize)
+    return encoder.to(device), init
+
+
+def batch_shape(batch_size: int, count: int) -> tuple[int, int]:
+    """(queries per step, steps per epoch) for ``count`` training queries; fails early when a step's queries cannot be
+    split across the processes."""
+    size = min(batch_size, count)
+    distributed.rank_slices(size)
+    return size, max(1, count // size)
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:

@@ -58,7 +58,8 @@ PREPARE_PARAMS = {
 @pytest.fixture(scope="session")
 def prepared(scifact_slice, tmp_path_factory) -> Path:
     """The slice run through the `prepare` stage function (train / dev / test splits)."""
-    from stages.prepare import PrepareParams, dataset_files, prepare
+    from stages.dataset_source import dataset_files
+    from stages.prepare import PrepareParams, prepare
 
     out = tmp_path_factory.mktemp("prepared")
     files = dataset_files(scifact_slice, "beir", ["train", "test"])

@@ -20,7 +20,8 @@ from stages.bm25 import Bm25Params, bm25_run, search, top_k
 from stages.bm25_index import Bm25IndexParams, build_index, import_bm25s, load_index, tokenize
 from stages.errors import ConfigError
 from stages.plan import Plan, load_config
-from stages.prepare import PrepareParams, dataset_files, prepare
+from stages.dataset_source import dataset_files
+from stages.prepare import PrepareParams, prepare
 from stages.score import evaluate
 from stages.tables import read_qrels, read_queries
 

@@ -50,13 +50,13 @@ def star_params(model: Path | str, **changes) -> StarParams:
 # --- one step, as a function that one process or each of two runs --------------------------------------------------
 
 
-def finish_step(trained: torch.nn.Module, loss: torch.Tensor, extras: dict[str, float]) -> dict[str, torch.Tensor]:
+def finish_step(trained: torch.nn.Module, loss: torch.Tensor, extras: dict) -> dict[str, torch.Tensor]:
     """Backward as the training loop does (through ``trained``, the DDP wrapper that must still exist); the global
     loss, the extras and every parameter's gradient."""
     (loss * distributed.world_size()).backward()
     encoder = distributed.unwrap(trained)
     values = {"loss": distributed.global_sum(loss).reshape(1)}
-    values |= {k: torch.tensor([v]) for k, v in extras.items() if not k.endswith("_seconds")}
+    values |= {k: torch.tensor([float(v)]) for k, v in extras.items() if not k.endswith("_seconds")}  # lazy: float()
     for name, parameter in encoder.named_parameters():
         grad = parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
         values[f"grad.{name}"] = grad.contiguous()

@@ -69,8 +69,7 @@ def third_party_imports(module: str, seen: set[str] | None = None) -> set[str]:
         for name in names:
             top = name.split(".")[0]
             if top == "stages":
-                # stages.plan is the Snakefile's (imported by the gc command), not a dependency of stage jobs
-                if name.count(".") >= 1 and name != "stages.plan":
+                if name.count(".") >= 1:
                     found |= third_party_imports(name.split(".")[1], seen)
             elif top not in sys.stdlib_module_names and top != "__future__":
                 found.add(top)

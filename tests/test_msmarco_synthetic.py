@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.prepare import PrepareParams, dataset_files, prepare
+from stages.dataset_source import dataset_files
+from stages.prepare import PrepareParams, prepare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from msmarco_synthetic import generate  # noqa: E402

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.prepare import PrepareParams, dataset_files, prepare
+from stages.dataset_source import dataset_files
+from stages.prepare import PrepareParams, prepare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from repeated_corpus import write_repeated  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import store
+from stages import prune, store
 from stages.plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,20 +65,20 @@ def test_gc_keeps_what_a_run_with_layered_config_files_reaches(workdir, capsys):
     assert len(alone & layered) == 1  # prepare is shared; extra.yaml's k1 changes the BM25 index, bm25, score and report
     for path in alone | layered:
         path.mkdir(parents=True)
-    assert store.main(["gc", "--configfile", "config.yaml", "extra.yaml"]) == 0
+    assert prune.main(["--configfile", "config.yaml", "extra.yaml"]) == 0
     out = capsys.readouterr().out
     assert "protected by config.yaml + extra.yaml: 5 artifacts (5 in its plan)" in out
     assert removals(out) == {str(p) for p in alone - layered} and "rerun with --yes" in out
     assert all(p.is_dir() for p in alone | layered)  # nothing removed without --yes
 
-    assert store.main(["gc", "--configfile", "config.yaml", "--configfile", "config.yaml", "extra.yaml"]) == 0
+    assert prune.main(["--configfile", "config.yaml", "--configfile", "config.yaml", "extra.yaml"]) == 0
     out = capsys.readouterr().out  # two runs: the union of what they reach is kept
     assert "protected by config.yaml: 5 artifacts" in out and "protected by config.yaml + extra.yaml" in out
     assert removals(out) == set() and "nothing to remove" in out
 
     killed, running = Path(f"results/bm25/.tmp-k1-{dead_pid()}"), Path(f"results/bm25/.tmp-k2-{os.getpid()}")
     killed.mkdir(), running.mkdir()
-    assert store.main(["gc", "--yes"]) == 0
+    assert prune.main(["--yes"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("no --configfile given: keeping what config.yaml reaches\nprotected by config.yaml: 5")
     assert removals(out) == {str(p) for p in layered - alone} | {str(killed)} and out.endswith("removed 5 folders\n")
@@ -88,7 +88,7 @@ def test_gc_keeps_what_a_run_with_layered_config_files_reaches(workdir, capsys):
 
 
 def test_gc_names_a_bad_config_without_a_traceback(workdir, capsys):
-    assert store.main(["gc", "--configfile", "config.yaml", "missing.yaml"]) == 2
+    assert prune.main(["--configfile", "config.yaml", "missing.yaml"]) == 2
     assert "missing.yaml: config file not found" in capsys.readouterr().err
 
 
@@ -123,7 +123,7 @@ def test_a_damaged_artifact_is_set_aside_by_the_next_run_and_rebuilt(workdir, ca
     (artifact / "run.trec").unlink()  # through Snakemake: set aside and rebuilt too
     done = snakemake()
     assert "moved aside to" in done.stderr and store.damage(artifact) is None
-    assert store.main(["gc", "--yes"]) == 0
+    assert prune.main(["--yes"]) == 0
     out = capsys.readouterr().out
     assert f"remove {aside}: a damaged artifact a run set aside" in out and "removed 2 folders" in out
     assert [p.name for p in artifact.parent.iterdir()] == [artifact.name]

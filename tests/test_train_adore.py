@@ -8,16 +8,13 @@ import hashlib
 import itertools
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import assert_same_weights, killed_then_resumed, model_tensors, tensors_under, tiny_training
 
 from stages.encode import EMBEDDINGS, EncodeParams, encode
 from stages.errors import ConfigError
@@ -40,9 +37,6 @@ from stages.train_adore import (
     swap_weights,
     train_adore,
 )
-from stages.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- weights, by hand and by brute force ---------------------------------------------------------------------------
@@ -290,23 +284,7 @@ def assert_same_topk(scores, rows, expected_scores, expected_rows, tolerance: fl
 
 
 def tiny_params(model: Path, **changes) -> AdoreParams:
-    base = AdoreParams(
-        model=str(model),
-        batch_size=4,
-        max_steps=3,
-        learning_rate=1e-3,
-        warmup_fraction=0.0,
-        query_max_length=16,
-        top_k=20,
-        metric_cutoff=10,
-        checkpoint_every=0,
-        seed=5,
-    )
-    return dataclasses.replace(base, **changes)
-
-
-def model_tensors(artifact: Path) -> dict[str, torch.Tensor]:
-    return {k: v for path in sorted((artifact / "model").rglob("*.safetensors")) for k, v in load_file(path).items()}
+    return tiny_training(AdoreParams, model, **{"top_k": 20, "metric_cutoff": 10, "seed": 5, **changes})
 
 
 def sha256(path: Path) -> str:
@@ -332,7 +310,7 @@ def test_only_the_query_encoder_learns(prepared, flat_index, tiny_model_dir, tmp
     train_adore(params, {"prepared": prepared, "index": flat_index}, tmp_path)
     assert sha256(flat_index / "index.faiss") == index_hash
     assert torch.equal(documents.searcher.matrix, frozen)
-    before, after = model_tensors_of(tiny_model_dir), model_tensors(tmp_path)
+    before, after = tensors_under(tiny_model_dir), model_tensors(tmp_path)
     assert any(not torch.equal(before[name], after[name]) for name in before if name in after)
 
 
@@ -381,10 +359,6 @@ def test_batch_loss_is_lazy_and_equals_the_per_query_reference(prepared, flat_in
     assert data.resident is resident  # built once, then only indexed
 
 
-def model_tensors_of(folder: Path) -> dict[str, torch.Tensor]:
-    return {k: v for path in sorted(Path(folder).rglob("*.safetensors")) for k, v in load_file(path).items()}
-
-
 def test_pq_scoring_reconstructed_scores_what_the_index_ranks_by(prepared, pq_index, tiny_model_dir, tmp_path):
     params = tiny_params(tiny_model_dir)
     documents, _ = frozen_documents(params, {"index": pq_index}, torch.device("cpu"))
@@ -428,23 +402,8 @@ def test_cli_run_resumes_to_the_same_weights_and_retrieve_uses_it(prepared, flat
     straight.mkdir()
     train_adore(params, inputs, straight)
 
-    out = tmp_path / "results" / "train_adore" / "resumed"
-    work = tmp_path / "results" / "work" / "train_adore" / "resumed"
-    command = [sys.executable, "-m", "stages.train_adore", str(out), "--no-check-key"]
-    command += ["--params", json.dumps(dataclasses.asdict(params))]
-    command += ["--inputs", json.dumps({k: str(v) for k, v in inputs.items()})]
-    env = {k: v for k, v in os.environ.items() if k != STOP_AFTER_ENV}
-    killed = subprocess.run(command, cwd=ROOT, env=env | {STOP_AFTER_ENV: "3"}, capture_output=True, text=True)
-    assert killed.returncode == STOPPED_EXIT_CODE, killed.stderr[-3000:]
-    assert (work / CHECKPOINT).is_file() and not out.exists()
-    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from step 2" in resumed.stderr
-
-    expected, actual = model_tensors(straight), model_tensors(out)
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        assert torch.equal(expected[name], actual[name]), name
+    out, _ = killed_then_resumed("train_adore", params, inputs, tmp_path / "results")
+    assert_same_weights(straight, out)
     log = pd.read_parquet(out / "train_log.parquet")
     assert list(log["step"]) == [1, 2, 3, 4, 5, 6]
     assert log["loss"].tolist() == pytest.approx(pd.read_parquet(straight / "train_log.parquet")["loss"].tolist())

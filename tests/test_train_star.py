@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import assert_same_weights, killed_then_resumed, tiny_training
 
 from stages import train_star as train_star_module
 from stages.bm25 import Bm25Params, bm25_run
@@ -33,9 +30,7 @@ from stages.train_star import (
     sample_batch,
     train_star,
 )
-from stages.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE
-
-ROOT = Path(__file__).resolve().parent.parent
+from stages.training import CHECKPOINT
 
 
 @pytest.fixture(scope="module")
@@ -50,26 +45,7 @@ def negatives(prepared, tmp_path_factory) -> Path:
 
 
 def tiny_params(model: Path, **changes) -> StarParams:
-    base = StarParams(
-        model=str(model),
-        batch_size=4,
-        max_steps=3,
-        learning_rate=1e-3,
-        warmup_fraction=0.0,
-        query_max_length=16,
-        doc_max_length=32,
-        checkpoint_every=0,
-        seed=7,
-    )
-    return dataclasses.replace(base, **changes)
-
-
-def model_tensors(artifact: Path) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for path in sorted((artifact / "model").rglob("*.safetensors")):
-        tensors |= {f"{path.name}:{k}": v for k, v in load_file(path).items()}
-    assert tensors, f"no safetensors weights under {artifact / 'model'}"
-    return tensors
+    return tiny_training(StarParams, model, **{"doc_max_length": 32, "seed": 7, **changes})
 
 
 def test_batches_are_deterministic_and_well_formed(prepared, negatives, tiny_model_dir):
@@ -251,8 +227,7 @@ def test_training_prefetches_steps_and_resumes_to_the_same_weights(
     summary = train_star(params, inputs, out, work)
     assert summary["resumed_from_step"] == 2
     assert sampled == [(0, 2, False)] + [(0, b, True) for b in range(3, 6)]
-    expected, actual = model_tensors(straight), model_tensors(out)
-    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert_same_weights(straight, out)
 
 
 def test_warmup_stage_is_the_star_trainer(prepared, negatives, tiny_model_dir, tmp_path):
@@ -287,24 +262,9 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(prepared, neg
     straight.mkdir()
     train_star(params, inputs, straight)
 
-    out = tmp_path / "results" / "train_star" / "resumed"
-    work = tmp_path / "results" / "work" / "train_star" / "resumed"
-    command = [sys.executable, "-m", "stages.train_star", str(out), "--no-check-key"]
-    command += ["--params", json.dumps(dataclasses.asdict(params))]
-    command += ["--inputs", json.dumps({k: str(v) for k, v in inputs.items()})]
-    env = {k: v for k, v in os.environ.items() if k != STOP_AFTER_ENV}
-    killed = subprocess.run(command, cwd=ROOT, env=env | {STOP_AFTER_ENV: "3"}, capture_output=True, text=True)
-    assert killed.returncode == STOPPED_EXIT_CODE, killed.stderr[-3000:]
-    assert (work / CHECKPOINT).is_file() and not out.exists()
-
-    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from step 2" in resumed.stderr
+    out, work = killed_then_resumed("train_star", params, inputs, tmp_path / "results")
     assert not work.exists()  # the work folder goes once the artifact is written
-    expected, actual = model_tensors(straight), model_tensors(out)
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        assert torch.equal(expected[name], actual[name]), name
+    assert_same_weights(straight, out)
     log = pd.read_parquet(out / "train_log.parquet")
     assert list(log["step"]) == [1, 2, 3, 4, 5, 6]
     straight_losses = pd.read_parquet(straight / "train_log.parquet")["loss"].tolist()

@@ -126,7 +126,7 @@ def test_gc_lists_then_removes_artifacts_the_config_no_longer_reaches(workdir, s
     old_bm25 = artifacts(workdir, "bm25")
     write_config(workdir, scifact_slice, [{"name": "bm25", "method": "bm25"}], bm25={"k1": 0.9})
     snakemake(workdir)
-    gc = [sys.executable, "-m", "stages.store", "gc"]
+    gc = [sys.executable, "-m", "stages.prune"]
     listing = subprocess.run(gc, cwd=workdir, capture_output=True, text=True)
     assert listing.returncode == 0 and f"bm25/{old_bm25[0]}" in listing.stdout and "--yes" in listing.stdout
     assert old_bm25[0] in artifacts(workdir, "bm25")  # listing alone removes nothing

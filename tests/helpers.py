@@ -1,0 +1,67 @@
+"""Helpers shared by the trainer tests (plain functions; the fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file
+
+from stages.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# a few quick steps of the tiny model: small batches, no warm-up, no checkpoints
+TINY_TRAINING = dict(
+    batch_size=4, max_steps=3, learning_rate=1e-3, warmup_fraction=0.0, query_max_length=16, checkpoint_every=0
+)
+
+
+def tiny_training(params_cls: type, model: Path | str, **fields: Any):
+    """``params_cls`` for the tiny model with `TINY_TRAINING`; ``fields`` add to it or override it."""
+    return params_cls(model=str(model), **{**TINY_TRAINING, **fields})
+
+
+def tensors_under(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors files under ``folder``, named ``<file name>:<tensor name>``."""
+    tensors = {}
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        tensors |= {f"{path.name}:{k}": v for k, v in load_file(path).items()}
+    assert tensors, f"no safetensors weights under {folder}"
+    return tensors
+
+
+def model_tensors(artifact: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a trainer artifact's model."""
+    return tensors_under(Path(artifact) / "model")
+
+
+def assert_same_weights(expected: Path, actual: Path) -> None:
+    """The two trainer artifacts hold bitwise the same model."""
+    expected_tensors, actual_tensors = model_tensors(expected), model_tensors(actual)
+    assert expected_tensors.keys() == actual_tensors.keys()
+    for name in expected_tensors:
+        assert torch.equal(expected_tensors[name], actual_tensors[name]), name
+
+
+def killed_then_resumed(stage: str, params: Any, inputs: Mapping[str, Path], results: Path) -> tuple[Path, Path]:
+    """Run ``python -m stages.<stage>`` killed after step 3 (a checkpoint every 2 steps leaves step 2's), then again:
+    it resumes from step 2 and ends. Returns the artifact and its work folder under ``results``."""
+    out, work = results / stage / "resumed", results / "work" / stage / "resumed"
+    command = [sys.executable, "-m", f"stages.{stage}", str(out), "--no-check-key"]
+    command += ["--params", json.dumps(dataclasses.asdict(params))]
+    command += ["--inputs", json.dumps({k: str(v) for k, v in inputs.items()})]
+    env = {k: v for k, v in os.environ.items() if k != STOP_AFTER_ENV}
+    killed = subprocess.run(command, cwd=ROOT, env=env | {STOP_AFTER_ENV: "3"}, capture_output=True, text=True)
+    assert killed.returncode == STOPPED_EXIT_CODE, killed.stderr[-3000:]
+    assert (work / CHECKPOINT).is_file() and not out.exists()
+    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step 2" in resumed.stderr
+    return out, work

@@ -1,0 +1,108 @@
+"""The config schema and the stages' typed params state the same defaults and the same allowed values.
+
+The schema's defaults are the ones every run uses (`cli.build_params` requires every field, and the plan fills them
+from the schema), so where a dataclass default differs, the dataclass is wrong; this test keeps them from drifting
+apart again, field by field and enum by enum."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import encode, index, plan, report, score, search, train_adore, train_star
+from stages.bm25 import Bm25Params
+from stages.bm25_index import Bm25IndexParams
+from stages.encode import EncodeParams
+from stages.index import IndexParams
+from stages.mine_negatives import MineParams
+from stages.models import POOLINGS
+from stages.prepare import PrepareParams
+from stages.report import ReportParams
+from stages.retrieve import RetrieveParams
+from stages.score import ScoreParams
+from stages.train_adore import AdoreParams
+from stages.train_star import StarParams
+from stages.train_warmup import WarmupParams
+
+SCHEMA = yaml.safe_load((Path(__file__).resolve().parent.parent / "workflow/schemas/config.schema.yaml").read_text())
+SECTIONS = SCHEMA["properties"]
+
+# config section -> the params classes whose fields it sets (a field may come from another section: encoder.*)
+PAIRS = [
+    ("dataset", PrepareParams),
+    ("score", ScoreParams),
+    ("bm25", Bm25Params),
+    ("bm25", Bm25IndexParams),
+    ("encoder", StarParams),
+    ("encoder", AdoreParams),
+    ("encode", EncodeParams),
+    ("index", IndexParams),
+    ("retrieve", RetrieveParams),
+    ("mine", MineParams),
+    ("warmup", WarmupParams),
+    ("star", StarParams),
+    ("adore", AdoreParams),
+    ("report", ReportParams),
+]
+
+
+# where a dataclass default rightly differs from the config's
+EXCEPTIONS = {
+    ("encode", "num_shards"): "the config's is how many jobs; a stage call on its own encodes every row (1)",
+    ("report", "reference"): "the config's 'auto' is resolved by the plan to a variant, or '' (none) as here",
+}
+
+
+def default_of(field: dataclasses.Field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
+@pytest.mark.parametrize("section, params", PAIRS, ids=[f"{s}-{p.__name__}" for s, p in PAIRS])
+def test_defaults_agree(section, params):
+    properties = SECTIONS[section]["properties"]
+    shared = [
+        f for f in dataclasses.fields(params)
+        if f.name in properties and "default" in properties[f.name] and (section, f.name) not in EXCEPTIONS
+    ]
+    assert shared, f"{params.__name__} shares no field with the schema's {section!r} section"
+    differ = {
+        f.name: {"schema": properties[f.name]["default"], "dataclass": default_of(f)}
+        for f in shared
+        if default_of(f) != properties[f.name]["default"]
+    }
+    assert not differ, f"{section} vs {params.__name__}: {differ}"
+
+
+ENUMS = [
+    ("encoder", "pooling", ["auto", *POOLINGS]),
+    ("encode", "dtype", list(encode.DTYPES)),
+    ("index", "kind", list(index.KINDS)),
+    ("retrieve", "backend", list(search.BACKENDS)),
+    ("star", "negatives", list(train_star.MODES)),
+    ("warmup", "negatives", list(train_star.MODES)),
+    ("star", "loss", list(train_star.LOSSES)),
+    ("warmup", "loss", list(train_star.LOSSES)),
+    ("adore", "metric", list(train_adore.METRICS)),
+    ("adore", "pq_scoring", list(train_adore.PQ_SCORING)),
+]
+
+
+@pytest.mark.parametrize("section, name, values", ENUMS, ids=[f"{s}.{n}" for s, n, _ in ENUMS])
+def test_enums_agree(section, name, values):
+    assert sorted(map(str, SECTIONS[section]["properties"][name]["enum"])) == sorted(map(str, values))
+
+
+def test_measures_agree():
+    assert set(SECTIONS["score"]["properties"]["measures"]["default"]) <= set(score.MEASURES)
+    assert SECTIONS["report"]["properties"]["measures"]["default"] == report.TABLE_MEASURES
+
+
+def test_mined_modes_are_the_modes_that_read_mined_negatives():
+    assert set(plan.MINED_MODES) == {mode for mode, (source, _, _) in train_star.MODES.items() if source == "mined"}
