@@ -292,7 +292,7 @@ def test_packed_inputs_give_the_padded_loss(changes, prepared, negatives, tiny_m
         loss, extras = inputs_loss(encoder, inputs, params, torch.device("cpu"))
         loss.backward()
         grads = [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
-        results.append((float(loss), {k: float(v) for k, v in extras.items()}, grads))
+        results.append((float(loss.detach()), {k: float(v) for k, v in extras.items()}, grads))
     (loss_a, extras_a, grads_a), (loss_b, extras_b, grads_b) = results
     assert loss_b == pytest.approx(loss_a, rel=1e-5)
     assert extras_b == pytest.approx(extras_a, rel=1e-5)
