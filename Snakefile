@@ -11,15 +11,7 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/prepare.smk"
-include: "workflow/rules/bm25.smk"
-include: "workflow/rules/encode.smk"
-include: "workflow/rules/index.smk"
-include: "workflow/rules/retrieve.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/report.smk"
-include: "workflow/rules/export.smk"
-include: "workflow/rules/score.smk"
+include: "workflow/rules/stages.smk"
 
 
 rule all:

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from repeated_corpus import write_repeated
 
-from stages.run_plan import TRAINING_STAGES as TRAINERS
+from stages.declarations import STAGES  # noqa: E402
+
+TRAINERS = [stage.name for stage in STAGES.values() if stage.distributed]
 
 RESULTS = Path("results")
 

@@ -27,6 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
+from stages.declarations import STAGES
 from stages.errors import PipelineError
 from stages.plan import Node, Plan, load_configs
 from stages.store import MANIFEST, write_pointers
@@ -53,19 +54,15 @@ def ordered(plan: Plan) -> list[Node]:
     return list(seen.values())
 
 
-TRAINING_STAGES = ("train_warmup", "train_star", "train_adore")
-GPU_STAGES = ("encode", "retrieve", *TRAINING_STAGES)  # the rules with a gpu resource
-
-
 def stage_env(stage: str) -> dict[str, str]:
     """The environment of a stage's own process: CPU-only stages see no GPU, as their rules set it."""
-    return os.environ | ({} if stage in GPU_STAGES else {"CUDA_VISIBLE_DEVICES": ""})
+    return os.environ | STAGES[stage].env_vars()
 
 
 def stage_command(stage: str, argv: list[str], train_gpus: int = 1) -> list[str]:
-    if train_gpus > 1 and stage in TRAINING_STAGES:
-        return [sys.executable, "-m", "stages.launch", f"--gpus={train_gpus}", "--", f"stages.{stage}", *argv]
-    return [sys.executable, "-m", f"stages.{stage}", *argv]
+    """The stage's command as its rule starts it; the stages that can run distributed on ``train_gpus`` GPUs."""
+    declared = STAGES[stage]
+    return declared.command(argv, train_gpus if declared.distributed else 1)
 
 
 def run_node(node: Node, results: Path, isolate: bool = False, train_gpus: int = 1) -> float:
@@ -75,7 +72,7 @@ def run_node(node: Node, results: Path, isolate: bool = False, train_gpus: int =
     argv = [str(out), "--params", json.dumps(node.params), "--inputs", json.dumps(node.input_paths(results))]
     started = time.time()
     with open(log, "a") as handle:
-        if isolate or (train_gpus > 1 and node.stage in TRAINING_STAGES):
+        if isolate or (train_gpus > 1 and STAGES[node.stage].distributed):
             command = stage_command(node.stage, argv, train_gpus)
             code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=stage_env(node.stage)).returncode
         else:

@@ -4,27 +4,23 @@ kept on the CPU on every path (run_plan's in-process mode included)."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-from test_envs import rule_blocks
 from test_workflow import ENV, write_config
 
 from stages import run_plan
+from stages.declarations import STAGES
 from stages.plan import Node
 
 HIDE_GPUS = "CUDA_VISIBLE_DEVICES= python -m stages."
 
 
 def test_rules_of_cpu_stages_hide_the_gpus_and_gpu_rules_do_not():
-    for rule, body in rule_blocks():
-        shell = re.search(r"shell:\s*\n\s*\"([^\n]*)\"", body).group(1)
-        stage = re.search(r"stages\.(\w+) \{output", shell).group(1)
-        uses_gpu = re.search(r"^\s+gpu=", body, re.MULTILINE) is not None
-        assert uses_gpu == (stage in run_plan.GPU_STAGES), f"rule {rule}: run_plan.GPU_STAGES disagrees"
-        assert shell.startswith(HIDE_GPUS) != uses_gpu, f"rule {rule}: CPU-only rules start with {HIDE_GPUS!r}"
+    for stage in STAGES.values():
+        assert stage.shell().startswith(HIDE_GPUS) != stage.gpu, f"{stage.rule}: CPU-only rules start with {HIDE_GPUS!r}"
+        assert (stage.env_vars().get("CUDA_VISIBLE_DEVICES") == "") != stage.gpu, stage.name  # run_plan's processes
 
 
 def test_run_plan_isolates_cpu_stages_without_gpus(tmp_path, monkeypatch):
@@ -34,7 +30,8 @@ def test_run_plan_isolates_cpu_stages_without_gpus(tmp_path, monkeypatch):
     seen = {}
 
     def fake_run(command, env, **options):
-        seen[command[2]] = env["CUDA_VISIBLE_DEVICES"]
+        stage = next(part for part in command[2:] if part.startswith("stages.") and part != "stages.launch")
+        seen[stage] = env["CUDA_VISIBLE_DEVICES"]  # a GPU stage's launcher then claims its devices among these
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(run_plan.subprocess, "run", fake_run)

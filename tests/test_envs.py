@@ -1,4 +1,5 @@
-"""Every rule runs a stage in its own conda env, and that env lists every package the stage imports.
+"""Every rule runs a stage in its own conda env, and that env lists every package the stage imports. The rules are
+made from one template (workflow/rules/stages.smk) and the stages' declarations (stages/declarations.py).
 
 Conda cannot run on the CI machines, so this is checked statically: the stage module's imports (followed through
 the `stages` package) against the env file's dependencies.
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages.declarations import STAGES
+
 ROOT = Path(__file__).resolve().parent.parent
-RULES = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
+TEMPLATE = ROOT / "workflow" / "rules" / "stages.smk"
 # import name -> names the package has on conda-forge or PyPI
 PACKAGES = {
     "numpy": {"numpy"},
@@ -41,15 +44,6 @@ PACKAGES = {
     "snakemake": {"snakemake", "snakemake-minimal"},
     "huggingface_hub": {"huggingface_hub", "huggingface-hub"},
 }
-
-
-def rule_blocks() -> list[tuple[str, str]]:
-    blocks = []
-    for path in RULES:
-        text = path.read_text()
-        for match in re.finditer(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", text, re.DOTALL | re.MULTILINE):
-            blocks.append((match.group(1), match.group(2)))
-    return blocks
 
 
 def third_party_imports(module: str, seen: set[str] | None = None) -> set[str]:
@@ -86,23 +80,32 @@ def env_packages(env_file: Path) -> set[str]:
     return names
 
 
-def test_there_are_rules():
-    assert len(rule_blocks()) >= 3
+def test_the_workflow_has_one_rule_a_declared_stage():
+    listed = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--list-rules", "--cores", "1"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    rules = set(listed.stdout.split())
+    assert rules == {stage.rule for stage in STAGES.values()} | {"all"}
 
 
-@pytest.mark.parametrize("rule, body", rule_blocks(), ids=[name for name, _ in rule_blocks()])
-def test_rule_declares_log_resources_env_and_stage(rule, body):
-    for directive in ("output:", "log:", "threads:", "resources:", "conda:", "container:", "shell:"):
-        assert directive in body, f"rule {rule} lacks {directive}"
-    assert re.match(r"[a-z0-9]+_[a-z]+", rule), "rules are named <stage>_<action>"
-    for resource in ("mem_mb=", "runtime="):  # what a cluster profile needs to size the job
-        assert resource in body, f"rule {rule} lacks resource {resource[:-1]}"
-    stage = re.search(r"stages\.(\w+) \{output", body).group(1)  # GPU rules start it through stages.launch
-    env_file = (RULES[0].parent / re.search(r'conda:\s*\n\s*"([^"]+)"', body).group(1)).resolve()
-    assert env_file.is_file(), f"rule {rule}: env file {env_file} missing"
+def test_the_template_declares_log_benchmark_resources_env_and_container():
+    body = TEMPLATE.read_text().split("rule:", 1)[1]
+    for directive in ("name:", "output:", "log:", "benchmark:", "threads:", "resources:", "conda:", "container:", "shell:"):
+        assert directive in body, f"the rule template lacks {directive}"
+
+
+@pytest.mark.parametrize("stage", STAGES.values(), ids=list(STAGES))
+def test_stage_declares_rule_resources_env_and_imports(stage):
+    assert re.fullmatch(r"[a-z0-9]+_[a-z]+", stage.rule), "rules are named <stage>_<action>"
+    assert stage.rule.startswith(stage.name.split("_")[0]), stage.rule
+    assert stage.threads >= 1 and stage.mem_mb > 0 and stage.runtime > 0  # what a cluster profile sizes a job by
+    assert (ROOT / "stages" / f"{stage.name}.py").is_file()
+    env_file = ROOT / "envs" / f"{stage.env}.yaml"
+    assert env_file.is_file(), f"stage {stage.name}: env file {env_file} missing"
     listed = env_packages(env_file)
-    for module in sorted(third_party_imports(stage)):
-        assert PACKAGES[module] & listed, f"{env_file.name} lacks {module} (imported by stages.{stage})"
+    for module in sorted(third_party_imports(stage.name)):
+        assert PACKAGES[module] & listed, f"{env_file.name} lacks {module} (imported by stages.{stage.name})"
 
 
 def test_env_pins_follow_the_constraints_file():
@@ -111,6 +114,6 @@ def test_env_pins_follow_the_constraints_file():
 
 
 def test_gpu_rules_start_their_stage_through_the_launcher():
-    for rule, body in rule_blocks():
-        if re.search(r"^\s+gpu=", body, re.MULTILINE):
-            assert "python -m stages.launch --gpus {resources.gpu} -- stages." in body, rule
+    for stage in STAGES.values():
+        launched = stage.shell().startswith("python -m stages.launch --gpus {resources.gpu} -- stages.")
+        assert launched == stage.gpu == ("gpu" in stage.resources()), stage.name

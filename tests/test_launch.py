@@ -71,5 +71,7 @@ def test_run_plan_trains_on_several_gpus_through_the_launcher():
     from stages.run_plan import stage_command
 
     assert stage_command("train_star", ["out"], 2)[1:] == ["-m", "stages.launch", "--gpus=2", "--", "stages.train_star", "out"]
-    assert stage_command("encode", ["out"], 2)[1:] == ["-m", "stages.encode", "out"]  # one GPU a shard
-    assert stage_command("train_adore", ["out"], 1)[1:] == ["-m", "stages.train_adore", "out"]
+    # as their rules: every GPU stage through the launcher (encode: one GPU a shard), CPU stages directly
+    assert stage_command("encode", ["out"], 2)[1:] == ["-m", "stages.launch", "--gpus=1", "--", "stages.encode", "out"]
+    assert stage_command("train_adore", ["out"], 1)[1:] == ["-m", "stages.launch", "--gpus=1", "--", "stages.train_adore", "out"]
+    assert stage_command("score", ["out"], 2)[1:] == ["-m", "stages.score", "out"]
