@@ -91,7 +91,7 @@ class Encoder(torch.nn.Module):
         differ, and on the flash kernel attention-probability dropout is off: see `stages.packed`).
 
         ``ids``: the texts' token ids one after another (numpy or a CPU tensor, pinned or not; int32 or int64),
-        ``lengths``: tokens per text as a host array (`packed_tokens` gives both). Nothing is read back from the
+        ``lengths``: tokens per text as a host array (`token_chunk` gives both). Nothing is read back from the
         device: the longest text and the token count come from ``lengths``, the ids go over asynchronously (through
         pinned memory on CUDA). Use it where `supports_packed_training` says so; elsewhere it is correct (the
         attention pads the heads) but slower than `forward` on length-sorted padded batches.
@@ -121,13 +121,6 @@ class Encoder(torch.nn.Module):
         if autocast == "auto":
             autocast = default_autocast(self.device)
         return packing_pays(self.model, AUTOCAST_DTYPES.get(autocast, next(self.parameters()).dtype))
-
-    def packed_tokens(self, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids of the texts one after another, tokens per text), both int64 numpy, for `forward_packed`: the ids
-        `tokenize` gives without its padding (special tokens included, truncated to ``max_length``)."""
-        if not len(texts):
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return self._token_chunk(list(texts), max_length)
 
     def _packed_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, packing) -> torch.Tensor:
         """(tokens, dim) last hidden states of a packed row (under `packed_implementation`)."""

@@ -114,7 +114,7 @@ LONG_AND_SHORT = ["x", "Statins lower LDL cholesterol " * 12, "y z", TEXTS[3], "
 
 def packed_and_padded(encoder: Encoder, texts=LONG_AND_SHORT, max_length: int = 128, as_type=np.asarray):
     """(forward_packed, forward on the padded batch) of the same texts."""
-    ids, lengths = encoder.packed_tokens(texts, max_length)
+    ids, lengths = token_chunk(encoder.tokenizer, texts, max_length)
     batch = encoder.tokenize(texts, max_length)
     assert lengths.tolist() == batch["attention_mask"].sum(1).tolist() and lengths.max() > 10 * lengths.min()
     return encoder.forward_packed(as_type(ids), lengths), encoder(batch["input_ids"], batch["attention_mask"])
@@ -160,10 +160,11 @@ def test_forward_packed_takes_numpy_or_cpu_tensors(tiny_model_dir, as_type):
 
 def test_forward_packed_rejects_lengths_that_do_not_add_up(tiny_model_dir):
     encoder = load_encoder(tiny_model_dir)
-    ids, lengths = encoder.packed_tokens(TEXTS[:3], 32)
+    ids, lengths = token_chunk(encoder.tokenizer, TEXTS[:3], 32)
     with pytest.raises(ValueError, match="lengths sum"):
         encoder.forward_packed(ids[:-1], lengths)
-    assert encoder.forward_packed(*encoder.packed_tokens([], 32)).shape == (0, encoder.dim)
+    nothing = np.zeros(0, dtype=np.int64)
+    assert encoder.forward_packed(nothing, nothing).shape == (0, encoder.dim)
 
 
 def dropout_encoder(tiny_model_dir, attention_dropout: float) -> Encoder:
@@ -178,7 +179,7 @@ def dropout_encoder(tiny_model_dir, attention_dropout: float) -> Encoder:
 
 def test_padded_attention_applies_attention_dropout_in_training(tiny_model_dir):
     encoder = dropout_encoder(tiny_model_dir, attention_dropout=0.3)
-    ids, lengths = encoder.packed_tokens(LONG_AND_SHORT, 64)
+    ids, lengths = token_chunk(encoder.tokenizer, LONG_AND_SHORT, 64)
 
     def run(seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
@@ -227,7 +228,7 @@ def test_forward_packed_on_cuda_trains_through_flash_without_syncing(tiny_model_
     encoder = load_encoder(tiny_model_dir, normalize=True).cuda().eval()
     assert encoder.supports_packed_training("bf16")
     texts = LONG_AND_SHORT * 8
-    ids, lengths = encoder.packed_tokens(texts, 128)
+    ids, lengths = token_chunk(encoder.tokenizer, texts, 128)
     batch = {name: tensor.cuda() for name, tensor in encoder.tokenize(texts, 128).items()}
     weights = torch.randn(len(texts), encoder.dim, generator=torch.Generator().manual_seed(1)).cuda()
     outputs, grads = [], []
