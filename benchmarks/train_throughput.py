@@ -402,20 +402,19 @@ class StepRecorder:
         of each step)."""
         original = train_star.host_tokenizer
 
-        @contextmanager
         def host_tokenizer(*args):
             began = time.perf_counter()
-            with original(*args) as tokenize:
-                self.pretokenize_s = time.perf_counter() - began  # every text, once, before the first step
+            tokenize = original(*args)
+            self.pretokenize_s = time.perf_counter() - began  # every text, once, before the first step
 
-                def observed(texts, max_length):
-                    began = time.perf_counter()
-                    batch = tokenize(texts, max_length)
-                    self.tokenize_s.append(time.perf_counter() - began)
-                    self.shapes.append((tuple(batch["input_ids"].shape), int(batch["attention_mask"].sum())))
-                    return batch
+            def observed(texts, max_length):
+                began = time.perf_counter()
+                batch = tokenize(texts, max_length)
+                self.tokenize_s.append(time.perf_counter() - began)
+                self.shapes.append((tuple(batch["input_ids"].shape), int(batch["attention_mask"].sum())))
+                return batch
 
-                yield observed
+            return observed
 
         train_star.host_tokenizer = host_tokenizer
         try:

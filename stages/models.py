@@ -15,7 +15,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -343,10 +343,13 @@ class HostCopy:
         out[self.start : self.start + len(self.rows)] = self.rows.numpy()
 
 
-def prefetched(items: Iterable[T], ahead: int = 2) -> Iterator[T]:
-    """``items`` made by a worker thread, up to ``ahead`` of them before the consumer asks."""
+def prefetched(
+    items: Iterable[T], ahead: int = 2, name: str = "prefetch", initializer: Callable[[], None] | None = None
+) -> Iterator[T]:
+    """``items`` made by a worker thread (``name``, set up by ``initializer``), up to ``ahead`` of them before the
+    consumer asks. Closing the generator waits for the items being made; an item's error is raised at that item."""
     iterator, done = iter(items), object()
-    with ThreadPoolExecutor(max_workers=1) as pool:  # one worker: the next() calls run in order
+    with ThreadPoolExecutor(1, name, initializer) as pool:  # one worker: the next() calls run in order
         pending = [pool.submit(next, iterator, done) for _ in range(ahead)]
         while (item := pending.pop(0).result()) is not done:
             pending.append(pool.submit(next, iterator, done))

@@ -27,7 +27,7 @@ that encoded them), so each query still meets every document of the global batch
 is its share of the global loss: its pairs' (or queries') losses over the global count.
 
 The host side of a step (sampling, the pair masks, tokenizing: `prepare_inputs`) is apart from its device side (the
-forward passes and the loss: `inputs_loss`); while the device runs one step, a background thread (`Prefetcher`)
+forward passes and the loss: `inputs_loss`); while the device runs one step, a background thread (`stages.models.prefetched`)
 already prepares the next two, into pinned memory on CUDA, so the copies do not block. Nothing of the loss is read
 back to the host within a step (one process): `star_loss` selects its pairs with indices made on the host
 (`loss_index`) and returns its logged terms as 0-dim tensors.
@@ -47,11 +47,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -60,7 +59,7 @@ import torch.nn.functional as F
 from stages import distributed
 from stages.errors import ConfigError, DataError
 from stages.mine_negatives import read_negatives
-from stages.models import TokenCache
+from stages.models import TokenCache, prefetched
 from stages.tables import read_corpus, read_qrels, read_queries
 from stages.training import (
     InitialEncoder,
@@ -515,84 +514,19 @@ def batch_loss(
     return inputs_loss(encoder, inputs, params, device)
 
 
-T = TypeVar("T")
-
-
-class Prefetcher(Generic[T]):
-    """``make(step)`` of the steps after the one asked for, computed ahead on one background thread.
-
-    `get(step)` returns ``make(step)``: the one computed ahead when it was expected (the step after the last one
-    asked for, in order), else computed on the calling thread (the first call, a resumed run, any jump). Either way it
-    then queues the next ``ahead`` steps (not from ``end`` on). ``make`` must depend on the step alone. At most one
-    ``make`` runs at a time, so it need not be thread-safe (a tokenizer is not). A context manager: leaving it
-    cancels what is queued and waits for the running one, so no thread outlives it."""
-
-    def __init__(
-        self,
-        make: Callable[[int], T],
-        ahead: int = 2,
-        end: int | None = None,
-        initializer: Callable[[], None] | None = None,
-    ):
-        self._make, self._ahead, self._end = make, ahead, end
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="train_star-prefetch", initializer=initializer)
-        self._pending: dict[int, Future] = {}
-        self.computed_here = 0
-        """Steps that were not ready ahead (computed on the calling thread)."""
-
-    def get(self, step: int) -> T:
-        future = self._pending.pop(step, None)
-        if future is None:
-            self._discard()  # nothing else runs ``make`` meanwhile
-            self.computed_here += 1
-            value = self._make(step)
-            self._queue(step + 1)
-            return value
-        for earlier in [s for s in self._pending if s < step]:
-            self._pending.pop(earlier).cancel()
-        self._queue(step + 1)  # after ``step``'s in the one worker's queue
-        return future.result()
-
-    def _queue(self, first: int) -> None:
-        for step in range(first, first + self._ahead):
-            if (self._end is None or step < self._end) and step not in self._pending:
-                self._pending[step] = self._pool.submit(self._make, step)
-
-    def _discard(self) -> None:
-        """Cancel the queued steps and wait for the running one (its result, or error, is dropped)."""
-        pending, self._pending = list(self._pending.values()), {}
-        for future in pending:
-            future.cancel()
-        for future in pending:
-            if not future.cancelled():
-                future.exception()  # waits; the error (if any) is not this caller's
-
-    def close(self) -> None:
-        self._discard()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> Prefetcher[T]:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-
-@contextmanager
-def host_tokenizer(encoder: torch.nn.Module, data: TrainingData, params: StarParams) -> Iterator[TokenCache]:
+def host_tokenizer(encoder: torch.nn.Module, data: TrainingData, params: StarParams) -> TokenCache:
     """The host side's tokenizer: every text a step can draw tokenized once, before the first step (`TokenCache`):
     the queries, and the positives and mined negatives (every document for Rand-Neg)."""
     cache = TokenCache(encoder.tokenizer)
     cache.add(data.query_texts, params.query_max_length, desc="tokenize queries")
-    source = MODES[params.negatives][0]
-    if source == "corpus":
+    if MODES[params.negatives][0] == "corpus":
         doc_ids = data.doc_ids.tolist()
     else:
         drawn = [d for docs in data.positives for d in docs] + [d for docs in data.mined or [] for d in docs]
         doc_ids = list(dict.fromkeys(drawn))
     added = cache.add((data.doc_text[d] for d in doc_ids), params.doc_max_length, desc="tokenize documents")
     log.info("tokenized %d queries and %d distinct documents for the host side", len(data.query_texts), added)
-    yield cache
+    return cache
 
 
 @contextmanager
@@ -600,7 +534,7 @@ def step_losses(
     encoder: torch.nn.Module, data: TrainingData, params: StarParams, steps_per_epoch: int, device: torch.device
 ) -> Iterator[Callable[[torch.nn.Module, int, int], tuple[torch.Tensor, dict[str, Any]]]]:
     """The per-step closure for `stages.training.train`: the device side of each step, its host side prepared ahead
-    on the `Prefetcher`'s thread (pinned on CUDA, on this rank's device)."""
+    on a worker thread (`stages.models.prefetched`; pinned on CUDA, on this rank's device)."""
     pin = device.type == "cuda"
     # padding-free batches where the flash kernel runs (one process: DDP's hooks need its wrapper's own forward)
     packed = not distributed.active() and encoder.supports_packed_training("bf16" if params.bf16 else None)
@@ -615,14 +549,25 @@ def step_losses(
         torch.cuda.set_device(cuda_index)
 
     end = total_steps(params, steps_per_epoch)
-    with host_tokenizer(distributed.unwrap(encoder), data, params) as tokenize, Prefetcher(
-        prepare, ahead=2, end=end, initializer=on_device if pin else None
-    ) as prefetcher:
+    tokenize = host_tokenizer(distributed.unwrap(encoder), data, params)
+    ahead: Iterator[tuple[int, StepInputs]] | None = None
 
-        def step_loss(model: torch.nn.Module, epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, Any]]:
-            return inputs_loss(model, prefetcher.get(epoch * steps_per_epoch + batch), params, device)
+    def step_loss(model: torch.nn.Module, epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        nonlocal ahead
+        step = epoch * steps_per_epoch + batch
+        if ahead is None:  # from the first step asked for: a resumed run starts in the middle
+            steps = ((s, prepare(s)) for s in range(step, end))
+            ahead = prefetched(steps, 2, "train_star-prefetch", on_device if pin else None)
+        prepared, inputs = next(ahead)
+        if prepared != step:
+            raise RuntimeError(f"the training loop asked for step {step}; the steps prepared ahead are at {prepared}")
+        return inputs_loss(model, inputs, params, device)
 
+    try:
         yield step_loss
+    finally:
+        if ahead is not None:
+            ahead.close()  # waits for the steps being prepared: no thread outlives the stage
 
 
 def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, work_dir: Path | None = None) -> dict:

@@ -20,7 +20,6 @@ from stages.bm25_index import Bm25IndexParams, build_index
 from stages.errors import ConfigError
 from stages.mine_negatives import MineParams, mine
 from stages.train_star import (
-    Prefetcher,
     StarParams,
     StepInputs,
     batch_loss,
@@ -128,68 +127,11 @@ def prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("train_star-prefetch")]
 
 
-def test_prefetcher_runs_ahead_in_order_on_one_thread():
-    made, busy, most = [], [0], [0]
-    lock, third = threading.Lock(), threading.Event()
-
-    def make(step: int) -> int:
-        with lock:
-            busy[0] += 1
-            most[0] = max(most[0], busy[0])
-        time.sleep(0.01)
-        made.append((step, threading.current_thread().name))
-        if step == 7:
-            third.set()
-        with lock:
-            busy[0] -= 1
-        return step * 10
-
-    with Prefetcher(make, ahead=2, end=9) as prefetcher:
-        assert prefetcher.get(5) == 50  # a resumed run: starts wherever it is asked
-        assert third.wait(5)  # 6 and 7 are made in the background meanwhile
-        assert [s for s, _ in made] == [5, 6, 7]
-        assert [prefetcher.get(s) for s in (6, 7, 8)] == [60, 70, 80]
-        assert prefetcher.computed_here == 1
-        assert prefetcher.get(2) == 20  # not the expected step: made on this thread, after the worker stopped
-        assert prefetcher.get(3) == 30 and prefetcher.computed_here == 2
-    assert [s for s, name in made if not name.startswith("train_star-prefetch")] == [5, 2]
-    assert [s for s, _ in made if s >= 9] == []  # nothing from ``end`` on
-    assert most[0] == 1 and not prefetch_threads()
-
-
-def test_prefetcher_raises_a_step_error_at_its_step_and_always_stops_its_thread():
-    def make(step: int) -> int:
-        if step == 2:
-            raise ValueError("bad step")
-        return step
-
-    with pytest.raises(ValueError, match="bad step"):
-        with Prefetcher(make) as prefetcher:
-            assert prefetcher.get(0) == 0 and prefetcher.get(1) == 1
-            prefetcher.get(2)
-    assert not prefetch_threads()
-    started = threading.Event()
-
-    def slow(step: int) -> int:
-        if threading.current_thread().name.startswith("train_star-prefetch"):
-            started.set()
-        time.sleep(0.2)
-        return step
-
-    began = time.perf_counter()
-    with pytest.raises(KeyError):
-        with Prefetcher(slow, ahead=3) as prefetcher:
-            prefetcher.get(0)
-            assert started.wait(5)
-            raise KeyError("the training loop failed")
-    assert not prefetch_threads() and time.perf_counter() - began < 2  # the queued steps were dropped, not made
-
-
 def test_training_prefetches_steps_and_resumes_to_the_same_weights(
     prepared, negatives, tiny_model_dir, tmp_path, monkeypatch
 ):
-    """The host side of each step but the first runs on the prefetch thread; a run that fails mid-way leaves no
-    thread behind, and resumed in-process (the prefetcher starting mid-way) ends with the straight run's weights."""
+    """The host side of every step runs on the prefetch thread, in step order; a run that fails mid-way leaves no
+    thread behind, and resumed in-process (the prefetching starting mid-way) ends with the straight run's weights."""
     params = tiny_params(tiny_model_dir, max_steps=6, checkpoint_every=2)
     inputs = {"prepared": prepared, "negatives": negatives}
     sampled: list[tuple[int, int, bool]] = []
@@ -203,7 +145,7 @@ def test_training_prefetches_steps_and_resumes_to_the_same_weights(
     straight = tmp_path / "straight"
     straight.mkdir()
     train_star(params, inputs, straight)
-    assert sampled == [(0, 0, False)] + [(0, b, True) for b in range(1, 6)]
+    assert sampled == [(0, b, True) for b in range(6)]
     assert not prefetch_threads()
 
     calls = []
@@ -226,7 +168,7 @@ def test_training_prefetches_steps_and_resumes_to_the_same_weights(
     sampled.clear()
     summary = train_star(params, inputs, out, work)
     assert summary["resumed_from_step"] == 2
-    assert sampled == [(0, 2, False)] + [(0, b, True) for b in range(3, 6)]
+    assert sampled == [(0, b, True) for b in range(2, 6)]
     assert_same_weights(straight, out)
 
 
