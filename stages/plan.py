@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from stages.dataset_source import dataset_files
 from stages.errors import ConfigError
 from stages.model_source import ModelSource, check_model_folder, locate_model, position_limit
+from stages.negative_samplers import SAMPLERS
 from stages.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -26,7 +27,6 @@ NOT_OVERRIDABLE = {"dataset", "evaluate", "experiments"}
 PRESETS = {
     ("adore", "paper"): {"learning_rate": 5e-6, "batch_size": 32, "warmup_steps": 2000, "epochs": 6, "max_steps": 0},
 }
-MINED_MODES = ("star", "static")  # train_star modes that read mined negatives
 FLOAT_LITERAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -522,7 +522,7 @@ class Chain:
     def star(self) -> Node:
         star = self.section("star")
         inputs: dict[str, Node | RawFile] = {"prepared": self.roles["prepare"]}
-        if star["negatives"] in MINED_MODES:
+        if SAMPLERS[star["negatives"]].needs_mined_negatives:
             inputs["negatives"] = self.negatives(self.section("mine")["source"])
         if star["init"] == "warmup":
             inputs["init"] = self.warmup()
