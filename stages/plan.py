@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from stages.dataset_source import dataset_files
 from stages.errors import ConfigError
+from stages.index_kinds import KINDS
 from stages.model_source import ModelSource, check_model_folder, locate_model, position_limit
 from stages.negative_samplers import SAMPLERS
 from stages.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
@@ -476,7 +477,7 @@ class Chain:
         inputs: dict[str, Node | RawFile] = {"prepared": self.roles["prepare"], "index": index}
         inputs.update({"init": encoder} if encoder is not None else self.base_model_inputs())
         params = self.train_params("adore")
-        if index.params["kind"] == "pq" and params["pq_scoring"] == "uncompressed":
+        if KINDS[index.params["kind"]].scores_with_shards(params["pq_scoring"]):
             inputs.update({f"shard_{n}": node for n, node in enumerate(shards)})
         return index, self.add("adore", "train_adore", params, inputs)
 

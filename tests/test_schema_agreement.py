@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import encode, index, negative_samplers, report, score, search, train_adore, train_star
+from stages import encode, index_kinds, negative_samplers, report, score, train_adore, train_star
 from stages.bm25 import Bm25Params
 from stages.bm25_index import Bm25IndexParams
 from stages.encode import EncodeParams
@@ -83,8 +83,8 @@ def test_defaults_agree(section, params):
 ENUMS = [
     ("encoder", "pooling", ["auto", *POOLINGS]),
     ("encode", "dtype", list(encode.DTYPES)),
-    ("index", "kind", list(index.KINDS)),
-    ("retrieve", "backend", list(search.BACKENDS)),
+    ("index", "kind", list(index_kinds.KINDS)),
+    ("retrieve", "backend", list(index_kinds.BACKENDS)),
     ("star", "negatives", list(negative_samplers.SAMPLERS)),
     ("warmup", "negatives", list(negative_samplers.SAMPLERS)),
     ("star", "loss", list(train_star.LOSSES)),
