@@ -38,10 +38,14 @@ def test_corpus_draws_are_never_judged_and_are_seeded():
         random_documents(["d0", "d1"], {"d0", "d1"}, 1, np.random.default_rng(0))
 
 
-def test_the_entries_declare_what_they_use():
-    assert SAMPLERS["inbatch"].draw is None and not SAMPLERS["inbatch"].hard_term
-    assert not SAMPLERS["static"].random_term
-    # a sampler that draws from the mined lists needs them; one that draws from the corpus tokenizes all of it
-    for sampler in SAMPLERS.values():
-        assert sampler.needs_mined_negatives == (sampler.draw is draw_mined)
-        assert sampler.draws_from_corpus == (sampler.draw is draw_from_corpus)
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_draws_only_from_what_it_declares(name):
+    sampler = SAMPLERS[name]
+    if sampler.draw is None:  # no negatives of its own: only the in-batch term can use the other documents
+        assert not sampler.hard_term and sampler.random_term and not sampler.needs_mined_negatives
+        return
+    data = Candidates(DATA.mined if sampler.needs_mined_negatives else None, DATA.judged, CORPUS)
+    drawn = sampler.draw(data, 0, 5, np.random.default_rng(2))
+    assert len(drawn) == 5 and not set(drawn) & DATA.judged[0]
+    # what it may draw: the whole corpus only if it says so (the host side tokenizes that ahead), else the mined list
+    assert set(drawn) <= (set(CORPUS) if sampler.draws_from_corpus else set(DATA.mined[0]))
