@@ -1,9 +1,10 @@
 """Stage `index`: a faiss inner-product index over the corpus embeddings, built by streaming the encode shards.
 
 Inputs: ``shard_0``, ``shard_1``, ... (`encode` artifacts, taken in the order of their number). Never holds all
-embeddings in memory: a flat index (exact, IndexFlatIP) adds batch by batch; a PQ index (IndexPQ, optionally
-behind an OPQ rotation) first trains on up to ``train_size`` vectors sampled with a seeded choice, then a second pass
-adds. Outputs: index.faiss, doc_ids.parquet (row -> doc_id), summary.json (ntotal, dim, kind, bytes, seconds).
+embeddings in memory: the kind (`stages.index_kinds`) makes the empty index, training it first where it needs to
+(PQ, optionally behind an OPQ rotation: on up to ``train_size`` vectors sampled with a seeded choice), then the
+vectors are added batch by batch. Outputs: index.faiss, doc_ids.parquet (row -> doc_id), kind.json (the kind, which
+readers go by), summary.json (ntotal, dim, kind, bytes, seconds).
 """
 
 from __future__ import annotations
@@ -24,20 +25,20 @@ from tqdm.auto import tqdm
 from stages.cli import run_stage
 from stages.encode import EMBEDDINGS
 from stages.errors import ArtifactError, ConfigError, DataError
+from stages.index_kinds import KINDS, IndexKind, write_kind
 from stages.search import DOC_IDS_FILE, INDEX_FILE
 from stages.tables import iter_embeddings, write_table
 
 VERSION = 1
 log = logging.getLogger("stages.index")
 
-KINDS = ("flat", "pq")
 SHARD_INPUT = re.compile(r"shard_(\d+)")
 
 
 @dataclass
 class IndexParams:
     kind: str = "flat"
-    """flat (exact inner product) or pq (product quantisation, lossy and smaller)."""
+    """flat (exact inner product) or pq (product quantisation, lossy and smaller): `stages.index_kinds`."""
     pq_m: int = 48
     """PQ sub-vectors; must divide the embedding dimension."""
     pq_bits: int = 8
@@ -79,18 +80,14 @@ def count_rows(files: list[Path]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def check_params(params: IndexParams, dim: int) -> None:
+def check_params(params: IndexParams, dim: int) -> IndexKind:
+    """The kind the params name, once it accepts them."""
     if params.kind not in KINDS:
-        raise ConfigError(f"unknown index kind {params.kind!r}", fix=f"use one of {KINDS}")
-    if params.kind == "pq":
-        if params.pq_m < 1 or dim % params.pq_m:
-            divisors = [m for m in range(1, dim + 1) if dim % m == 0]
-            raise ConfigError(
-                f"pq_m={params.pq_m} does not divide the embedding dimension {dim}",
-                fix=f"choose pq_m among {divisors}",
-            )
-        if not 1 <= params.pq_bits <= 16:
-            raise ConfigError(f"pq_bits={params.pq_bits}", fix="choose pq_bits between 1 and 16 (8 is usual)")
+        raise ConfigError(f"unknown index kind {params.kind!r}", fix=f"use one of {sorted(KINDS)}")
+    kind = KINDS[params.kind]
+    if kind.check is not None:
+        kind.check(params, dim)
+    return kind
 
 
 def training_sample(files: list[Path], total: int, size: int, seed: int) -> np.ndarray:
@@ -104,39 +101,14 @@ def training_sample(files: list[Path], total: int, size: int, seed: int) -> np.n
     return np.ascontiguousarray(np.concatenate(sample) if sample else np.zeros((0, 0)), dtype=np.float32)
 
 
-def empty_pq_index(params: IndexParams, dim: int):
-    import faiss
-
-    pq_index = faiss.IndexPQ(dim, params.pq_m, params.pq_bits, faiss.METRIC_INNER_PRODUCT)
-    pq_index.pq.cp.seed = params.seed
-    if not params.opq:
-        return pq_index
-    return faiss.IndexPreTransform(faiss.OPQMatrix(dim, params.pq_m), pq_index)
-
-
 def build_index(params: IndexParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
     import faiss
 
     files = shard_files(inputs)
     dim, total = embedding_dim(files), count_rows(files)
-    check_params(params, dim)
+    kind = check_params(params, dim)
     began = time.perf_counter()
-    train_vectors = 0
-    if params.kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    else:
-        sample = training_sample(files, total, params.train_size, params.seed)
-        train_vectors = len(sample)
-        if train_vectors < 2**params.pq_bits:
-            raise ConfigError(
-                f"PQ with pq_bits={params.pq_bits} needs at least {2 ** params.pq_bits} training vectors; "
-                f"there are {train_vectors}",
-                fix="lower pq_bits, raise train_size, or use the flat index",
-            )
-        index = empty_pq_index(params, dim)
-        log.info("training %s on %d vectors of dim %d", "OPQ+PQ" if params.opq else "PQ", train_vectors, dim)
-        index.train(sample)
-        del sample
+    index, train_vectors = kind.build(params, dim, lambda: training_sample(files, total, params.train_size, params.seed))
     doc_ids: list[str] = []
     with tqdm(total=total, desc=f"index {params.kind}", unit="vec") as bar:
         for ids, batch in iter_embeddings(files):
@@ -148,6 +120,7 @@ def build_index(params: IndexParams, inputs: Mapping[str, Path], out_dir: Path) 
     seconds = time.perf_counter() - began
     faiss.write_index(index, str(Path(out_dir) / INDEX_FILE))
     write_table(pd.DataFrame({"doc_id": doc_ids}), Path(out_dir) / DOC_IDS_FILE)
+    write_kind(out_dir, kind.name)
     size = (Path(out_dir) / INDEX_FILE).stat().st_size
     log.info("%s index: %d vectors of dim %d, %.1f MB, %.1f s", params.kind, index.ntotal, dim, size / 1e6, seconds)
     return {

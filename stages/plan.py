@@ -15,7 +15,9 @@ from typing import Any, Mapping
 
 from stages.dataset_source import dataset_files
 from stages.errors import ConfigError
+from stages.index_kinds import KINDS
 from stages.model_source import ModelSource, check_model_folder, locate_model, position_limit
+from stages.negative_samplers import SAMPLERS
 from stages.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -26,7 +28,6 @@ NOT_OVERRIDABLE = {"dataset", "evaluate", "experiments"}
 PRESETS = {
     ("adore", "paper"): {"learning_rate": 5e-6, "batch_size": 32, "warmup_steps": 2000, "epochs": 6, "max_steps": 0},
 }
-MINED_MODES = ("star", "static")  # train_star modes that read mined negatives
 FLOAT_LITERAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -476,7 +477,7 @@ class Chain:
         inputs: dict[str, Node | RawFile] = {"prepared": self.roles["prepare"], "index": index}
         inputs.update({"init": encoder} if encoder is not None else self.base_model_inputs())
         params = self.train_params("adore")
-        if index.params["kind"] == "pq" and params["pq_scoring"] == "uncompressed":
+        if KINDS[index.params["kind"]].scores_with_shards(params["pq_scoring"]):
             inputs.update({f"shard_{n}": node for n, node in enumerate(shards)})
         return index, self.add("adore", "train_adore", params, inputs)
 
@@ -522,7 +523,7 @@ class Chain:
     def star(self) -> Node:
         star = self.section("star")
         inputs: dict[str, Node | RawFile] = {"prepared": self.roles["prepare"]}
-        if star["negatives"] in MINED_MODES:
+        if SAMPLERS[star["negatives"]].needs_mined_negatives:
             inputs["negatives"] = self.negatives(self.section("mine")["source"])
         if star["init"] == "warmup":
             inputs["init"] = self.warmup()

@@ -46,14 +46,14 @@ class RetrieveParams:
     normalize: str = "auto"
     """true, false, or 'auto' (the model's own)."""
     backend: str = "auto"
-    """Search backend: auto, faiss, faiss-gpu or torch (see stages.search)."""
+    """Search backend: auto, faiss, faiss-gpu or torch (see stages.index_kinds.searcher_for)."""
 
 
 def retrieve(params: RetrieveParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
     import torch
 
     from stages.models import load_encoder, model_spec
-    from stages.search import searcher_for
+    from stages.index_kinds import searcher_for
 
     if params.top_k < 1:
         raise ConfigError(f"top_k={params.top_k}", fix="top_k must be >= 1")

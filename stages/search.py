@@ -1,4 +1,5 @@
-"""Inner-product search backends shared by `index`, `retrieve` (and ADORE's training loop).
+"""Inner-product search backends shared by `index`, `retrieve` (and ADORE's training loop); which one searches an
+index artifact is up to its kind (`stages.index_kinds`).
 
 - faiss (CPU, or GPU when faiss was built with it) over an `index` artifact (index.faiss + doc_ids.parquet);
 - ``FlatTorchSearcher``: exact search as chunked matmul + top-k in torch, for a GPU when faiss has no GPU support;
@@ -6,7 +7,8 @@
   (a Triton kernel on CUDA, `stages.pq_kernels`), with the same scores as faiss's IndexPQ.
 
 Every searcher has ``.search(queries, k) -> (scores float32 (q, k), indices int64 (q, k))`` (row numbers, -1 where
-fewer than k documents exist), ``.doc_ids`` (row number -> document id), ``.ntotal`` and ``.dim``.
+fewer than k documents exist), ``.doc_ids`` (row number -> document id), ``.ntotal`` and ``.dim``; the torch ones
+also ``.scores(queries, rows)``, what they rank by, with gradient to the queries (ADORE's loss).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from stages.errors import ArtifactError, ConfigError
 log = logging.getLogger("stages.search")
 
 INDEX_FILE, DOC_IDS_FILE = "index.faiss", "doc_ids.parquet"
-BACKENDS = ("auto", "faiss", "faiss-gpu", "torch")
 
 
 class FlatTorchSearcher:
@@ -79,6 +80,10 @@ class FlatTorchSearcher:
             for start in range(0, queries.shape[0], self.query_batch)
         ]
         return torch.cat([s for s, _ in blocks]).float(), torch.cat([i for _, i in blocks])
+
+    def scores(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(B, n) float32 inner products of query b with the documents ``rows[b]``; gradient flows to the queries."""
+        return torch.einsum("bd,bnd->bn", queries.float(), self.matrix[rows].float())
 
     def _search_block(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k over corpus chunks, merging each chunk's top-k into the running best."""
@@ -148,41 +153,6 @@ def flat_vectors(index) -> np.ndarray:
     import faiss
 
     return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
-
-
-def searcher_for(index_artifact: Path, backend: str = "auto") -> "FaissSearcher | FlatTorchSearcher | PQTorchSearcher":
-    """A searcher over an index artifact.
-
-    backend 'auto': faiss on CPU; on a GPU, faiss-gpu when faiss has GPU support, else the torch searcher (flat or
-    PQ); 'faiss', 'faiss-gpu' and 'torch' force one.
-    """
-    import faiss
-
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown search backend {backend!r}", fix=f"use one of {BACKENDS}")
-    index, doc_ids = load_index(index_artifact)
-    flat = isinstance(index, faiss.IndexFlat)
-    if backend == "auto":
-        if not torch.cuda.is_available():
-            backend = "faiss"
-        elif faiss_has_gpu():
-            backend = "faiss-gpu"
-        else:
-            backend = "torch" if flat or _torch_searchable(index) else "faiss"
-    if backend == "torch":
-        if not flat:
-            log.info("search: torch PQ searcher over %d vectors", index.ntotal)
-            return PQTorchSearcher.from_faiss(index, doc_ids=doc_ids)
-        log.info("search: torch flat searcher over %d vectors", index.ntotal)
-        return FlatTorchSearcher(flat_vectors(index), doc_ids=doc_ids)
-    if backend == "faiss-gpu":
-        if not faiss_has_gpu():
-            raise ConfigError("faiss has no GPU support here", fix="use backend 'auto', 'faiss' or 'torch'")
-        resources = faiss.StandardGpuResources()
-        log.info("search: faiss GPU over %d vectors", index.ntotal)
-        return FaissSearcher(faiss.index_cpu_to_gpu(resources, 0, index), doc_ids, resources)
-    log.info("search: faiss CPU over %d vectors", index.ntotal)
-    return FaissSearcher(index, doc_ids)
 
 
 # --- product quantisation in torch ---------------------------------------------------------------------------------
@@ -354,6 +324,11 @@ class PQTorchSearcher:
         codes = self.codes[rows.to(self.device)].long()
         return torch.nn.functional.embedding(codes + self.offsets, self.table).flatten(-2).float()
 
+    def scores(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(B, n) float32 PQ scores of query b with the documents ``rows[b]`` (the query through the pre-transform,
+        the documents decoded): what the search ranks by; gradient flows to the queries."""
+        return torch.einsum("bd,bnd->bn", self.transform_queries(queries).float(), self.decode(rows))
+
     @torch.no_grad()
     def topk(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores float32, indices int64) of the top ``k <= ntotal`` documents, as tensors on the device."""
@@ -401,11 +376,3 @@ class PQTorchSearcher:
         vectors = torch.nn.functional.embedding(entries, self.table).reshape(stop - start, -1)
         return (queries @ vectors.T).float()
 
-
-def _torch_searchable(index) -> bool:
-    """Whether PQTorchSearcher can search ``index``."""
-    try:
-        pq_parts(index)
-    except ConfigError:
-        return False
-    return True

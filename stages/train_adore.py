@@ -41,7 +41,8 @@ Why a temperature: as for `train_star`, a normalising model (MiniLM) gives cosin
 saturates early with weak gradients; dividing by 0.05 restores a useful range. Use 1 for a plain inner product model
 (the paper's RoBERTa).
 
-PQ indexes (``pq_scoring``): the search always runs over the codes; the loss scores with ``reconstructed`` vectors
+The index artifact records its kind (`stages.index_kinds`), whose torch searcher searches and scores. PQ indexes
+(lossy kinds; ``pq_scoring``): the search always runs over the codes; the loss scores with ``reconstructed`` vectors
 (the decoded centroids, with the query through the OPQ rotation: exactly the scores inference ranks by) or
 ``uncompressed`` ones (the original embeddings from the ``shard_*`` inputs, what the paper's code did).
 
@@ -266,8 +267,9 @@ class FrozenDocuments:
 
     def __init__(self, searcher: Any, scoring: str, uncompressed: torch.Tensor | None = None):
         self.searcher = searcher
+        """The index kind's torch searcher (`stages.index_kinds`): its ``scores`` are what the search ranks by."""
         self.scoring = scoring
-        """flat (the index's vectors), reconstructed (decoded PQ) or uncompressed (the encode shards)."""
+        """For the log: flat (the index's vectors), reconstructed (decoded PQ) or uncompressed (the encode shards)."""
         self.uncompressed = uncompressed
 
     @property
@@ -280,14 +282,11 @@ class FrozenDocuments:
             return self.searcher.topk(queries.detach(), k)[1]
 
     def scores(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """(B, n) float32 inner products of query b with the documents ``rows[b]``; gradient flows to the queries."""
-        if self.scoring == "reconstructed":
-            queries, vectors = self.searcher.transform_queries(queries), self.searcher.decode(rows)
-        elif self.scoring == "uncompressed":
-            vectors = self.uncompressed[rows].float()
-        else:
-            vectors = self.searcher.matrix[rows].float()
-        return torch.einsum("bd,bnd->bn", queries.float(), vectors)
+        """(B, n) float32 scores of query b with the documents ``rows[b]``: the searcher's, or inner products with
+        the uncompressed embeddings; gradient flows to the queries."""
+        if self.uncompressed is None:
+            return self.searcher.scores(queries, rows)
+        return torch.einsum("bd,bnd->bn", queries.float(), self.uncompressed[rows].float())
 
 
 def check_params(params: AdoreParams) -> None:
@@ -519,22 +518,23 @@ def uncompressed_embeddings(inputs: Mapping[str, Path], doc_ids: list[str], devi
 def frozen_documents(
     params: AdoreParams, inputs: Mapping[str, Path], device: torch.device
 ) -> tuple[FrozenDocuments, list[str]]:
-    """FrozenDocuments over the index input on ``device``, and the index's doc ids."""
-    import faiss
+    """FrozenDocuments over the index input on ``device`` (its recorded kind's torch searcher), and its doc ids."""
+    from stages.index_kinds import open_index
 
-    from stages.search import FlatTorchSearcher, PQTorchSearcher, flat_vectors, load_index
-
-    index, doc_ids = load_index(inputs["index"])
+    kind, index, doc_ids = open_index(inputs["index"])
+    if kind.torch_searcher is None:
+        raise ConfigError(
+            f"ADORE searches its index in torch, and a {kind.name} index has no torch searcher",
+            path=inputs["index"],
+            fix="train on an index of another kind",
+        )
+    searcher = kind.torch_searcher(index, doc_ids, device)
+    scoring = params.pq_scoring if kind.lossy else "flat"
     shards = sorted(name for name in inputs if SHARD_INPUT.fullmatch(name))
-    if isinstance(index, faiss.IndexFlat):
+    if not kind.scores_with_shards(params.pq_scoring):
         if shards:
-            log.info("flat index: the shard inputs are not needed and ignored")
-        return FrozenDocuments(FlatTorchSearcher(flat_vectors(index), device=device, doc_ids=doc_ids), "flat"), doc_ids
-    searcher = PQTorchSearcher.from_faiss(index, doc_ids=doc_ids, device=device)
-    if params.pq_scoring == "reconstructed":
-        if shards:
-            log.info("pq_scoring reconstructed: the shard inputs are ignored")
-        return FrozenDocuments(searcher, "reconstructed"), doc_ids
+            log.info("%s index, %s scoring: the shard inputs are not needed and ignored", kind.name, scoring)
+        return FrozenDocuments(searcher, scoring), doc_ids
     if not shards:
         raise ConfigError(
             "pq_scoring 'uncompressed' scores with the original document embeddings, but no shard inputs were given",

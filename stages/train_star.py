@@ -16,10 +16,11 @@ the paper's code does: the mean over all pairs of both terms; otherwise ``hard m
 ``loss = "softmax"`` is the listwise alternative (cross-entropy of the positive against the negatives, as
 sentence-transformers' MultipleNegativesRankingLoss).
 
-Modes (``negatives``): ``star`` = static hard negatives (input ``negatives``) + random; ``static`` = the hard term
-only; ``inbatch`` (Inbatch-Neg) = no extra negatives, the random term over the other queries' positives; ``randneg``
-(Rand-Neg) = negatives drawn uniformly from the corpus, + random (the paper's code scores Rand-Neg only against the
-batch's random documents, not against other queries' positives).
+Modes (``negatives``, the samplers of `stages.negative_samplers`): ``star`` = static hard negatives (input
+``negatives``) + random; ``static`` = the hard term only; ``inbatch`` (Inbatch-Neg) = no extra negatives, the random
+term over the other queries' positives; ``randneg`` (Rand-Neg) = negatives drawn uniformly from the corpus, + random
+(the paper's code scores Rand-Neg only against the batch's random documents, not against other queries' positives).
+Losses (``loss``): the entries of `LOSSES`.
 
 Several processes (torchrun, see `stages.distributed`): each rank encodes its slice of the global batch's queries
 with their positives and negatives; the document embeddings of all ranks are gathered (gradients flow back to the rank
@@ -60,6 +61,7 @@ from stages import distributed
 from stages.errors import ConfigError, DataError
 from stages.mine_negatives import read_negatives
 from stages.models import TokenCache, prefetched
+from stages.negative_samplers import SAMPLERS, NegativeSampler
 from stages.tables import read_corpus, read_qrels, read_queries
 from stages.training import (
     InitialEncoder,
@@ -77,14 +79,6 @@ VERSION = 1
 log = logging.getLogger("stages.train_star")
 
 TRAIN_SPLIT = "train"
-MODES = {
-    # mode: (negatives per query come from, hard term, random term)
-    "star": ("mined", True, True),
-    "static": ("mined", True, False),
-    "inbatch": (None, False, True),
-    "randneg": ("corpus", True, True),
-}
-LOSSES = ("pairwise", "softmax")
 
 
 @dataclass
@@ -121,14 +115,20 @@ class Batch:
     """The positives of the queries in order, then each query's negatives in turn."""
 
 
+def sampler_of(params: StarParams) -> NegativeSampler:
+    """The negative sampler the params name (`stages.negative_samplers`)."""
+    if params.negatives not in SAMPLERS:
+        raise ConfigError(f"unknown negatives mode {params.negatives!r}", fix=f"use one of {sorted(SAMPLERS)}")
+    return SAMPLERS[params.negatives]
+
+
 def check_params(params: StarParams, inputs: Mapping[str, Path]) -> None:
-    if params.negatives not in MODES:
-        raise ConfigError(f"unknown negatives mode {params.negatives!r}", fix=f"use one of {sorted(MODES)}")
+    sampler = sampler_of(params)
     if params.loss not in LOSSES:
         raise ConfigError(f"unknown loss {params.loss!r}", fix=f"use one of {list(LOSSES)}")
-    if MODES[params.negatives][0] == "mined" and "negatives" not in inputs:
+    if sampler.needs_mined_negatives and "negatives" not in inputs:
         raise ConfigError(f"mode {params.negatives!r} needs a 'negatives' input (a mine_negatives artifact)")
-    if MODES[params.negatives][0] is not None and params.hard_negatives_per_query < 1:
+    if sampler.draw is not None and params.hard_negatives_per_query < 1:
         raise ConfigError(f"mode {params.negatives!r} needs hard_negatives_per_query >= 1")
     if params.temperature <= 0 or params.batch_size < 1:
         raise ConfigError("temperature must be > 0 and batch_size >= 1")
@@ -142,7 +142,7 @@ def load_training_data(params: StarParams, inputs: Mapping[str, Path]) -> Traini
     queries = read_queries(prepared, TRAIN_SPLIT)
     qrels = read_qrels(prepared, TRAIN_SPLIT)
     positives = qrels[qrels["relevance"] >= 1].groupby("query_id")["doc_id"].agg(sorted).to_dict()
-    mined = read_negatives(inputs["negatives"]) if MODES[params.negatives][0] == "mined" else None
+    mined = read_negatives(inputs["negatives"]) if sampler_of(params).needs_mined_negatives else None
     keep = [q for q in queries["query_id"] if q in positives and (mined is None or mined.get(q))]
     if len(keep) < len(queries):
         log.warning(
@@ -174,7 +174,7 @@ def load_training_data(params: StarParams, inputs: Mapping[str, Path]) -> Traini
 
 
 def negatives_per_query(params: StarParams) -> int:
-    return params.hard_negatives_per_query if MODES[params.negatives][0] is not None else 0
+    return params.hard_negatives_per_query if sampler_of(params).draw is not None else 0
 
 
 def sample_batch(data: TrainingData, params: StarParams, epoch: int, batch: int) -> Batch:
@@ -182,28 +182,13 @@ def sample_batch(data: TrainingData, params: StarParams, epoch: int, batch: int)
     size = min(params.batch_size, len(data.query_texts))
     chosen = epoch_order(len(data.query_texts), params.seed, epoch)[batch * size : (batch + 1) * size].tolist()
     rng = batch_rng(params.seed, epoch, batch)
-    source, count = MODES[params.negatives][0], negatives_per_query(params)
+    sampler, count = sampler_of(params), negatives_per_query(params)
     positives = [data.positives[q][rng.integers(len(data.positives[q]))] for q in chosen]
     negatives: list[str] = []
-    for q in chosen:
-        if source == "mined":
-            pool = data.mined[q]
-            negatives += [pool[i] for i in rng.choice(len(pool), count, replace=len(pool) < count)]
-        elif source == "corpus":
-            negatives += random_documents(data.doc_ids, data.judged[q], count, rng)
+    if sampler.draw is not None:
+        for q in chosen:
+            negatives += sampler.draw(data, q, count, rng)
     return Batch(queries=chosen, doc_ids=positives + negatives)
-
-
-def random_documents(doc_ids: np.ndarray, judged: set[str], count: int, rng: np.random.Generator) -> list[str]:
-    """``count`` documents drawn uniformly from the corpus, none judged relevant."""
-    if len(judged) >= len(doc_ids):
-        raise DataError("every corpus document is judged relevant to a query; no random negatives to draw")
-    drawn: list[str] = []
-    while len(drawn) < count:
-        doc = str(doc_ids[rng.integers(len(doc_ids))])
-        if doc not in judged:
-            drawn.append(doc)
-    return drawn
 
 
 def pair_masks(
@@ -293,21 +278,64 @@ class LossIndex:
         return _map_tensors(self, torch.Tensor.pin_memory)
 
 
+Tensor = torch.Tensor
+Terms = tuple[Tensor, Tensor, Tensor]
+
+
+def _positions(*found: np.ndarray) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(np.ascontiguousarray(f, dtype=np.int64)) for f in found)
+
+
+def _pairs_index(hard: np.ndarray, random: np.ndarray, rows: slice) -> LossIndex:
+    """Every (query, negative) pair is an item: the rank's pairs, the batch's counts."""
+    counts = {"hard": int(hard.sum()), "random": int(random.sum())}
+    counts["combined"] = counts["hard"] + counts["random"]  # the masks are disjoint
+    pairs = {name: _positions(*np.nonzero(mask[rows])) for name, mask in (("hard", hard), ("random", random))}
+    return LossIndex(counts, pairs)
+
+
+def _pairwise_terms(scores: Tensor, positive: Tensor, hard_rows: Tensor, random_rows: Tensor, chosen: dict) -> Terms:
+    pairs = F.softplus(scores - positive)
+    hard, random = pairs[chosen["hard"]], pairs[chosen["random"]]
+    return hard, random, torch.cat([hard, random])
+
+
+def _queries_index(hard: np.ndarray, random: np.ndarray, rows: slice) -> LossIndex:
+    """Every query with a negative in the term is an item: the rank's queries, the batch's counts."""
+    masks = {"hard": hard, "random": random, "combined": hard | random}
+    counts = {name: int(mask.any(axis=1).sum()) for name, mask in masks.items()}
+    queries = {name: _positions(np.flatnonzero(mask[rows].any(axis=1))) for name, mask in masks.items()}
+    return LossIndex(counts, queries)
+
+
+def _softmax_terms(scores: Tensor, positive: Tensor, hard_rows: Tensor, random_rows: Tensor, chosen: dict) -> Terms:
+    hard = _listwise(scores, positive, hard_rows, *chosen["hard"])
+    random = _listwise(scores, positive, random_rows, *chosen["random"])
+    return hard, random, _listwise(scores, positive, hard_rows | random_rows, *chosen["combined"])
+
+
+@dataclass(frozen=True)
+class StarLoss:
+    """One STAR loss (the ``loss`` setting): the items it averages over, found on the host, and their losses."""
+
+    index: Callable[[np.ndarray, np.ndarray, slice], LossIndex]
+    """(hard mask, random mask, the rank's query rows) -> `LossIndex`."""
+    terms: Callable[..., Terms]
+    """(scores, positive scores (B, 1), the rank's rows of the hard and random masks, `LossIndex.selections`) ->
+    the per-item losses of the hard, random and combined terms."""
+
+
+LOSSES: dict[str, StarLoss] = {
+    # softplus(s_neg - s_pos) per (query, negative) pair: the paper's RankNet loss
+    "pairwise": StarLoss(_pairs_index, _pairwise_terms),
+    # cross-entropy of the positive against the query's negatives (MultipleNegativesRankingLoss)
+    "softmax": StarLoss(_queries_index, _softmax_terms),
+}
+
+
 def loss_index(hard: np.ndarray, random: np.ndarray, rows: slice = slice(None), loss: str = "pairwise") -> LossIndex:
     """`LossIndex` of the (queries, documents) boolean masks of `pair_masks` for the rank's query ``rows``."""
-
-    def positions(*found: np.ndarray) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.from_numpy(np.ascontiguousarray(f, dtype=np.int64)) for f in found)
-
-    if loss == "pairwise":
-        counts = {"hard": int(hard.sum()), "random": int(random.sum())}
-        counts["combined"] = counts["hard"] + counts["random"]  # the masks are disjoint
-        pairs = {name: positions(*np.nonzero(mask[rows])) for name, mask in (("hard", hard), ("random", random))}
-        return LossIndex(counts, pairs)
-    masks = {"hard": hard, "random": random, "combined": hard | random}
-    counts = {name: int(mask.any(axis=1).sum()) for name, mask in masks.items()}  # queries with negatives
-    queries = {name: positions(np.flatnonzero(mask[rows].any(axis=1))) for name, mask in masks.items()}
-    return LossIndex(counts, queries)
+    return LOSSES[loss].index(hard, random, rows)
 
 
 def star_loss(
@@ -337,15 +365,7 @@ def star_loss(
         index = loss_index(hard_mask.cpu().numpy(), random_mask.cpu().numpy(), rows, loss).to(scores.device)
     counts, chosen = index.counts, index.selections
     positive = scores.gather(1, positive_column[:, None])
-    if loss == "pairwise":
-        pairs = F.softplus(scores - positive)
-        hard, random = pairs[chosen["hard"]], pairs[chosen["random"]]
-        combined = torch.cat([hard, random])
-    else:
-        hard_rows, random_rows = hard_mask[rows], random_mask[rows]
-        hard = _listwise(scores, positive, hard_rows, *chosen["hard"])
-        random = _listwise(scores, positive, random_rows, *chosen["random"])
-        combined = _listwise(scores, positive, hard_rows | random_rows, *chosen["combined"])
+    hard, random, combined = LOSSES[loss].terms(scores, positive, hard_mask[rows], random_mask[rows], chosen)
     if random_weight < 0:
         total = _share(combined, counts["combined"])
     else:
@@ -421,10 +441,9 @@ def prepare_inputs(
     ``tokenize`` (`Encoder.tokenize`), the loss's index; in pinned memory with ``pin_memory`` (for a GPU); with
     ``packed``, the tokens without their padding (`StepInputs.query_lengths`).
     Reads no device state: it may run on another thread while the device works on an earlier step."""
-    _, hard_term, random_term = MODES[params.negatives]
-    per_query = negatives_per_query(params)
+    sampler, per_query = sampler_of(params), negatives_per_query(params)
     judged = [data.judged[q] for q in batch.queries]
-    hard, random = pair_masks(judged, batch.doc_ids, per_query, hard_term, random_term)
+    hard, random = pair_masks(judged, batch.doc_ids, per_query, sampler.hard_term, sampler.random_term)
     rows = distributed.local_slice(len(batch.queries))
     part = rank_part(batch, rows, per_query)
     queries = tokenize([data.query_texts[q] for q in part.queries], params.query_max_length)
@@ -474,7 +493,7 @@ def inputs_loss(
 
     Returns the loss and the logged terms; one process: as 0-dim tensors on the device (nothing read back). Several
     processes: this rank's share of the loss, and the terms of the whole batch as floats (summed over the ranks)."""
-    _, hard_term, random_term = MODES[params.negatives]
+    sampler = sampler_of(params)
     inputs = inputs.to(device, non_blocking=True)
     if inputs.query_lengths is not None:  # packed: one process (DDP's hooks need its own forward)
         query_embeddings = encoder.forward_packed(inputs.query_input_ids, inputs.query_lengths)
@@ -495,7 +514,7 @@ def inputs_loss(
         inputs.rows,
         index=inputs.index,
     )
-    terms = [name for name, used in (("hard_loss", hard_term), ("random_loss", random_term)) if used]
+    terms = [name for name, used in (("hard_loss", sampler.hard_term), ("random_loss", sampler.random_term)) if used]
     if distributed.active():
         return loss, dict(zip(terms, distributed.all_sum([float(extras[name]) for name in terms])))
     return loss, {name: extras[name] for name in terms}
@@ -519,7 +538,7 @@ def host_tokenizer(encoder: torch.nn.Module, data: TrainingData, params: StarPar
     the queries, and the positives and mined negatives (every document for Rand-Neg)."""
     cache = TokenCache(encoder.tokenizer)
     cache.add(data.query_texts, params.query_max_length, desc="tokenize queries")
-    if MODES[params.negatives][0] == "corpus":
+    if sampler_of(params).draws_from_corpus:
         doc_ids = data.doc_ids.tolist()
     else:
         drawn = [d for docs in data.positives for d in docs] + [d for docs in data.mined or [] for d in docs]
@@ -572,8 +591,7 @@ def step_losses(
 
 def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, work_dir: Path | None = None) -> dict:
     check_params(params, inputs)
-    source = MODES[params.negatives][0]
-    if "negatives" in inputs and source != "mined":
+    if "negatives" in inputs and not sampler_of(params).needs_mined_negatives:
         log.info("mode %s ignores the 'negatives' input", params.negatives)
     data = load_training_data(params, inputs)
     device = pick_device()

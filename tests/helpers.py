@@ -10,9 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from stages.encode import EMBEDDINGS
+from stages.index import IndexParams, build_index
+from stages.search import INDEX_FILE
+from stages.tables import write_embeddings
 from stages.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,3 +70,36 @@ def killed_then_resumed(stage: str, params: Any, inputs: Mapping[str, Path], res
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step 2" in resumed.stderr
     return out, work
+
+
+# --- index artifacts from synthetic embeddings ---
+
+
+def clustered(rows: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 20 random centres (what real embeddings look like more than white noise)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, dim))
+    vectors = centres[rng.integers(0, 20, rows)] + 0.35 * rng.standard_normal((rows, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_shards(folder: Path, vectors: np.ndarray, count: int) -> dict[str, Path]:
+    """``count`` encode-like artifacts (contiguous row ranges) named shard_0 .. shard_<count-1>."""
+    inputs = {}
+    bounds = np.linspace(0, len(vectors), count + 1).astype(int)
+    for number, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        shard = folder / f"encode-{number}"
+        shard.mkdir(parents=True)
+        ids = [f"doc{i}" for i in range(start, stop)]
+        write_embeddings(shard / EMBEDDINGS, ids, vectors[start:stop], dtype="float32")
+        inputs[f"shard_{number}"] = shard
+    return inputs
+
+
+def index_artifact(folder: Path, vectors: np.ndarray, shards: int = 1, **params) -> Path:
+    """An `index` artifact built (with IndexParams(**params)) from ``vectors`` written as ``shards`` encode shards."""
+    out = folder / "index"
+    out.mkdir(parents=True)
+    summary = build_index(IndexParams(**params), write_shards(folder / "shards", vectors, shards), out)
+    assert summary["ntotal"] == len(vectors) and summary["bytes"] == (out / INDEX_FILE).stat().st_size
+    return out

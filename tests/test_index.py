@@ -2,45 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from stages.encode import EMBEDDINGS
+from helpers import clustered, index_artifact
 from stages.errors import ConfigError
 from stages.index import IndexParams, build_index
 from stages.search import INDEX_FILE, faiss_search, flat_vectors, load_index
-from stages.tables import write_embeddings
-
-
-def clustered(rows: int, dim: int, seed: int = 0) -> np.ndarray:
-    """Unit vectors around 20 random centres (what real embeddings look like more than white noise)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((20, dim))
-    vectors = centres[rng.integers(0, 20, rows)] + 0.35 * rng.standard_normal((rows, dim))
-    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-
-
-def write_shards(folder: Path, vectors: np.ndarray, count: int) -> dict[str, Path]:
-    """``count`` encode-like artifacts (contiguous row ranges) named shard_0 .. shard_<count-1>."""
-    inputs = {}
-    bounds = np.linspace(0, len(vectors), count + 1).astype(int)
-    for number, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
-        shard = folder / f"encode-{number}"
-        shard.mkdir(parents=True)
-        ids = [f"doc{i}" for i in range(start, stop)]
-        write_embeddings(shard / EMBEDDINGS, ids, vectors[start:stop], dtype="float32")
-        inputs[f"shard_{number}"] = shard
-    return inputs
-
-
-def build(folder: Path, vectors: np.ndarray, shards: int = 1, **params) -> Path:
-    out = folder / "index"
-    out.mkdir(parents=True)
-    summary = build_index(IndexParams(**params), write_shards(folder / "shards", vectors, shards), out)
-    assert summary["ntotal"] == len(vectors) and summary["bytes"] == (out / INDEX_FILE).stat().st_size
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +17,7 @@ def vectors() -> np.ndarray:
 
 
 def test_flat_index_equals_brute_force(vectors, tmp_path):
-    index, doc_ids = load_index(build(tmp_path, vectors))
+    index, doc_ids = load_index(index_artifact(tmp_path, vectors))
     assert doc_ids == [f"doc{i}" for i in range(len(vectors))]
     queries = clustered(15, 32, seed=1)
     scores, indices = faiss_search(index, queries, 10)
@@ -60,13 +28,13 @@ def test_flat_index_equals_brute_force(vectors, tmp_path):
 
 
 def test_three_shards_build_the_same_index_as_one(vectors, tmp_path):
-    one, _ = load_index(build(tmp_path / "one", vectors, shards=1))
-    three, ids = load_index(build(tmp_path / "three", vectors, shards=3))
+    one, _ = load_index(index_artifact(tmp_path / "one", vectors, shards=1))
+    three, ids = load_index(index_artifact(tmp_path / "three", vectors, shards=3))
     assert ids == [f"doc{i}" for i in range(len(vectors))]
     assert np.array_equal(flat_vectors(one), flat_vectors(three))
     pq_params = {"kind": "pq", "pq_m": 8, "pq_bits": 6, "train_size": 2000, "seed": 3}
-    pq_one = build(tmp_path / "pq-one", vectors, shards=1, **pq_params)
-    pq_three = build(tmp_path / "pq-three", vectors, shards=3, **pq_params)
+    pq_one = index_artifact(tmp_path / "pq-one", vectors, shards=1, **pq_params)
+    pq_three = index_artifact(tmp_path / "pq-three", vectors, shards=3, **pq_params)
     queries = clustered(15, 32, seed=2)
     # the training sample is drawn from global row numbers, so the shard layout does not change it
     _, from_one = faiss_search(load_index(pq_one)[0], queries, 10)
@@ -76,8 +44,8 @@ def test_three_shards_build_the_same_index_as_one(vectors, tmp_path):
 
 @pytest.mark.parametrize("opq", [False, True])
 def test_pq_index_recalls_the_flat_top10_and_is_smaller(vectors, tmp_path, opq):
-    flat_dir = build(tmp_path / "flat", vectors)
-    pq_dir = build(tmp_path / "pq", vectors, kind="pq", pq_m=16, pq_bits=8, opq=opq, train_size=3000)
+    flat_dir = index_artifact(tmp_path / "flat", vectors)
+    pq_dir = index_artifact(tmp_path / "pq", vectors, kind="pq", pq_m=16, pq_bits=8, opq=opq, train_size=3000)
     queries = clustered(50, 32, seed=4)
     _, exact = faiss_search(load_index(flat_dir)[0], queries, 10)
     _, approximate = faiss_search(load_index(pq_dir)[0], queries, 10)
@@ -88,10 +56,10 @@ def test_pq_index_recalls_the_flat_top10_and_is_smaller(vectors, tmp_path, opq):
 
 def test_pq_params_are_checked_against_the_data(vectors, tmp_path):
     with pytest.raises(ConfigError, match=r"does not divide the embedding dimension 32") as error:
-        build(tmp_path / "a", vectors, kind="pq", pq_m=12)
+        index_artifact(tmp_path / "a", vectors, kind="pq", pq_m=12)
     assert "[1, 2, 4, 8, 16, 32]" in error.value.fix
     with pytest.raises(ConfigError, match="needs at least 256 training vectors; there are 100"):
-        build(tmp_path / "b", vectors, kind="pq", pq_m=8, pq_bits=8, train_size=100)
+        index_artifact(tmp_path / "b", vectors, kind="pq", pq_m=8, pq_bits=8, train_size=100)
 
 
 def test_inputs_must_be_numbered_shards(tmp_path):

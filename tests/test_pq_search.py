@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from stages.errors import ConfigError
+from stages.index_kinds import searcher_for, write_kind
 from stages.search import (
     DOC_IDS_FILE,
     INDEX_FILE,
@@ -17,7 +18,6 @@ from stages.search import (
     pq_codes,
     pq_parts,
     reconstructed_vectors,
-    searcher_for,
 )
 from stages.tables import write_table
 
@@ -109,6 +109,7 @@ def test_searcher_for_uses_the_torch_pq_searcher(data, tmp_path):
     docs, queries = data
     faiss.write_index(pq_index(docs, 8, opq=True), str(tmp_path / INDEX_FILE))
     write_table(pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(docs))]}), tmp_path / DOC_IDS_FILE)
+    write_kind(tmp_path, "pq")
     by_torch, by_faiss = searcher_for(tmp_path, "torch"), searcher_for(tmp_path, "auto")
     assert isinstance(by_torch, PQTorchSearcher) and by_torch.doc_ids == by_faiss.doc_ids
     assert_same_topk(*by_torch.search(queries, 10), *by_faiss.search(queries, 10))

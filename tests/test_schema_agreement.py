@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import encode, index, plan, report, score, search, train_adore, train_star
+from stages import encode, index_kinds, negative_samplers, report, score, train_adore, train_star
 from stages.bm25 import Bm25Params
 from stages.bm25_index import Bm25IndexParams
 from stages.encode import EncodeParams
@@ -83,10 +83,10 @@ def test_defaults_agree(section, params):
 ENUMS = [
     ("encoder", "pooling", ["auto", *POOLINGS]),
     ("encode", "dtype", list(encode.DTYPES)),
-    ("index", "kind", list(index.KINDS)),
-    ("retrieve", "backend", list(search.BACKENDS)),
-    ("star", "negatives", list(train_star.MODES)),
-    ("warmup", "negatives", list(train_star.MODES)),
+    ("index", "kind", list(index_kinds.KINDS)),
+    ("retrieve", "backend", list(index_kinds.BACKENDS)),
+    ("star", "negatives", list(negative_samplers.SAMPLERS)),
+    ("warmup", "negatives", list(negative_samplers.SAMPLERS)),
     ("star", "loss", list(train_star.LOSSES)),
     ("warmup", "loss", list(train_star.LOSSES)),
     ("adore", "metric", list(train_adore.METRICS)),
@@ -102,7 +102,3 @@ def test_enums_agree(section, name, values):
 def test_measures_agree():
     assert set(SECTIONS["score"]["properties"]["measures"]["default"]) <= set(score.MEASURES)
     assert SECTIONS["report"]["properties"]["measures"]["default"] == report.TABLE_MEASURES
-
-
-def test_mined_modes_are_the_modes_that_read_mined_negatives():
-    assert set(plan.MINED_MODES) == {mode for mode, (source, _, _) in train_star.MODES.items() if source == "mined"}

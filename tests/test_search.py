@@ -1,4 +1,5 @@
-"""stages.search: the torch flat searcher agrees with faiss; searchers over an index artifact."""
+"""stages.search: the torch flat searcher agrees with faiss; searchers over an index artifact
+(`stages.index_kinds.searcher_for`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pandas as pd
 import pytest
 
 from stages.errors import ArtifactError, ConfigError
-from stages.search import DOC_IDS_FILE, INDEX_FILE, FlatTorchSearcher, faiss_search, load_index, searcher_for
+from stages.index_kinds import searcher_for, write_kind
+from stages.search import DOC_IDS_FILE, INDEX_FILE, FlatTorchSearcher, faiss_search, load_index
 from stages.tables import write_table
 
 
@@ -31,6 +33,7 @@ def write_index_artifact(folder, vectors: np.ndarray):
     folder.mkdir(parents=True, exist_ok=True)
     faiss.write_index(flat_index(vectors), str(folder / INDEX_FILE))
     write_table(pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(vectors))]}), folder / DOC_IDS_FILE)
+    write_kind(folder, "flat")
     return folder
 
 
