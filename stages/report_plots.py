@@ -174,10 +174,11 @@ def draw_curve(axes, steps: pd.Series, values: pd.Series, label: str, color: str
     axes.plot(steps, smooth, color=color, label=f"{label}, mean of {window} steps")
 
 
-def plot_losses(rows: list[dict], inputs: Mapping[str, Path], path: Path) -> bool:
+def plot_losses(rows: list[dict], inputs: Mapping[str, Path], path: Path) -> list[str]:
+    """The panels' titles (none, and no file, without training logs)."""
     logs = training_logs(rows, inputs)
     if not logs:
-        return False
+        return []
     color = {label: f"C{i}" for i, (label, _, _) in enumerate(logs)}
     series = [(kind, "loss", "training loss") for kind in dict.fromkeys(kind for _, kind, _ in logs)]
     series += [(None, "train_mrr", "ADORE train MRR (batch queries)")] if any("train_mrr" in f for *_, f in logs) else []
@@ -197,4 +198,4 @@ def plot_losses(rows: list[dict], inputs: Mapping[str, Path], path: Path) -> boo
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
     fig.savefig(path, dpi=110)
-    return True
+    return [axes.get_title() for axes in fig.axes]
