@@ -101,7 +101,8 @@ def plot_metrics(table: pd.DataFrame, measures: list[str], path: Path) -> None:
     labels = variant_labels(table)
     table = table.assign(variant=table["variant"].map(labels))
     splits = list(dict.fromkeys(table["split"]))
-    groups = [(split, SPLIT_COLORS.get(split, f"C{i}"), table[table["split"] == split]) for i, split in enumerate(splits)]
+    colors = [SPLIT_COLORS.get(split, f"C{i}") for i, split in enumerate(splits)]
+    groups = [(split, color, table[table["split"] == split]) for split, color in zip(splits, colors)]
     rows, columns = grid(len(measures))
     fig = figure(columns * (1.6 + 0.5 * len(labels) * len(splits) ** 0.5), 3.3 * rows + 0.7)
     for axes, measure in zip(panels(fig, len(measures)), measures):
@@ -181,7 +182,8 @@ def plot_losses(rows: list[dict], inputs: Mapping[str, Path], path: Path) -> lis
         return []
     color = {label: f"C{i}" for i, (label, _, _) in enumerate(logs)}
     series = [(kind, "loss", "training loss") for kind in dict.fromkeys(kind for _, kind, _ in logs)]
-    series += [(None, "train_mrr", "ADORE train MRR (batch queries)")] if any("train_mrr" in f for *_, f in logs) else []
+    if any("train_mrr" in frame for *_, frame in logs):
+        series.append((None, "train_mrr", "ADORE train MRR (batch queries)"))
     dev = sorted({c for *_, f in logs for c in f.columns if c.startswith("dev_")})
     series += [(None, column, column.removeprefix("dev_") + " on dev") for column in dev]
     rows, columns = grid(len(series))

@@ -54,7 +54,8 @@ def split_tables(table: pd.DataFrame, measures: list[str]) -> list[tuple[str, li
         for _, row in group.iterrows():
             seconds = f"{row['train seconds']:.0f}" if row["train seconds"] else "-"
             measured = [cell(row, measure) for measure in measures]
-            rows.append([variant_name(row), row["index"] or "-", str(row["seeds"]), *measured, seconds, row["device"] or "-"])
+            described = [variant_name(row), row["index"] or "-", str(row["seeds"])]
+            rows.append([*described, *measured, seconds, row["device"] or "-"])
         tables.append((split, header, rows))
     return tables
 
@@ -87,14 +88,15 @@ def html(table: pd.DataFrame, measures: list[str], reference: str) -> str:
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>results</title>', f"<style>{STYLE}</style>"]
     parts.append("</head><body>")
     for split, header, rows in split_tables(table, measures):
-        parts += [f"<h3>{escape(split)}</h3>", "<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"]
+        heads = "".join(f"<th>{escape(h)}</th>" for h in header)
+        parts += [f"<h3>{escape(split)}</h3>", "<table>", f"<tr>{heads}</tr>"]
         parts += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>" for cells in rows]
         parts.append("</table>")
     parts += [f"<p>{escape(notes(table, reference))}</p>", "</body></html>", ""]
     return "\n".join(parts)
 
 
-STYLE = "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 6px}"
+STYLE = "body{font-family:sans-serif} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 6px}"
 
 
 def csv_frame(table: pd.DataFrame, measures: list[str]) -> pd.DataFrame:

@@ -163,7 +163,8 @@ def test_report_writes_table_and_plots(inputs, tmp_path):
     assert all((out / name).stat().st_size > 5000 for name in summary["plots"])
     assert list(pd.read_csv(out / "results.csv")["variant"]) == ["zeroshot", "star"]
     records = json.loads((out / "report.json").read_text())
-    assert records[0]["nDCG@10 std"] is None and records[1]["nDCG@10 by seed"][0] == pytest.approx(records[1]["nDCG@10"] - 0.05, abs=0.02)
+    star_seeds = [pd.read_parquet(inputs[f"score_{i}"] / "per_query.parquet")["value"].mean() for i in (1, 2)]
+    assert records[0]["nDCG@10 std"] is None and records[1]["nDCG@10 by seed"] == pytest.approx(star_seeds)
 
 
 def test_loss_panels_by_loss_kind_with_train_mrr_and_dev_metrics(inputs, tmp_path):
@@ -173,7 +174,9 @@ def test_loss_panels_by_loss_kind_with_train_mrr_and_dev_metrics(inputs, tmp_pat
     rows = params().rows + [{"variant": "adore", "method": "adore", "seed": 1, "split": "test", "index": "flat",
                              "score": "score_1", "train": ["train_0", "train_2"]}]  # fmt: skip
     titles = plot_losses(rows, {**inputs, "train_2": adore}, tmp_path / "loss.png")
-    assert titles == ["STAR listwise loss", "ADORE LambdaLoss (ΔMRR)", "ADORE train MRR (batch queries)", "nDCG@10 on dev"]
+    assert titles == ["STAR listwise loss", "ADORE LambdaLoss (ΔMRR)", "ADORE train MRR (batch queries)"] + [
+        "nDCG@10 on dev"  # only the STAR log has it
+    ]
     assert smoothing_window(18) == 1 and smoothing_window(400) == 20
 
 
