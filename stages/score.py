@@ -17,7 +17,7 @@ import pandas as pd
 
 from stages.cli import run_stage
 from stages.errors import ConfigError, DataError
-from stages.stats import bootstrap_ci
+from stages.stats import query_interval
 from stages.tables import qrels_dict, read_qrels, read_run, write_table
 
 VERSION = 2
@@ -79,7 +79,7 @@ def score(params: ScoreParams, inputs: Mapping[str, Path], out_dir: Path) -> dic
     metrics = {}
     for name in params.measures:
         values = per_query.loc[per_query["measure"] == name, "value"].to_numpy()
-        low, high = bootstrap_ci(values, params.bootstrap_samples, params.seed)
+        low, high = query_interval([per_query], name, params.bootstrap_samples, params.seed)
         metrics[name] = {"mean": float(values.mean()), "ci95": [low, high]}
         log.info("%s = %.4f [%.4f, %.4f]", name, values.mean(), low, high)
     result = {"split": params.split, "queries": int(per_query["query_id"].nunique()), "metrics": metrics}

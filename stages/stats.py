@@ -1,4 +1,5 @@
-"""Statistics over per-query metric values: bootstrap confidence intervals and paired significance tests.
+"""Statistics over per-query metric values: bootstrap confidence intervals, paired significance tests and Holm's
+correction for comparing several variants with one reference.
 
 CLI: ``python -m stages.stats SCORE_A SCORE_B [--measure nDCG@10]`` compares two `score` artifacts on the same queries.
 """
@@ -34,7 +35,27 @@ def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0, level: 
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-def paired_randomization_test(a: np.ndarray, b: np.ndarray, samples: int = 10000, seed: int = 0) -> float:
+def seed_averaged(frames: list[pd.DataFrame], measure: str) -> pd.Series:
+    """Per-query values of ``measure`` averaged over score artifacts (one a seed), indexed by query id, in the first
+    artifact's query order (the order the score stage bootstraps in, so that one artifact gives its own interval)."""
+    series = [f[f["measure"] == measure].set_index("query_id")["value"] for f in frames]
+    if any(set(s.index) != set(series[0].index) for s in series) or series[0].empty:
+        fix = "the seeds of one variant must be scored on the same split and measures"
+        raise DataError(f"the score artifacts do not have the same queries for {measure}", fix=fix)
+    return pd.concat(series, axis=1).mean(axis=1).reindex(series[0].index)
+
+
+def query_interval(frames: list[pd.DataFrame], measure: str, samples: int, seed: int) -> tuple[float, float]:
+    """The 95% bootstrap interval of a measure over queries: of one score artifact's values (what the score stage
+    writes), or of the seed-averaged values of several."""
+    return bootstrap_ci(seed_averaged(frames, measure).to_numpy(), samples, seed)
+
+
+PERMUTATIONS = 10000
+"""Random sign flips of the paired test: its smallest p-value is 1 / (PERMUTATIONS + 1)."""
+
+
+def paired_randomization_test(a: np.ndarray, b: np.ndarray, samples: int = PERMUTATIONS, seed: int = 0) -> float:
     """Two-sided p-value of mean(a) - mean(b) under random sign flips of the per-query differences."""
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     observed = abs(diff.mean())
@@ -42,6 +63,21 @@ def paired_randomization_test(a: np.ndarray, b: np.ndarray, samples: int = 10000
     signs = rng.choice([-1.0, 1.0], size=(samples, len(diff)))
     extreme = (np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12).sum()
     return float((extreme + 1) / (samples + 1))
+
+
+def p_floor(samples: int = PERMUTATIONS) -> float:
+    """The smallest p-value `paired_randomization_test` gives with ``samples`` sign flips."""
+    return 1 / (samples + 1)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down; each at most 1), in the order given."""
+    order = np.argsort(p_values, kind="stable")
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def paired_values(per_query_a: pd.DataFrame, per_query_b: pd.DataFrame, measure: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +111,7 @@ def check_measure(measure: str, scores: dict[Path, pd.DataFrame]) -> None:
         raise DataError(f"measure {measure!r} is not among the scored measures", path=missing[0], fix=fix)
 
 
-def compare(score_a: Path, score_b: Path, measure: str, samples: int = 10000, seed: int = 0) -> dict:
+def compare(score_a: Path, score_b: Path, measure: str, samples: int = PERMUTATIONS, seed: int = 0) -> dict:
     scores = {Path(score_a): read_scores(score_a), Path(score_b): read_scores(score_b)}
     check_measure(measure, scores)
     a, b = paired_values(*scores.values(), measure)
@@ -100,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("score_a", type=Path, help="a score artifact folder (A)")
     parser.add_argument("score_b", type=Path, help="another score artifact of the same split (B)")
     parser.add_argument("--measure", default="nDCG@10", help="a measure both were scored on (default: %(default)s)")
-    parser.add_argument("--samples", type=int, default=10000, help="random sign flips (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=PERMUTATIONS, help="random sign flips (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         print(json.dumps(compare(args.score_a, args.score_b, args.measure, args.samples), indent=2))

@@ -1,4 +1,5 @@
-"""The report stage on hand-made score artifacts: seed means and stds, intervals, p-values, table and plots."""
+"""The report stage on hand-made score artifacts: seed means and stds, intervals (the score artifact's for one seed),
+Holm-corrected p-values, the table's rules, and the plots' panels."""
 
 from __future__ import annotations
 
@@ -10,20 +11,28 @@ import pytest
 
 from stages.errors import ConfigError
 from stages.report import ReportParams, aggregate, report
+from stages.report_plots import smoothing_window
+from stages.report_table import p_text
+from stages.score import ScoreParams, score
+from stages.stats import holm, p_floor, query_interval
+from stages.tables import write_run
 
 
 def score_artifact(folder, values: dict[str, list[float]]):
+    """per_query.parquet and metrics.json with a deliberately wrong interval, to see which one the report uses."""
     folder.mkdir(parents=True)
     rows = [(f"q{i}", measure, v) for measure, vs in values.items() for i, v in enumerate(vs)]
     pd.DataFrame(rows, columns=["query_id", "measure", "value"]).to_parquet(folder / "per_query.parquet")
+    metrics = {measure: {"mean": float(np.mean(vs)), "ci95": [0.1, 0.9]} for measure, vs in values.items()}
+    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
     return folder
 
 
-def train_artifact(folder, seconds: float):
+def train_artifact(folder, seconds: float, stage: str = "train_star", **columns):
     folder.mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps({"seconds": seconds, "device": "cuda"}))
-    (folder / "manifest.json").write_text(json.dumps({"stage": "train_star"}))
-    pd.DataFrame({"step": [1, 2, 3], "loss": [1.0, 0.6, 0.4]}).to_parquet(folder / "train_log.parquet")
+    (folder / "manifest.json").write_text(json.dumps({"stage": stage, "params": {"loss": "listwise", "metric": "mrr"}}))
+    pd.DataFrame({"step": [1, 2, 3], "loss": [1.0, 0.6, 0.4], **columns}).to_parquet(folder / "train_log.parquet")
     return folder
 
 
@@ -35,7 +44,7 @@ def inputs(tmp_path):
         "score_0": score_artifact(tmp_path / "a", {"nDCG@10": base}),
         "score_1": score_artifact(tmp_path / "b1", {"nDCG@10": np.clip(base + 0.2, 0, 1)}),
         "score_2": score_artifact(tmp_path / "b2", {"nDCG@10": np.clip(base + 0.3, 0, 1)}),
-        "train_0": train_artifact(tmp_path / "t1", 10.0),
+        "train_0": train_artifact(tmp_path / "t1", 10.0, **{"dev_nDCG@10": [np.nan, np.nan, 0.5]}),
         "train_1": train_artifact(tmp_path / "t2", 14.0),
     }
 
@@ -57,22 +66,118 @@ def test_seeds_are_averaged_and_compared_with_the_reference(inputs):
     star = [pd.read_parquet(inputs[f"score_{i}"] / "per_query.parquet")["value"].mean() for i in (1, 2)]
     assert table.loc["star", "nDCG@10"] == pytest.approx(np.mean(star))
     assert table.loc["star", "nDCG@10 std"] == pytest.approx(np.std(star, ddof=1))
+    assert np.isnan(table.loc["zeroshot", "nDCG@10 std"])  # one seed: no spread to speak of
     assert table.loc["star", "seeds"] == 2 and table.loc["star", "train seconds"] == pytest.approx(12.0)
+    assert table.loc["zeroshot", "nDCG@10 p"] == pytest.approx(p_floor())  # 0.25 worse on every query
+    assert table.loc["zeroshot", "nDCG@10 p holm"] == pytest.approx(p_floor())  # one comparison: unchanged
+    assert np.isnan(table.loc["star"].get("nDCG@10 p", np.nan))
+
+
+def test_intervals_are_the_score_artifacts_for_one_seed_and_of_the_seed_average_for_several(inputs):
+    table = aggregate(params(bootstrap_samples=300, seed=4), inputs).set_index("variant")
+    assert table.loc["zeroshot", "nDCG@10 ci95"] == (0.1, 0.9)  # metrics.json's, not bootstrapped again
+    frames = [pd.read_parquet(inputs[f"score_{i}"] / "per_query.parquet") for i in (1, 2)]
+    assert table.loc["star", "nDCG@10 ci95"] == query_interval(frames, "nDCG@10", 300, 4)
     low, high = table.loc["star", "nDCG@10 ci95"]
     assert low < table.loc["star", "nDCG@10"] < high
-    assert table.loc["zeroshot", "nDCG@10 p"] < 0.001  # 0.25 worse on every query
-    assert np.isnan(table.loc["star"].get("nDCG@10 p", np.nan))
+
+
+def test_a_one_seed_row_has_the_interval_the_score_stage_wrote(tmp_path):
+    # queries deliberately not in id order: sorting them before resampling gave the report another interval
+    ids = [f"q{i}" for i in rng_order(40)]
+    prepared, run_dir, out = tmp_path / "prepared", tmp_path / "run", tmp_path / "score"
+    for folder in (prepared, run_dir, out):
+        folder.mkdir()
+    qrels = pd.DataFrame({"split": "test", "query_id": ids, "doc_id": [f"d{q}" for q in ids], "relevance": 1})
+    qrels.to_parquet(prepared / "qrels.parquet")
+    run = pd.DataFrame([(q, f"d{q}" if i % 3 else "x", 1 + i % 4, 1.0) for i, q in enumerate(ids)],
+                       columns=["query_id", "doc_id", "rank", "score"])  # fmt: skip
+    write_run(run, run_dir, "t")
+    score(ScoreParams(measures=["nDCG@10", "MAP"], bootstrap_samples=500), {"prepared": prepared, "run": run_dir}, out)
+    rows = [{"variant": "bm25", "method": "bm25", "seed": None, "split": "test", "index": "", "score": "score_0",
+             "train": []}]  # fmt: skip
+    report_params = ReportParams(rows=rows, reference="", measures=["nDCG@10", "MAP"], bootstrap_samples=500, seed=0)
+    table = aggregate(report_params, {"score_0": out})
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    for measure in ("nDCG@10", "MAP"):
+        assert table.loc[0, f"{measure} ci95"] == tuple(metrics[measure]["ci95"])
+        per_query = pd.read_parquet(out / "per_query.parquet")
+        assert query_interval([per_query], measure, 500, 0) == tuple(metrics[measure]["ci95"])  # one function
+
+
+def rng_order(count: int) -> list[int]:
+    return list(np.random.default_rng(3).permutation(count))
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    assert holm([0.6, 0.9]) == [1.0, 1.0]  # 2 x 0.6, capped; the larger never below the smaller
+
+
+def test_p_values_at_the_floor_print_as_a_bound():
+    floor = p_floor()
+    assert floor == pytest.approx(1 / 10001)
+    assert p_text(floor, floor) == "p < 1e-4"
+    assert p_text(floor, holm([floor, floor, floor])[0]) == "p < 3e-4"  # Holm's bound of three floors
+    assert p_text(p_floor(1000), p_floor(1000), samples=1000) == "p < 1e-3"
+    assert p_text(0.0123, 0.0246) == "p = 0.025"
+
+
+def test_table_rules(inputs, tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    report(params(), inputs, out)
+    lines = (out / "results.md").read_text().splitlines()
+    zeroshot = next(line for line in lines if line.startswith("| zeroshot |"))
+    star = next(line for line in lines if line.startswith("| star"))
+    assert "±" not in zeroshot and "p < 1e-4" in zeroshot  # one seed; the test's floor
+    assert star.startswith("| star (reference) | flat | 2 |") and star.count("±") == 1 and "p " not in star
+    assert "Holm-corrected" in lines[-1] and "± std over seeds" in lines[-1]
+    html = (out / "results.html").read_text()
+    assert "<td>star (reference)</td>" in html and "p &lt; 1e-4" in html
+
+
+def test_one_seed_tables_have_no_std_anywhere(inputs, tmp_path):
+    rows = [row for row in params().rows if row["score"] != "score_2"]
+    report(params(rows=rows, measures=["nDCG@10", "MAP"]), {**inputs, "score_0": with_map(inputs["score_0"]),
+           "score_1": with_map(inputs["score_1"])}, tmp_path)  # fmt: skip
+    text = (tmp_path / "results.md").read_text()
+    assert "±" not in text and "| MAP |" in text
+
+
+def with_map(folder):
+    frame = pd.read_parquet(folder / "per_query.parquet")
+    pd.concat([frame, frame.assign(measure="MAP")]).to_parquet(folder / "per_query.parquet")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["metrics"]["MAP"] = metrics["metrics"]["nDCG@10"]
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
 
 
 def test_report_writes_table_and_plots(inputs, tmp_path):
     out = tmp_path / "report"
     out.mkdir()
     summary = report(params(), inputs, out)
-    text = (out / "results.md").read_text()
-    assert "| star | flat | 2 |" in text and "p=" in text
     assert set(summary["plots"]) == {"metrics_by_variant.png", "loss_curves.png", "index_kinds.png"}
     assert all((out / name).stat().st_size > 5000 for name in summary["plots"])
     assert list(pd.read_csv(out / "results.csv")["variant"]) == ["zeroshot", "star"]
+    records = json.loads((out / "report.json").read_text())
+    star_seeds = [pd.read_parquet(inputs[f"score_{i}"] / "per_query.parquet")["value"].mean() for i in (1, 2)]
+    assert records[0]["nDCG@10 std"] is None and records[1]["nDCG@10 by seed"] == pytest.approx(star_seeds)
+
+
+def test_loss_panels_by_loss_kind_with_train_mrr_and_dev_metrics(inputs, tmp_path):
+    from stages.report_plots import plot_losses
+
+    adore = train_artifact(tmp_path / "t3", 5.0, stage="train_adore", train_mrr=[0.1, 0.2, 0.3])
+    rows = params().rows + [{"variant": "adore", "method": "adore", "seed": 1, "split": "test", "index": "flat",
+                             "score": "score_1", "train": ["train_0", "train_2"]}]  # fmt: skip
+    titles = plot_losses(rows, {**inputs, "train_2": adore}, tmp_path / "loss.png")
+    assert titles == ["STAR listwise loss", "ADORE LambdaLoss (ΔMRR)", "ADORE train MRR (batch queries)"] + [
+        "nDCG@10 on dev"  # only the STAR log has it
+    ]
+    assert smoothing_window(18) == 1 and smoothing_window(400) == 20
 
 
 def test_an_unknown_reference_is_named(inputs, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -90,6 +91,21 @@ def test_param_change_reruns_descendants_only_and_revert_reruns_nothing(workdir,
 
     write_config(workdir, scifact_slice, [{"name": "bm25", "method": "bm25"}])  # back to the first config
     assert planned_jobs(workdir) == Counter()
+
+
+def test_the_html_report_holds_the_table_and_each_plot_with_its_own_caption(workdir, scifact_slice):
+    tuned = {"name": "bm25-k1.2", "method": "bm25", "params": {"bm25": {"k1": 1.2}}}
+    experiments = [{"name": "bm25", "method": "bm25"}, tuned]
+    write_config(workdir, scifact_slice, experiments, report={"reference": "bm25"})
+    snakemake(workdir)
+    snakemake(workdir, "--report", "report.html")
+    page = (workdir / "report.html").read_text()
+    embedded = dict(re.findall(r"filename=([\w.]+);base64,([A-Za-z0-9+/=]+)", page))
+    assert {"results.html", "metrics_by_variant.png"} <= set(embedded)
+    table = base64.b64decode(embedded["results.html"]).decode()
+    assert "<td>bm25 (reference)</td>" in table and "<td>bm25-k1.2</td>" in table and "MAP" in table
+    assert "The results table" in page and "Each measure in its own panel" in page
+    assert "flat or PQ" not in page and "Training of each" not in page  # no such plots in a BM25-only run
 
 
 def test_experiments_share_upstream_artifacts(workdir, scifact_slice):

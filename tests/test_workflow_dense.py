@@ -59,7 +59,7 @@ def test_dense_dag_runs_and_a_star_change_reruns_star_and_below_only(tmp_path, s
     assert json.loads((star / "warmup" / "summary.json").read_text())["processes"] == 1
     assert (star / "export" / "document-encoder" / "modules.json").is_file()
     table = (runs / "report" / "results.md").read_text()
-    assert all(f"| {variant} |" in table for variant in ("zeroshot", "star", "star-pq", "inbatch"))
+    assert all(f"| {variant} |" in table for variant in ("zeroshot", "star (reference)", "star-pq", "inbatch"))
     assert {"loss_curves.png", "index_kinds.png"} <= {p.name for p in (runs / "report").iterdir()}
     snakemake(tmp_path, "--report", "report.html")  # the same plots in snakemake's HTML report
     assert (tmp_path / "report.html").stat().st_size > 10000

@@ -12,7 +12,8 @@ def stage_output(stage):
     path = directory(f"results/{stage.name}/{{key}}")
     if stage.name != "report":
         return path
-    return report(path, patterns=["{name}.png"], caption="../report/results.rst", category="Results")
+    # every plot and the table (results.html); the caption speaks of the file it is shown with
+    return report(path, patterns=["{name}.png", "{name}.html"], caption="../report/results.rst", category="Results")
 
 
 for stage in STAGES.values():
