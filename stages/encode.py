@@ -10,7 +10,6 @@ there is one (bf16 weights there by default; see `Encoder.for_inference`).
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Mapping
 
 from stages.cli import run_stage
-from stages.errors import ArtifactError, ConfigError
+from stages.errors import ConfigError
 from stages.tables import iter_token_chunks, read_corpus, read_queries, write_embeddings
-from stages.tokenize import TOKENS
+from stages.tokenize import TOKENS, check_tokens
 
 VERSION = 1
 log = logging.getLogger("stages.encode")
@@ -71,23 +70,6 @@ def check_params(params: EncodeParams) -> None:
 def shard_range(rows: int, shard: int, num_shards: int) -> tuple[int, int]:
     """Rows [start, stop) of shard ``shard`` of ``num_shards`` contiguous shards."""
     return shard * rows // num_shards, (shard + 1) * rows // num_shards
-
-
-def check_tokens(artifact: Path, encoder, max_length: int, rows: int) -> None:
-    """The `tokenize` artifact holds this encoder's tokenization of the corpus's ``rows`` rows at this length."""
-    from stages.models import tokenizer_fingerprint
-
-    summary = json.loads((artifact / "summary.json").read_text())
-    mine = {"tokenizer": tokenizer_fingerprint(encoder.tokenizer), "max_length": max_length}
-    theirs = {key: summary[key] for key in mine}
-    if mine != theirs or summary["rows"] != rows:
-        raise ArtifactError(
-            f"the tokens input does not fit this encoder: it has {theirs} for {summary['rows']} rows, the encoder "
-            f"needs {mine} for {rows}",
-            path=artifact,
-            fix="tokenize with the encoder's own tokenizer and doc_max_length (the plan does this unless an "
-            "experiment's encoder has a tokenizer of its own)",
-        )
 
 
 def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:

@@ -282,7 +282,8 @@ class Encoder(torch.nn.Module):
 
 
 class TokenCache:
-    """`Encoder.tokenize` for texts tokenized once, up front (`add`): a step's batch is then numpy gathers of their
+    """`Encoder.tokenize` for texts tokenized once, up front (`add`, or `add_tokenized` from a `tokenize`
+    artifact): a step's batch is then numpy gathers of their
     ids, with no tokenizer call and little Python, so that the trainers' host side keeps up with the GPU (tokenizing
     256 queries and 512-1,536 passages a step on a thread competes for the GIL with the thread feeding the GPU:
     ~0.15 s a step on the H200 box, twice the model's step). The same ``input_ids`` and ``attention_mask`` as
@@ -295,19 +296,33 @@ class TokenCache:
 
     def add(self, texts: Iterable[str], max_length: int, desc: str = "tokenize") -> int:
         """Tokenize ``texts`` (truncated to ``max_length``) once; returns how many distinct texts were added."""
-        row_of, ids, offsets = self._tables.get(max_length, ({}, np.zeros(0, np.int32), np.zeros(1, np.int64)))
+        row_of = self._tables.get(max_length, ({},))[0]
         new = [t for t in dict.fromkeys(texts) if t not in row_of]
         pieces = [
             token_chunk(self.tokenizer, new[start : start + TOKENIZE_CHUNK], max_length)
             for start in tqdm(range(0, len(new), TOKENIZE_CHUNK), desc=desc, unit="chunk", disable=len(new) < 10**5)
         ]
-        first = len(row_of)
-        row_of.update((text, first + i) for i, text in enumerate(new))
+        ids = np.concatenate([np.zeros(0, np.int32)] + [i.astype(np.int32) for i, _ in pieces])
         lengths = np.concatenate([np.zeros(0, np.int64)] + [n for _, n in pieces])
-        ids = np.concatenate([ids] + [i.astype(np.int32) for i, _ in pieces])
-        offsets = np.concatenate([offsets, offsets[-1] + np.cumsum(lengths)])
-        self._tables[max_length] = (row_of, ids, offsets)
-        return len(new)
+        return self.add_tokenized(new, ids, np.concatenate([[0], np.cumsum(lengths)]), max_length)
+
+    def add_tokenized(self, texts: list[str], ids: np.ndarray, offsets: np.ndarray, max_length: int) -> int:
+        """Texts already tokenized at ``max_length`` (a `tokenize` artifact's rows: their ids one after another and
+        ``len(texts) + 1`` offsets); texts seen before keep their ids. Returns how many distinct texts were added."""
+        row_of, known, starts = self._tables.get(max_length, ({}, np.zeros(0, np.int32), np.zeros(1, np.int64)))
+        first = len(row_of)
+        keep = np.zeros(len(texts), bool)  # the first row of each text not seen before
+        for position, text in enumerate(texts):
+            if text not in row_of:
+                row_of[text], keep[position] = len(row_of), True
+        lengths = np.diff(offsets)[keep]
+        gathered = ids[offsets[0] : offsets[-1]] if keep.all() else gather_rows(ids, offsets[:-1][keep], lengths)
+        self._tables[max_length] = (
+            row_of,
+            np.concatenate([known, gathered.astype(np.int32)]),
+            np.concatenate([starts, starts[-1] + np.cumsum(lengths)]),
+        )
+        return len(row_of) - first
 
     def __call__(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         row_of, ids, offsets = self._tables.get(max_length, ({}, None, None))
@@ -315,13 +330,18 @@ class TokenCache:
         if ids is None or (rows < 0).any():
             flat, lengths = token_chunk(self.tokenizer, list(texts), max_length) if len(texts) else (rows, rows)
         else:
-            starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
-            before = np.cumsum(lengths) - lengths
-            flat = ids[np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()))].astype(np.int64)
+            lengths = offsets[rows + 1] - offsets[rows]
+            flat = gather_rows(ids, offsets[rows], lengths).astype(np.int64)
         mask = np.arange(int(lengths.max(initial=0)))[None, :] < lengths[:, None]
         padded = np.full(mask.shape, self.tokenizer.pad_token_id or 0, dtype=np.int64)
         padded[mask] = flat
         return {"input_ids": torch.from_numpy(padded), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+
+
+def gather_rows(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The rows of ``ids`` that start at ``starts`` and have ``lengths``, one after another."""
+    before = np.cumsum(lengths) - lengths
+    return ids[np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()))]
 
 
 class HostCopy:

@@ -517,12 +517,12 @@ class Chain:
 
     def warmup(self) -> Node:
         negatives = self.negatives("bm25", for_warmup=True)
-        inputs = {"prepared": self.roles["prepare"], "negatives": negatives, **self.base_model_inputs()}
-        return self.add("warmup", "train_warmup", self.train_params("warmup"), inputs)
+        inputs = {"prepared": self.roles["prepare"], "negatives": negatives, "tokens": self.tokens()}
+        return self.add("warmup", "train_warmup", self.train_params("warmup"), {**inputs, **self.base_model_inputs()})
 
     def star(self) -> Node:
         star = self.section("star")
-        inputs: dict[str, Node | RawFile] = {"prepared": self.roles["prepare"]}
+        inputs: dict[str, Node | RawFile] = {"prepared": self.roles["prepare"], "tokens": self.tokens()}
         if SAMPLERS[star["negatives"]].needs_mined_negatives:
             inputs["negatives"] = self.negatives(self.section("mine")["source"])
         if star["init"] == "warmup":
@@ -531,13 +531,17 @@ class Chain:
             inputs.update(self.base_model_inputs())
         return self.add("star", "train_star", self.train_params("star"), inputs)
 
+    def tokens(self) -> Node:
+        """The corpus tokenized once by the base encoder's tokenizer, which every trained encoder keeps: read by
+        every corpus encoding and by the trainers' host side."""
+        lengths = self.encoder()
+        params = {"model": lengths["model"], "max_length": lengths["doc_max_length"]}
+        return self.add("tokenize", "tokenize", params, {"prepared": self.roles["prepare"], **self.base_model_inputs()})
+
     # --- dense retrieval --------------------------------------------------------------------------------------
     def shards(self, encoder: Node | None, prefix: str = "") -> list[Node]:
         encode, lengths = self.section("encode"), self.encoder()
-        # the corpus tokenized once by the base encoder's tokenizer, which every trained encoder keeps
-        tokenize = {"model": lengths["model"], "max_length": lengths["doc_max_length"]}
-        corpus = {"prepared": self.roles["prepare"], **self.base_model_inputs()}
-        tokens = self.add("tokenize", "tokenize", tokenize, corpus)
+        tokens = self.tokens()
         nodes = []
         for shard in range(encode["num_shards"]):
             params = {

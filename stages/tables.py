@@ -279,6 +279,15 @@ def token_rows(ids: list[str], token_ids: np.ndarray, lengths: np.ndarray) -> pa
     return pa.Table.from_arrays([pa.array(ids, pa.string()), pa.ListArray.from_arrays(offsets, values)], schema=TOKENS_SCHEMA)
 
 
+def read_tokens(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A whole tokens file as (row ids, the rows' token ids one after another (int32, as stored), where each row
+    starts: ``len(ids) + 1`` offsets)."""
+    table = pq.read_table(path, columns=["id", "input_ids"])
+    column = table.column("input_ids").combine_chunks()
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    return table.column("id").to_pylist(), column.values.to_numpy()[offsets[0] : offsets[-1]], offsets - offsets[0]
+
+
 def iter_token_chunks(path: Path, start: int, stop: int, chunk_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Rows [start, stop) of a tokens file as (first row counted from ``start``, the rows' ids one after another
     (int32, as stored), tokens per row), ``chunk_rows`` rows at a time."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -58,6 +59,23 @@ class TokenizeParams:
     """Whose tokenizer: 'bundled', a local model folder or a Hub id (the config's base encoder)."""
     max_length: int = 256
     """Truncation in tokens (the encoder's doc_max_length)."""
+
+
+def check_tokens(artifact: Path, encoder, max_length: int, rows: int) -> None:
+    """The `tokenize` artifact holds this encoder's tokenization of the corpus's ``rows`` rows at this length."""
+    from stages.models import tokenizer_fingerprint
+
+    summary = json.loads((artifact / "summary.json").read_text())
+    mine = {"tokenizer": tokenizer_fingerprint(encoder.tokenizer), "max_length": max_length}
+    theirs = {key: summary[key] for key in mine}
+    if mine != theirs or summary["rows"] != rows:
+        raise ArtifactError(
+            f"the tokens input does not fit this encoder: it has {theirs} for {summary['rows']} rows, the encoder "
+            f"needs {mine} for {rows}",
+            path=artifact,
+            fix="tokenize with the encoder's own tokenizer and doc_max_length (the plan does this unless an "
+            "experiment's encoder has a tokenizer of its own)",
+        )
 
 
 def tokenize(params: TokenizeParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:

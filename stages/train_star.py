@@ -39,7 +39,8 @@ gradients; dividing by 0.05 (sentence-transformers' default scale 20) restores a
 the plain inner product.
 
 Inputs: ``prepared`` (train split), ``negatives`` (a mine_negatives artifact; star and static), optional ``init`` (an
-artifact with model/, e.g. the warm-up model, which the paper initialises STAR from; otherwise ``model``).
+artifact with model/, e.g. the warm-up model, which the paper initialises STAR from; otherwise ``model``), optional
+``tokens`` (the corpus's `tokenize` artifact: its ids instead of tokenizing documents here).
 Outputs: model/, train_log.parquet, loss.png, summary.json.
 """
 
@@ -62,7 +63,8 @@ from stages.errors import ConfigError, DataError
 from stages.mine_negatives import read_negatives
 from stages.models import TokenCache, prefetched
 from stages.negative_samplers import SAMPLERS, NegativeSampler
-from stages.tables import read_corpus, read_qrels, read_queries
+from stages.tables import read_corpus, read_qrels, read_queries, read_tokens
+from stages.tokenize import TOKENS, check_tokens
 from stages.training import (
     InitialEncoder,
     TrainConfig,
@@ -533,11 +535,20 @@ def batch_loss(
     return inputs_loss(encoder, inputs, params, device)
 
 
-def host_tokenizer(encoder: torch.nn.Module, data: TrainingData, params: StarParams) -> TokenCache:
+def host_tokenizer(
+    encoder: torch.nn.Module, data: TrainingData, params: StarParams, tokens: Path | None = None
+) -> TokenCache:
     """The host side's tokenizer: every text a step can draw tokenized once, before the first step (`TokenCache`):
-    the queries, and the positives and mined negatives (every document for Rand-Neg)."""
+    the queries, and the corpus read from the ``tokens`` artifact (the `tokenize` stage's, made once for every
+    encoding) or else the positives and mined negatives tokenized here (every document for Rand-Neg)."""
     cache = TokenCache(encoder.tokenizer)
     cache.add(data.query_texts, params.query_max_length, desc="tokenize queries")
+    if tokens is not None:
+        check_tokens(tokens, encoder, params.doc_max_length, len(data.doc_text))
+        ids, flat, offsets = read_tokens(tokens / TOKENS)
+        added = cache.add_tokenized([data.doc_text[d] for d in ids], flat, offsets, params.doc_max_length)
+        log.info("tokenized %d queries; %d distinct documents read from %s", len(data.query_texts), added, tokens)
+        return cache
     if sampler_of(params).draws_from_corpus:
         doc_ids = data.doc_ids.tolist()
     else:
@@ -550,7 +561,12 @@ def host_tokenizer(encoder: torch.nn.Module, data: TrainingData, params: StarPar
 
 @contextmanager
 def step_losses(
-    encoder: torch.nn.Module, data: TrainingData, params: StarParams, steps_per_epoch: int, device: torch.device
+    encoder: torch.nn.Module,
+    data: TrainingData,
+    params: StarParams,
+    steps_per_epoch: int,
+    device: torch.device,
+    tokens: Path | None = None,
 ) -> Iterator[Callable[[torch.nn.Module, int, int], tuple[torch.Tensor, dict[str, Any]]]]:
     """The per-step closure for `stages.training.train`: the device side of each step, its host side prepared ahead
     on a worker thread (`stages.models.prefetched`; pinned on CUDA, on this rank's device)."""
@@ -568,7 +584,7 @@ def step_losses(
         torch.cuda.set_device(cuda_index)
 
     end = total_steps(params, steps_per_epoch)
-    tokenize = host_tokenizer(distributed.unwrap(encoder), data, params)
+    tokenize = host_tokenizer(distributed.unwrap(encoder), data, params, tokens)
     ahead: Iterator[tuple[int, StepInputs]] | None = None
 
     def step_loss(model: torch.nn.Module, epoch: int, batch: int) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -606,7 +622,8 @@ def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, wo
         steps_per_epoch,
         negatives_per_query(params),
     )
-    with step_losses(encoder, data, params, steps_per_epoch, device) as step_loss:
+    tokens = Path(inputs["tokens"]) if "tokens" in inputs else None
+    with step_losses(encoder, data, params, steps_per_epoch, device, tokens) as step_loss:
         summary: dict[str, Any] = train(
             encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +153,7 @@ def test_document_texts_join_title_and_text():
 def test_token_cache_gives_what_tokenize_gives(tiny_model_dir):
     """Texts tokenized once and gathered by row, or tokenized on the spot (texts it has not seen, another max
     length), the ids and masks are Encoder.tokenize's."""
-    from stages.models import TokenCache, load_encoder
+    from stages.models import TokenCache, load_encoder, token_chunk
 
     encoder = load_encoder(tiny_model_dir)
     words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing".split()
@@ -159,9 +161,15 @@ def test_token_cache_gives_what_tokenize_gives(tiny_model_dir):
     cache = TokenCache(encoder.tokenizer)
     assert cache.add(texts[:150], 64) == len(set(texts[:150]))
     assert cache.add(texts, 64) == len(set(texts)) - len(set(texts[:150]))  # only the new ones
+    read = TokenCache(encoder.tokenizer)  # filled from ids made elsewhere (a tokenize artifact), repeats included
+    flat, lengths = token_chunk(encoder.tokenizer, texts[:120] + texts[:5], 64)
+    assert read.add_tokenized(texts[:120] + texts[:5], flat, np.concatenate([[0], np.cumsum(lengths)]), 64) == len(
+        set(texts[:120])
+    )
+    assert read.add(texts, 64) == len(set(texts)) - len(set(texts[:120]))
     batches = [(texts[::-1], 64), (texts[:3] + texts[:3], 64), (texts + ["never seen"], 64), (texts, 8), ([], 64)]
-    for batch, max_length in batches:
-        got, expected = cache(batch, max_length), (encoder.tokenize(batch, max_length) if batch else None)
+    for (batch, max_length), source in itertools.product(batches, (cache, read)):
+        got, expected = source(batch, max_length), (encoder.tokenize(batch, max_length) if batch else None)
         assert set(got) == {"input_ids", "attention_mask"}
         if expected is None:
             assert got["input_ids"].shape == (0, 0)

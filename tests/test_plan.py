@@ -62,6 +62,9 @@ def test_trained_methods_run_per_seed_and_share_untrained_upstream(tmp_path, sci
     assert star_pq["warmup-index"].params["kind"] == "flat"  # negatives are always mined with exact search
     assert star["star"].params["seed"] == 1 and plan.experiments["star/seed-2"]["star"].params["seed"] == 2
     assert "negatives" not in plan.experiments["randneg/seed-5"]["star"].inputs
+    # the trainers read the corpus's tokens that every encoding reads: one tokenize artifact
+    tokens = {n.inputs["tokens"].key for n in plan.nodes() if n.stage in ("train_warmup", "train_star", "encode")}
+    assert len(tokens) == 1 and sum(n.stage == "tokenize" for n in plan.nodes()) == 1
 
 
 def test_mining_from_bm25_skips_the_warmup_encoding(tmp_path, scifact_slice):

@@ -73,6 +73,27 @@ def test_each_mode_trains_and_writes_the_artifact(mode, prepared, negatives, tin
     assert summary["steps"] == 3 and summary["mode"] == mode and summary["queries_per_second"] > 0
 
 
+@pytest.mark.parametrize("mode", ["star", "randneg"])
+def test_documents_read_from_the_tokenize_artifact_train_the_same_weights(
+    mode, prepared, negatives, tiny_model_dir, tmp_path
+):
+    """The corpus's `tokenize` artifact instead of tokenizing documents in the trainer: bitwise the same model; one
+    made at another length is refused."""
+    from stages import tokenize
+    from stages.errors import ArtifactError
+
+    tokens, made = tmp_path / "tokens", {"model": str(tiny_model_dir), "max_length": 32}
+    argv = ["--no-check-key", "--params", json.dumps(made), "--inputs", json.dumps({"prepared": str(prepared)})]
+    assert tokenize.main([str(tokens), *argv]) == 0
+    params = tiny_params(tiny_model_dir, negatives=mode)
+    inputs = {"prepared": prepared, "negatives": negatives}
+    train_star(params, inputs, tmp_path / "texts")
+    train_star(params, inputs | {"tokens": tokens}, tmp_path / "ids")
+    assert_same_weights(tmp_path / "texts", tmp_path / "ids")
+    with pytest.raises(ArtifactError, match="does not fit this encoder"):
+        train_star(dataclasses.replace(params, doc_max_length=48), inputs | {"tokens": tokens}, tmp_path / "wrong")
+
+
 def test_training_lowers_the_loss_of_a_fixed_batch(prepared, negatives, tiny_model_dir, tmp_path):
     from stages.models import load_encoder
 
