@@ -31,10 +31,10 @@ test: setup lint
 	$(BIN)/python -m pytest -q
 
 verify: setup
-	$(BIN)/python -m stages.store verify
+	$(BIN)/python -m stages.core.store verify
 
 gc: setup
-	$(BIN)/python -m stages.prune
+	$(BIN)/python -m stages.pipeline.prune
 
 clean:
 	rm -rf $(VENV) .snakemake

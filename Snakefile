@@ -4,7 +4,7 @@
 
 # A --configfile replaces config.yaml rather than being merged over it (Snakemake's default), so that a config such
 # as workflow/configs/paper.yaml gets the schema's defaults, not config.yaml's CPU-sized ones, for what it leaves out:
-# the same config that `python -m stages.run_plan --configfile` reads.
+# the same config that `python -m stages.pipeline.run_plan --configfile` reads.
 if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"

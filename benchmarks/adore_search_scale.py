@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.search import FlatTorchSearcher, PQTorchSearcher
+from stages.ml.search import FlatTorchSearcher, PQTorchSearcher
 
 MS_MARCO_PASSAGES = 8_841_823
 
@@ -102,7 +102,7 @@ def search_latency(args: argparse.Namespace, generator: torch.Generator) -> dict
 
 
 def adore_steps(args: argparse.Namespace, generator: torch.Generator) -> dict:
-    from stages.models import load_encoder
+    from stages.ml.models import load_encoder
     from stages.train_adore import AdoreParams, FrozenDocuments, TrainingData, batch_loss
 
     encoder = load_encoder(args.model).cuda().train()
@@ -156,7 +156,7 @@ def adore_steps(args: argparse.Namespace, generator: torch.Generator) -> dict:
 def check_against_faiss(docs: int, dim: int, m: int, opq: bool) -> dict:
     import faiss
 
-    from stages.search import faiss_search
+    from stages.ml.search import faiss_search
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((docs, dim)).astype(np.float32)

@@ -31,9 +31,9 @@ import pandas as pd
 import stages.bm25
 from stages.bm25 import search
 from stages.bm25_index import Bm25IndexParams, build_index, import_bm25s, load_index, tokenize
-from stages.dataset_source import dataset_files
+from stages.core.dataset_source import dataset_files
 from stages.prepare import PrepareParams, prepare
-from stages.tables import read_queries
+from stages.core.tables import read_queries
 
 
 def prepared_folder(args: argparse.Namespace, work: Path) -> tuple[Path, float]:

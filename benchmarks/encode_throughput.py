@@ -11,7 +11,7 @@
 
 Diagnostics: ``agreement`` (cosines between the stages' embeddings and padded batches' or float32 weights'),
 ``pretokenized_fp32_weights`` (float32 weights under bf16 autocast, as training runs the encoder),
-``pretokenized_padded`` (length-sorted padded batches: the path of models that `stages.packed` does not know),
+``pretokenized_padded`` (length-sorted padded batches: the path of models that `stages.ml.packed` does not know),
 ``bare_scifact_lengths`` (the bare model on SciFact's lengths in sorted padded batches, inputs made ahead) and
 ``profile`` (torch.profiler's busiest kernels in the stages' encoding).
 
@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-import stages.packed
-from stages.models import TOKENIZE_CHUNK, document_texts, load_encoder, resolve_model
-from stages.tables import iter_token_chunks
+import stages.ml.packed
+from stages.ml.models import TOKENIZE_CHUNK, document_texts, load_encoder, resolve_model
+from stages.core.tables import iter_token_chunks
 from stages.tokenize import write_tokens
 
 SCIFACT = Path(__file__).resolve().parent.parent / "resources" / "scifact" / "corpus.jsonl.gz"
@@ -92,7 +92,7 @@ def bare_scifact_lengths(model_path: str, batch_size: int, max_length: int, docs
     mask, every input made on the GPU before the clock starts. What the pipeline could reach on this corpus."""
     from transformers import AutoModel
 
-    from stages.models import load_tokenizer, token_chunk
+    from stages.ml.models import load_tokenizer, token_chunk
 
     model = AutoModel.from_pretrained(model_path, dtype=torch.bfloat16).cuda().eval()
     _, sample = token_chunk(load_tokenizer(model_path), scifact_texts(5183), max_length)
@@ -138,8 +138,8 @@ def tokenize(model_path: str, texts: list[str], max_length: int, tokens: Path) -
 def repeated_tokens(model_path: str, docs: int, max_length: int, tokens: Path) -> None:
     """The tokens file of SciFact repeated to ``docs`` texts, written from one tokenization of SciFact's distinct
     documents (the same ids as tokenizing every copy, without the wait)."""
-    from stages.models import token_chunk
-    from stages.tables import TOKENS_SCHEMA, token_rows
+    from stages.ml.models import token_chunk
+    from stages.core.tables import TOKENS_SCHEMA, token_rows
     import pyarrow.parquet as pq
 
     distinct = scifact_texts(0)
@@ -163,7 +163,7 @@ def pipeline(
 ) -> dict:
     """`Encoder.encode_tokens` over the tokens file's chunks (the `encode` stage with a ``tokens`` input), or
     `Encoder.encode_counted` tokenizing on the fly when ``tokens`` is None. ``padded``: length-sorted padded batches
-    instead of packed ones (the path for models that `stages.packed` does not know)."""
+    instead of packed ones (the path for models that `stages.ml.packed` does not know)."""
     encoder, autocast = load(model_path, weights)
     options = {"batch_size": batch_size, "autocast": autocast}
     with packing_switched(not padded):
@@ -196,12 +196,12 @@ def packing_switched(on: bool):
     if on:
         yield
         return
-    original = stages.packed.packing_pays
-    stages.packed.packing_pays = lambda model, dtype: False
+    original = stages.ml.packed.packing_pays
+    stages.ml.packed.packing_pays = lambda model, dtype: False
     try:
         yield
     finally:
-        stages.packed.packing_pays = original
+        stages.ml.packed.packing_pays = original
 
 
 def agreement(model_path: str, texts: list[str], batch_size: int, max_length: int) -> dict:

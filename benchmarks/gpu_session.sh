@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU-machine session (no snakemake, faiss or bm25s installed there; no network): install the carried wheels,
-# unpack the carried fp16 MiniLM, run a config's DAG in order with stages.run_plan, pack metrics, logs, plots and
+# unpack the carried fp16 MiniLM, run a config's DAG in order with stages.pipeline.run_plan, pack metrics, logs, plots and
 # summaries (never models, embeddings or runs) into $OUT/results.tgz, then run optional benchmark commands, each
 # writing into $OUT.
 #
@@ -12,7 +12,7 @@ config=$1; shift
 source benchmarks/box.sh
 box_setup || exit 1
 tar -xJf .gpu/all-MiniLM-L6-v2-fp16.tar.xz -C /tmp
-timeout "${PLAN_TIMEOUT:-3600}" python3 -m stages.run_plan --keep-going --deadline "${PLAN_DEADLINE:-0}" --configfile "$config" ${PLAN_ARGS:-} > "$OUT/run_plan.txt" 2>&1
+timeout "${PLAN_TIMEOUT:-3600}" python3 -m stages.pipeline.run_plan --keep-going --deadline "${PLAN_DEADLINE:-0}" --configfile "$config" ${PLAN_ARGS:-} > "$OUT/run_plan.txt" 2>&1
 echo "run_plan exit $?"; tail -5 "$OUT/run_plan.txt"
 tar -czf "$OUT/results.tgz" --exclude='*/model' --exclude=embeddings.parquet --exclude=run.parquet \
     --exclude=run.trec --exclude=index.faiss --exclude=negatives.parquet --exclude='results/prepare' \

@@ -1,7 +1,7 @@
 """Several GPUs of one host, through snakemake: trainers under torchrun, and encode shard jobs one per GPU.
 
 1. ``train``: `workflow/configs/multi-gpu.yaml` (STAR and ADORE+STAR as in paper.yaml, 3 seeds) with every trainer
-   given all ``--gpus`` (``--set-resources train_*:gpu=N``: `stages.launch` runs it under torchrun, DDP, same global
+   given all ``--gpus`` (``--set-resources train_*:gpu=N``: `stages.core.launch` runs it under torchrun, DDP, same global
    batch). Keeps each training artifact's summary.json (processes, steps, seconds, queries/s, peak memory), the
    report and the snakemake log.
 2. ``shards``: SciFact's documents repeated to ``--docs`` (`benchmarks/repeated_corpus.py`),
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from repeated_corpus import write_repeated
 
-from stages.declarations import STAGES  # noqa: E402
+from stages.core.declarations import STAGES  # noqa: E402
 
 TRAINERS = [stage.name for stage in STAGES.values() if stage.distributed]
 

@@ -1,6 +1,6 @@
 """Does a trainer stopped abruptly and resumed end with the weights of an uninterrupted run, on this machine's device?
 
-Takes one training artifact of a config whose inputs are already made (e.g. after ``python -m stages.run_plan``),
+Takes one training artifact of a config whose inputs are already made (e.g. after ``python -m stages.pipeline.run_plan``),
 and runs its stage three times outside the store: twice straight through, and once stopped after ``--stop-after``
 steps (``HARDNEG_STOP_AFTER_STEP``: the process exits at once, as a kill would) and started again, resuming from
 its last checkpoint. On the CPU the resumed run is bitwise the straight one (tests/test_train_*.py); on a GPU some
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from stages.plan import Plan, load_configs
-from stages.training import STOP_AFTER_ENV, STOPPED_EXIT_CODE
+from stages.pipeline.plan import Plan, load_configs
+from stages.ml.training import STOP_AFTER_ENV, STOPPED_EXIT_CODE
 
 
 def model_tensors(artifact: Path) -> dict[str, torch.Tensor]:

@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--max-length", type=int, default=256)
     args = parser.parse_args()
-    from stages.models import load_tokenizer  # torch: not imported again by every (spawned) worker
+    from stages.ml.models import load_tokenizer  # torch: not imported again by every (spawned) worker
 
     tokenizer = load_tokenizer(args.model)
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ For each configuration (a trainer, a loss, a batch size) two runs over the same 
   positives), backward, fused AdamW (on CUDA). Its inputs are the stage's own token batches (`sample_batch` /
   `batch_queries`, then `Encoder.tokenize`, exactly the calls of the stage's ``batch_loss``), built and moved to the
   device before the clock starts: the ceiling for these shapes and this padding.
-- stage: the stage's own training loop, `stages.training.train` (it makes AdamW and the scheduler, wraps and runs the
+- stage: the stage's own training loop, `stages.ml.training.train` (it makes AdamW and the scheduler, wraps and runs the
   loop), with the per-step closure that `train_star.train_star` / `train_adore.train_adore` build
   (`train_star.step_losses`: the host side of each step prepared ahead on a thread; `batch_queries` +
   `train_adore.batch_loss`) and the encoder set up as those stages set it up (`training.initial_encoder`:
@@ -67,19 +67,20 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # its sibling benchmarks, 
 
 from encode_throughput import flops, non_embedding_parameters  # noqa: E402
 
-from stages import distributed, train_adore, train_star, training  # noqa: E402
-from stages.model_source import resolve_model  # noqa: E402
-from stages.models import load_encoder  # noqa: E402
-from stages.search import FlatTorchSearcher, PQTorchSearcher  # noqa: E402
+from stages.ml import distributed, training  # noqa: E402
+from stages import train_adore, train_star
+from stages.core.model_source import resolve_model  # noqa: E402
+from stages.ml.models import load_encoder  # noqa: E402
+from stages.ml.search import FlatTorchSearcher, PQTorchSearcher  # noqa: E402
 from stages.train_warmup import WarmupParams  # noqa: E402
-from stages.training import TRAIN_LOG, batch_shape, initial_encoder, train  # noqa: E402
+from stages.ml.training import TRAIN_LOG, batch_shape, initial_encoder, train  # noqa: E402
 
 SPEC_PEAK = 989e12  # H100/H200 SXM dense bf16, the spec sheet
 SCIFACT = ROOT / "resources" / "scifact"
 TEMPERATURE = 0.05
 MINED_DEPTH = 200
-SOURCES = ("stages/training.py", "stages/train_star.py", "stages/train_adore.py", "stages/train_warmup.py",
-           "stages/models.py", "stages/search.py", "stages/pq_kernels.py", "stages/distributed.py")
+SOURCES = ("stages/ml/training.py", "stages/train_star.py", "stages/train_adore.py", "stages/train_warmup.py",
+           "stages/ml/models.py", "stages/ml/search.py", "stages/ml/pq_kernels.py", "stages/ml/distributed.py")
 
 INCLUDES = {
     "bare": (
@@ -91,7 +92,7 @@ INCLUDES = {
         "torch.cuda.synchronize() before and after"
     ),
     "stage_star": (
-        "one iteration of stages.training.train's loop with train_star.step_losses' closure: the step's host side "
+        "one iteration of stages.ml.training.train's loop with train_star.step_losses' closure: the step's host side "
         "(sample_batch, vectorised pair_masks, token ids gathered from the TokenCache filled before step 1, packed "
         "without padding where the flash kernel runs, loss_index, pinned) comes from the Prefetcher's thread, "
         "prepared while the device runs earlier steps; non-blocking copies, two forward passes of the Encoder "
@@ -101,7 +102,7 @@ INCLUDES = {
         "are read back every 50 steps (not within the timed steps); no checkpoint (no work folder)"
     ),
     "stage_adore": (
-        "one iteration of stages.training.train's loop with train_adore's closure: batch_queries, "
+        "one iteration of stages.ml.training.train's loop with train_adore's closure: batch_queries, "
         "train_adore.batch_loss = the batch's rows of the queries tokenized once before step 1 (ResidentQueries on "
         "the device; one pinned copy of the batch's index), padded forward (float32 weights, bf16 autocast on "
         "CUDA), search of the top_k over the index (FrozenDocuments over FlatTorchSearcher / PQTorchSearcher on "
@@ -306,7 +307,7 @@ def clock(device: torch.device) -> float:
 
 @contextmanager
 def cpu_threads(device: torch.device):
-    """The bare model on the CPU with the training loop's fixed thread count (stages.training.CPU_THREADS)."""
+    """The bare model on the CPU with the training loop's fixed thread count (stages.ml.training.CPU_THREADS)."""
     before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(training.CPU_THREADS)
@@ -444,7 +445,7 @@ def stage_run(
     encoder, params, steps_per_epoch: int, step_losses: Callable, warmup: int, timed: int, device: torch.device,
     star: bool,
 ) -> dict:
-    """`stages.training.train` for warmup + timed + 1 steps; the timed steps' times and what was observed in them."""
+    """`stages.ml.training.train` for warmup + timed + 1 steps; the timed steps' times and what was observed in them."""
     recorder = StepRecorder(device, (warmup, warmup + timed))
     observing = (recorder.observe_tokenize(), recorder.observe_pair_masks()) if star else (_nothing(), _nothing())
     with tempfile.TemporaryDirectory() as out, observing[0], observing[1]:

@@ -24,11 +24,11 @@ from typing import Mapping
 import numpy as np
 import scipy.sparse as sp
 
-from stages.bm25_index import Bm25Index, load_index, tokenize
-from stages.cli import run_stage
-from stages.errors import ConfigError
-from stages.resources import available_threads
-from stages.tables import read_queries, run_from_topk, write_run
+from .bm25_index import Bm25Index, load_index, tokenize
+from .core.cli import run_stage
+from .core.errors import ConfigError
+from .core.resources import available_threads
+from .core.tables import read_queries, run_from_topk, write_run
 
 VERSION = 2
 log = logging.getLogger("stages.bm25")

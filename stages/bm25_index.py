@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 import pyarrow.parquet as pq
 
-from stages.cli import run_stage
-from stages.errors import ArtifactError, ConfigError, DataError
-from stages.tables import read_corpus, write_table
+from .core.cli import run_stage
+from .core.errors import ArtifactError, ConfigError, DataError
+from .core.tables import read_corpus, write_table
 
 if TYPE_CHECKING:
     import scipy.sparse

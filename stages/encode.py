@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from stages.cli import run_stage
-from stages.errors import ConfigError
-from stages.tables import iter_token_chunks, read_corpus, read_queries, write_embeddings
-from stages.tokenize import TOKENS, check_tokens
+from .core.cli import run_stage
+from .core.errors import ConfigError
+from .core.tables import iter_token_chunks, read_corpus, read_queries, write_embeddings
+from .tokenize import TOKENS, check_tokens
 
 VERSION = 1
 log = logging.getLogger("stages.encode")
@@ -47,7 +47,7 @@ class EncodeParams:
     dtype: str = "float16"
     """Storage precision of the embeddings: float16 or float32."""
     pooling: str = "auto"
-    """mean, cls, or 'auto' (the model's own; see stages.models)."""
+    """mean, cls, or 'auto' (the model's own; see stages.ml.models)."""
     normalize: str = "auto"
     """true, false, or 'auto' (the model's own)."""
     autocast: str = "auto"
@@ -75,7 +75,7 @@ def shard_range(rows: int, shard: int, num_shards: int) -> tuple[int, int]:
 def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
     import torch
 
-    from stages.models import TOKENIZE_CHUNK, document_texts, load_encoder, model_spec
+    from .ml.models import TOKENIZE_CHUNK, document_texts, load_encoder, model_spec
 
     check_params(params)
     if params.what == "corpus":

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from stages.cli import run_stage
+from .core.cli import run_stage
 
 VERSION = 1
 DOCUMENT_ENCODER, QUERY_ENCODER = "document-encoder", "query-encoder"
@@ -51,7 +51,7 @@ class ExportParams:
 
 
 def export(params: ExportParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
-    from stages.models import MODEL_SUBDIR, load_encoder, save_encoder
+    from .ml.models import MODEL_SUBDIR, load_encoder, save_encoder
 
     documents = str(Path(inputs["documents"]) / MODEL_SUBDIR) if "documents" in inputs else params.model
     queries = str(Path(inputs["queries"]) / MODEL_SUBDIR) if "queries" in inputs else documents

@@ -1,7 +1,7 @@
 """Stage `index`: a faiss inner-product index over the corpus embeddings, built by streaming the encode shards.
 
 Inputs: ``shard_0``, ``shard_1``, ... (`encode` artifacts, taken in the order of their number). Never holds all
-embeddings in memory: the kind (`stages.index_kinds`) makes the empty index, training it first where it needs to
+embeddings in memory: the kind (`stages.ml.index_kinds`) makes the empty index, training it first where it needs to
 (PQ, optionally behind an OPQ rotation: on up to ``train_size`` vectors sampled with a seeded choice), then the
 vectors are added batch by batch. Outputs: index.faiss, doc_ids.parquet (row -> doc_id), kind.json (the kind, which
 readers go by), summary.json (ntotal, dim, kind, bytes, seconds).
@@ -22,12 +22,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from stages.cli import run_stage
-from stages.encode import EMBEDDINGS
-from stages.errors import ArtifactError, ConfigError, DataError
-from stages.index_kinds import KINDS, IndexKind, write_kind
-from stages.search import DOC_IDS_FILE, INDEX_FILE
-from stages.tables import iter_embeddings, write_table
+from .core.cli import run_stage
+from .encode import EMBEDDINGS
+from .core.errors import ArtifactError, ConfigError, DataError
+from .ml.index_kinds import KINDS, IndexKind, write_kind
+from .ml.search import DOC_IDS_FILE, INDEX_FILE
+from .core.tables import iter_embeddings, write_table
 
 VERSION = 1
 log = logging.getLogger("stages.index")
@@ -38,7 +38,7 @@ SHARD_INPUT = re.compile(r"shard_(\d+)")
 @dataclass
 class IndexParams:
     kind: str = "flat"
-    """flat (exact inner product) or pq (product quantisation, lossy and smaller): `stages.index_kinds`."""
+    """flat (exact inner product) or pq (product quantisation, lossy and smaller): `stages.ml.index_kinds`."""
     pq_m: int = 48
     """PQ sub-vectors; must divide the embedding dimension."""
     pq_bits: int = 8

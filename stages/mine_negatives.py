@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.cli import run_stage
-from stages.errors import ArtifactError, ConfigError, DataError
-from stages.tables import RUN_PARQUET, read_qrels
+from .core.cli import run_stage
+from .core.errors import ArtifactError, ConfigError, DataError
+from .core.tables import RUN_PARQUET, read_qrels
 
 VERSION = 1
 BATCH_ROWS = 1 << 22

@@ -1,6 +1,6 @@
 """Stage `prepare`: ingest a BEIR or MS MARCO TSV dataset into normalised Parquet, and carve a seeded dev split.
 
-Inputs (named, as `stages.dataset_source.dataset_files` finds them in a dataset folder):
+Inputs (named, as `stages.core.dataset_source.dataset_files` finds them in a dataset folder):
 - BEIR: ``corpus`` (corpus.jsonl or .jsonl.gz), ``queries`` (queries.jsonl), ``qrels_<split>`` (qrels/<split>.tsv)
 - MS MARCO: ``corpus`` (collection.tsv), ``queries_<split>`` (queries.<split>.tsv), ``qrels_<split>`` (qrels.<split>.tsv)
 
@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.cli import run_stage
-from stages.errors import DataError
-from stages.tables import CORPUS, QRELS, QUERIES, write_table
+from .core.cli import run_stage
+from .core.errors import DataError
+from .core.tables import CORPUS, QRELS, QUERIES, write_table
 
 VERSION = 2
 log = logging.getLogger("stages.prepare")

@@ -25,12 +25,12 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from stages.cli import run_stage
-from stages.errors import ConfigError, DataError
-from stages.report_plots import plot_index_kinds, plot_losses, plot_metrics
-from stages.report_table import csv_frame, html, markdown
-from stages.stats import holm, paired_randomization_test, query_interval, seed_averaged
-from stages.tables import _read
+from .core.cli import run_stage
+from .core.errors import ConfigError, DataError
+from .report_plots import plot_index_kinds, plot_losses, plot_metrics
+from .report_table import csv_frame, html, markdown
+from .ml.stats import holm, paired_randomization_test, query_interval, seed_averaged
+from .core.tables import _read
 
 VERSION = 2
 log = logging.getLogger("stages.report")

@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from stages.tables import _read
+from .core.tables import _read
 
 SIGNIFICANCE = 0.05
 SPLIT_COLORS = {"train": "tab:green", "dev": "tab:blue", "test": "tab:orange"}

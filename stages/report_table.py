@@ -12,7 +12,7 @@ from html import escape
 
 import pandas as pd
 
-from stages.stats import PERMUTATIONS, p_floor
+from .ml.stats import PERMUTATIONS, p_floor
 
 
 def upper_bound(value: float) -> str:

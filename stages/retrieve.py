@@ -19,9 +19,9 @@ from typing import Mapping
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from stages.cli import run_stage
-from stages.errors import ConfigError
-from stages.tables import RunWriter, read_queries, run_table_from_topk
+from .core.cli import run_stage
+from .core.errors import ConfigError
+from .core.tables import RunWriter, read_queries, run_table_from_topk
 
 VERSION = 1
 QUERY_BATCH = 65_536
@@ -42,18 +42,18 @@ class RetrieveParams:
     model: str = "bundled"
     """Query encoder when there is no ``model`` input: 'bundled' (all-MiniLM-L6-v2) or a local model folder."""
     pooling: str = "auto"
-    """mean, cls, or 'auto' (the model's own; see stages.models)."""
+    """mean, cls, or 'auto' (the model's own; see stages.ml.models)."""
     normalize: str = "auto"
     """true, false, or 'auto' (the model's own)."""
     backend: str = "auto"
-    """Search backend: auto, faiss, faiss-gpu or torch (see stages.index_kinds.searcher_for)."""
+    """Search backend: auto, faiss, faiss-gpu or torch (see stages.ml.index_kinds.searcher_for)."""
 
 
 def retrieve(params: RetrieveParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
     import torch
 
-    from stages.models import load_encoder, model_spec
-    from stages.index_kinds import searcher_for
+    from .ml.models import load_encoder, model_spec
+    from .ml.index_kinds import searcher_for
 
     if params.top_k < 1:
         raise ConfigError(f"top_k={params.top_k}", fix="top_k must be >= 1")
@@ -108,7 +108,7 @@ def retrieve(params: RetrieveParams, inputs: Mapping[str, Path], out_dir: Path) 
 def query_batch(k: int) -> int:
     """Queries a batch: QUERY_BATCH, fewer where they would make more than BATCH_ROWS rows; a multiple of the
     encoder's tokenizing chunk when that large (the queries are then encoded in the same chunks as in one batch)."""
-    from stages.models import TOKENIZE_CHUNK
+    from .ml.models import TOKENIZE_CHUNK
 
     size = max(1, min(QUERY_BATCH, BATCH_ROWS // k))
     return size - size % TOKENIZE_CHUNK if size >= TOKENIZE_CHUNK else size

@@ -15,10 +15,10 @@ from typing import Mapping
 
 import pandas as pd
 
-from stages.cli import run_stage
-from stages.errors import ConfigError, DataError
-from stages.stats import query_interval
-from stages.tables import qrels_dict, read_qrels, read_run, write_table
+from .core.cli import run_stage
+from .core.errors import ConfigError, DataError
+from .ml.stats import query_interval
+from .core.tables import qrels_dict, read_qrels, read_run, write_table
 
 VERSION = 2
 log = logging.getLogger("stages.score")

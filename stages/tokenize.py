@@ -6,7 +6,7 @@ does by pre-tokenizing MS MARCO. `encode` reads these ids for its shard and chec
 fingerprint.
 
 The corpus is read CHUNK documents at a time (never whole as Python strings) and tokenized on every core the stage
-is given (`stages.resources.available_threads`: its CPU affinity, capped by OMP_NUM_THREADS, which Snakemake sets to
+is given (`stages.core.resources.available_threads`: its CPU affinity, capped by OMP_NUM_THREADS, which Snakemake sets to
 the rule's threads): a pool of processes, TASK documents a task, written in corpus order, so the file is the same
 bytes for any number of threads. Processes rather than HF tokenizers' Rust threads: those scale the encoding (2.0x
 on 2 cores) but not turning encodings into arrays, Python work that would cap 16 cores at ~4M tokens/s; here only
@@ -38,10 +38,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from stages.cli import run_stage
-from stages.errors import ArtifactError, ConfigError
-from stages.resources import available_threads
-from stages.tables import CORPUS, TOKENS_SCHEMA, token_rows
+from .core.cli import run_stage
+from .core.errors import ArtifactError, ConfigError
+from .core.resources import available_threads
+from .core.tables import CORPUS, TOKENS_SCHEMA, token_rows
 
 VERSION = 1
 log = logging.getLogger("stages.tokenize")
@@ -63,7 +63,7 @@ class TokenizeParams:
 
 def check_tokens(artifact: Path, encoder, max_length: int, rows: int) -> None:
     """The `tokenize` artifact holds this encoder's tokenization of the corpus's ``rows`` rows at this length."""
-    from stages.models import tokenizer_fingerprint
+    from .ml.models import tokenizer_fingerprint
 
     summary = json.loads((artifact / "summary.json").read_text())
     mine = {"tokenizer": tokenizer_fingerprint(encoder.tokenizer), "max_length": max_length}
@@ -79,7 +79,7 @@ def check_tokens(artifact: Path, encoder, max_length: int, rows: int) -> None:
 
 
 def tokenize(params: TokenizeParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
-    from stages.models import load_tokenizer, tokenizer_fingerprint
+    from .ml.models import load_tokenizer, tokenizer_fingerprint
 
     if params.max_length < 2:
         raise ConfigError(f"tokenize max_length={params.max_length}", fix="use max_length >= 2")
@@ -108,7 +108,7 @@ def tokenize(params: TokenizeParams, inputs: Mapping[str, Path], out_dir: Path) 
 
 def corpus_chunks(corpus: Path, size: int) -> Iterator[Chunk]:
     """The corpus table's (doc ids, title + " " + text) ``size`` rows at a time, read in batches."""
-    from stages.models import document_texts
+    from .ml.models import document_texts
 
     pending: list[pa.RecordBatch] = []
     reader = pq.ParquetFile(corpus, pre_buffer=False)  # pre-buffered row groups stay allocated to the end

@@ -41,12 +41,12 @@ Why a temperature: as for `train_star`, a normalising model (MiniLM) gives cosin
 saturates early with weak gradients; dividing by 0.05 restores a useful range. Use 1 for a plain inner product model
 (the paper's RoBERTa).
 
-The index artifact records its kind (`stages.index_kinds`), whose torch searcher searches and scores. PQ indexes
+The index artifact records its kind (`stages.ml.index_kinds`), whose torch searcher searches and scores. PQ indexes
 (lossy kinds; ``pq_scoring``): the search always runs over the codes; the loss scores with ``reconstructed`` vectors
 (the decoded centroids, with the query through the OPQ rotation: exactly the scores inference ranks by) or
 ``uncompressed`` ones (the original embeddings from the ``shard_*`` inputs, what the paper's code did).
 
-Several processes (torchrun, see `stages.distributed`): each rank holds its own copy of the index on its device and
+Several processes (torchrun, see `stages.ml.distributed`): each rank holds its own copy of the index on its device and
 takes its slice of the global batch's queries; its loss is its share of the global loss (the sum of its queries'
 losses over the global batch size); the documents are frozen, so nothing else crosses ranks but the logged values.
 
@@ -61,7 +61,7 @@ summed over the ranks, which waits.
 Inputs: ``prepared`` (train split queries and qrels), ``index`` (an `index` artifact, flat or PQ), optional ``init``
 (an artifact with model/; otherwise ``model``), optional ``shard_0`` .. ``shard_<n-1>`` (the `encode` artifacts the
 index was built from; only for a PQ index with ``pq_scoring: uncompressed``). Search and scoring run in torch on the
-training device (`stages.search`: the flat matrix, or the PQ codes, resident on the GPU).
+training device (`stages.ml.search`: the flat matrix, or the PQ codes, resident on the GPU).
 Outputs: model/ (the query encoder; evaluate with `retrieve`, inputs index = the same index, model = this artifact),
 train_log.parquet (per step also train_mrr, train_recall and the encode / search / loss+backward seconds; on CUDA the
 encode and search seconds are the device's, between timing events, and loss_seconds the rest of the host's step time,
@@ -83,10 +83,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from stages import distributed
-from stages.errors import ArtifactError, ConfigError, DataError
-from stages.tables import read_qrels, read_queries, write_table
-from stages.training import (
+from .ml import distributed
+from .core.errors import ArtifactError, ConfigError, DataError
+from .core.tables import read_qrels, read_queries, write_table
+from .ml.training import (
     TRAIN_LOG,
     InitialEncoder,
     TrainConfig,
@@ -196,7 +196,7 @@ class QueryTokens:
         cls, tokenizer: Any, texts: list[str], max_length: int, device: torch.device, chunk_size: int = 10_000
     ) -> QueryTokens:
         """Tokenize ``texts`` (truncated to ``max_length``, as `Encoder.tokenize` does) in chunks, once."""
-        from stages.models import token_chunk
+        from .ml.models import token_chunk
 
         pieces = [token_chunk(tokenizer, texts[start : start + chunk_size], max_length)
                   for start in range(0, len(texts), chunk_size)]
@@ -267,7 +267,7 @@ class FrozenDocuments:
 
     def __init__(self, searcher: Any, scoring: str, uncompressed: torch.Tensor | None = None):
         self.searcher = searcher
-        """The index kind's torch searcher (`stages.index_kinds`): its ``scores`` are what the search ranks by."""
+        """The index kind's torch searcher (`stages.ml.index_kinds`): its ``scores`` are what the search ranks by."""
         self.scoring = scoring
         """For the log: flat (the index's vectors), reconstructed (decoded PQ) or uncompressed (the encode shards)."""
         self.uncompressed = uncompressed
@@ -488,8 +488,8 @@ def batch_loss(
 
 def uncompressed_embeddings(inputs: Mapping[str, Path], doc_ids: list[str], device: torch.device) -> torch.Tensor:
     """The shard inputs' embeddings in index row order, on ``device`` (float16 on CUDA, float32 elsewhere)."""
-    from stages.index import embedding_dim, shard_files
-    from stages.tables import iter_embeddings
+    from .index import embedding_dim, shard_files
+    from .core.tables import iter_embeddings
 
     files = shard_files({name: path for name, path in inputs.items() if SHARD_INPUT.fullmatch(name)})
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -519,7 +519,7 @@ def frozen_documents(
     params: AdoreParams, inputs: Mapping[str, Path], device: torch.device
 ) -> tuple[FrozenDocuments, list[str]]:
     """FrozenDocuments over the index input on ``device`` (its recorded kind's torch searcher), and its doc ids."""
-    from stages.index_kinds import open_index
+    from .ml.index_kinds import open_index
 
     kind, index, doc_ids = open_index(inputs["index"])
     if kind.torch_searcher is None:

@@ -16,19 +16,19 @@ the paper's code does: the mean over all pairs of both terms; otherwise ``hard m
 ``loss = "softmax"`` is the listwise alternative (cross-entropy of the positive against the negatives, as
 sentence-transformers' MultipleNegativesRankingLoss).
 
-Modes (``negatives``, the samplers of `stages.negative_samplers`): ``star`` = static hard negatives (input
+Modes (``negatives``, the samplers of `stages.ml.negative_samplers`): ``star`` = static hard negatives (input
 ``negatives``) + random; ``static`` = the hard term only; ``inbatch`` (Inbatch-Neg) = no extra negatives, the random
 term over the other queries' positives; ``randneg`` (Rand-Neg) = negatives drawn uniformly from the corpus, + random
 (the paper's code scores Rand-Neg only against the batch's random documents, not against other queries' positives).
 Losses (``loss``): the entries of `LOSSES`.
 
-Several processes (torchrun, see `stages.distributed`): each rank encodes its slice of the global batch's queries
+Several processes (torchrun, see `stages.ml.distributed`): each rank encodes its slice of the global batch's queries
 with their positives and negatives; the document embeddings of all ranks are gathered (gradients flow back to the rank
 that encoded them), so each query still meets every document of the global batch, with the same masks. A rank's loss
 is its share of the global loss: its pairs' (or queries') losses over the global count.
 
 The host side of a step (sampling, the pair masks, tokenizing: `prepare_inputs`) is apart from its device side (the
-forward passes and the loss: `inputs_loss`); while the device runs one step, a background thread (`stages.models.prefetched`)
+forward passes and the loss: `inputs_loss`); while the device runs one step, a background thread (`stages.ml.models.prefetched`)
 already prepares the next two, into pinned memory on CUDA, so the copies do not block. Nothing of the loss is read
 back to the host within a step (one process): `star_loss` selects its pairs with indices made on the host
 (`loss_index`) and returns its logged terms as 0-dim tensors.
@@ -58,14 +58,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages import distributed
-from stages.errors import ConfigError, DataError
-from stages.mine_negatives import read_negatives
-from stages.models import TokenCache, prefetched
-from stages.negative_samplers import SAMPLERS, NegativeSampler
-from stages.tables import read_corpus, read_qrels, read_queries, read_tokens
-from stages.tokenize import TOKENS, check_tokens
-from stages.training import (
+from .ml import distributed
+from .core.errors import ConfigError, DataError
+from .mine_negatives import read_negatives
+from .ml.models import TokenCache, prefetched
+from .ml.negative_samplers import SAMPLERS, NegativeSampler
+from .core.tables import read_corpus, read_qrels, read_queries, read_tokens
+from .tokenize import TOKENS, check_tokens
+from .ml.training import (
     InitialEncoder,
     TrainConfig,
     batch_rng,
@@ -118,7 +118,7 @@ class Batch:
 
 
 def sampler_of(params: StarParams) -> NegativeSampler:
-    """The negative sampler the params name (`stages.negative_samplers`)."""
+    """The negative sampler the params name (`stages.ml.negative_samplers`)."""
     if params.negatives not in SAMPLERS:
         raise ConfigError(f"unknown negatives mode {params.negatives!r}", fix=f"use one of {sorted(SAMPLERS)}")
     return SAMPLERS[params.negatives]
@@ -137,7 +137,7 @@ def check_params(params: StarParams, inputs: Mapping[str, Path]) -> None:
 
 
 def load_training_data(params: StarParams, inputs: Mapping[str, Path]) -> TrainingData:
-    from stages.models import document_texts
+    from .ml.models import document_texts
 
     prepared = inputs["prepared"]
     corpus = read_corpus(prepared)
@@ -568,8 +568,8 @@ def step_losses(
     device: torch.device,
     tokens: Path | None = None,
 ) -> Iterator[Callable[[torch.nn.Module, int, int], tuple[torch.Tensor, dict[str, Any]]]]:
-    """The per-step closure for `stages.training.train`: the device side of each step, its host side prepared ahead
-    on a worker thread (`stages.models.prefetched`; pinned on CUDA, on this rank's device)."""
+    """The per-step closure for `stages.ml.training.train`: the device side of each step, its host side prepared ahead
+    on a worker thread (`stages.ml.models.prefetched`; pinned on CUDA, on this rank's device)."""
     pin = device.type == "cuda"
     # padding-free batches where the flash kernel runs (one process: DDP's hooks need its wrapper's own forward)
     packed = not distributed.active() and encoder.supports_packed_training("bf16" if params.bf16 else None)

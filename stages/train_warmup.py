@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from stages.distributed import run_stage
-from stages.train_star import StarParams, train_star
+from .ml.distributed import run_stage
+from .train_star import StarParams, train_star
 
 VERSION = 1
 

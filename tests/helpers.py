@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from stages.encode import EMBEDDINGS
 from stages.index import IndexParams, build_index
-from stages.search import INDEX_FILE
-from stages.tables import write_embeddings
-from stages.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE
+from stages.ml.search import INDEX_FILE
+from stages.core.tables import write_embeddings
+from stages.ml.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parent.parent
 

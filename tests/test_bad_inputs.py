@@ -1,4 +1,4 @@
-"""Bad input, as a user meets it: each case runs the DAG (`stages.run_plan`, in process) on a small dataset with one
+"""Bad input, as a user meets it: each case runs the DAG (`stages.pipeline.run_plan`, in process) on a small dataset with one
 thing wrong, and asserts the exit code, a message naming the file and line (or the config key) with a fix, no
 traceback, and nothing left under results/ but logs (and the raw-file hash cache)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import run_plan
+from stages.pipeline import run_plan
 
 HEADER = "query-id\tcorpus-id\tscore\n"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.errors import ConfigError
-from stages.model_source import position_limit
-from stages.plan import Chain, Plan, RawFile, load_config
+from stages.core.errors import ConfigError
+from stages.core.model_source import position_limit
+from stages.pipeline.plan import Chain, Plan, RawFile, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITS = ("a" * 40, "b" * 40)
@@ -172,7 +172,7 @@ def test_a_cached_hub_id_pins_its_revision_in_every_key_using_it(tmp_path, scifa
 
 
 def test_stages_load_a_cached_hub_id_offline(hub_cache, tiny_model_dir, monkeypatch):
-    from stages.models import load_encoder, load_tokenizer, resolve_model
+    from stages.ml.models import load_encoder, load_tokenizer, resolve_model
 
     snapshot = fake_hub_cache(hub_cache, tiny_model_dir, "some-org/tiny", COMMITS[0])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.tables import read_embeddings
+from stages.core.tables import read_embeddings
 
 ROOT = Path(__file__).resolve().parent.parent
 

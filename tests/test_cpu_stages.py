@@ -10,9 +10,9 @@ from pathlib import Path
 
 from test_workflow import ENV, write_config
 
-from stages import run_plan
-from stages.declarations import STAGES
-from stages.plan import Node
+from stages.pipeline import run_plan
+from stages.core.declarations import STAGES
+from stages.pipeline.plan import Node
 
 HIDE_GPUS = "CUDA_VISIBLE_DEVICES= python -m stages."
 
@@ -30,7 +30,7 @@ def test_run_plan_isolates_cpu_stages_without_gpus(tmp_path, monkeypatch):
     seen = {}
 
     def fake_run(command, env, **options):
-        stage = next(part for part in command[2:] if part.startswith("stages.") and part != "stages.launch")
+        stage = next(part for part in command[2:] if part.startswith("stages.") and part != "stages.core.launch")
         seen[stage] = env["CUDA_VISIBLE_DEVICES"]  # a GPU stage's launcher then claims its devices among these
         return subprocess.CompletedProcess(command, 0)
 
@@ -54,7 +54,7 @@ def test_bm25s_never_starts_jax_on_a_gpu_even_in_process(tmp_path, scifact_slice
     env = {k: v for k, v in ENV.items() if k != "JAX_PLATFORMS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(fake), env.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, "-m", "stages.run_plan"], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "stages.pipeline.run_plan"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert set(Path(record).read_text().split()) == {"cpu"}

@@ -1,5 +1,5 @@
 """One artifact key, one result: CPU training gives the same weights whatever the thread count, and so under
-`python -m stages.run_plan` (in-process, all cores) and `snakemake --cores 1` (OMP_NUM_THREADS=1)."""
+`python -m stages.pipeline.run_plan` (in-process, all cores) and `snakemake --cores 1` (OMP_NUM_THREADS=1)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from test_train_star import tiny_params
 from test_workflow import ENV, ROOT, write_config
 
-from stages.plan import Node, Plan, load_config
-from stages.run_plan import ordered, run_node
+from stages.pipeline.plan import Node, Plan, load_config
+from stages.pipeline.run_plan import ordered, run_node
 from stages.train_star import train_star
 
 WEIGHTS = "model/model.safetensors"

@@ -20,14 +20,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from stages import distributed
+from stages.ml import distributed
 from stages.train_adore import AdoreParams, batch_queries, frozen_documents
 from stages.train_adore import batch_loss as adore_batch_loss
 from stages.train_adore import load_training_data as adore_training_data
 from stages.train_star import Batch, StarParams, gathered_columns, rank_part, sample_batch, train_star
 from stages.train_star import batch_loss as star_batch_loss
 from stages.train_star import load_training_data as star_training_data
-from stages.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE, TRAIN_LOG
+from stages.ml.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE, TRAIN_LOG
 from test_train_star import tiny_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def crossed_batch(batch: Batch, per_query: int) -> Batch:
 
 
 def star_step(model: str, prepared: str, negatives: str, case: str) -> dict[str, torch.Tensor]:
-    from stages.models import load_encoder
+    from stages.ml.models import load_encoder
 
     params = star_params(model, **STAR_CASES[case])
     data = star_training_data(params, {"prepared": Path(prepared), "negatives": Path(negatives)})
@@ -85,7 +85,7 @@ def star_step(model: str, prepared: str, negatives: str, case: str) -> dict[str,
 
 
 def adore_step(model: str, prepared: str, index: str) -> dict[str, torch.Tensor]:
-    from stages.models import load_encoder
+    from stages.ml.models import load_encoder
 
     params = AdoreParams(model=model, batch_size=5, query_max_length=16, top_k=20, metric_cutoff=10, seed=5)
     documents, doc_ids = frozen_documents(params, {"index": Path(index)}, CPU)
@@ -239,7 +239,7 @@ def test_train_star_on_two_processes_stops_resumes_and_ends_as_one(prepared, mod
 
 
 def test_world_size_without_a_process_group_is_refused(prepared, model, negatives, tmp_path, monkeypatch):
-    from stages.errors import ConfigError
+    from stages.core.errors import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="no process group"):

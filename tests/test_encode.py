@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from stages.encode import EMBEDDINGS, EncodeParams, encode, main, shard_range
-from stages.errors import ConfigError
-from stages.models import load_encoder, save_encoder
-from stages.tables import read_corpus, read_embeddings, read_queries
+from stages.core.errors import ConfigError
+from stages.ml.models import load_encoder, save_encoder
+from stages.core.tables import read_corpus, read_embeddings, read_queries
 
 
 def run_encode(prepared: Path, out: Path, inputs: dict | None = None, **params) -> dict:
@@ -85,7 +85,7 @@ def test_bad_params_are_config_errors(prepared, tmp_path, bad):
 
 def test_encoding_pretokenized_ids_equals_encoding_the_texts(prepared, tiny_model_dir, tmp_path):
     from stages import tokenize
-    from stages.errors import ArtifactError
+    from stages.core.errors import ArtifactError
 
     tokens = tmp_path / "tokens"
     params = json.dumps({"model": str(tiny_model_dir), "max_length": 64})

@@ -1,5 +1,5 @@
 """Every rule runs a stage in its own conda env, and that env lists every package the stage imports. The rules are
-made from one template (workflow/rules/stages.smk) and the stages' declarations (stages/declarations.py).
+made from one template (workflow/rules/stages.smk) and the stages' declarations (stages/core/declarations.py).
 
 Conda cannot run on the CI machines, so this is checked statically: the stage module's imports (followed through
 the `stages` package) against the env file's dependencies.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.declarations import STAGES
+from stages.core.declarations import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "workflow" / "rules" / "stages.smk"
@@ -115,5 +115,5 @@ def test_env_pins_follow_the_constraints_file():
 
 def test_gpu_rules_start_their_stage_through_the_launcher():
     for stage in STAGES.values():
-        launched = stage.shell().startswith("python -m stages.launch --gpus {resources.gpu} -- stages.")
+        launched = stage.shell().startswith("python -m stages.core.launch --gpus {resources.gpu} -- stages.")
         assert launched == stage.gpu == ("gpu" in stage.resources()), stage.name

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stages.export import DOCUMENT_ENCODER, QUERY_ENCODER, ExportParams, export
-from stages.models import MODEL_SUBDIR, load_encoder, save_encoder
+from stages.ml.models import MODEL_SUBDIR, load_encoder, save_encoder
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
 TEXTS = ["dense retrieval with hard negatives", "a second, somewhat longer sentence about scientific claims"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from stages import run_plan
+from stages.pipeline import run_plan
 
 SCIFACT = Path(__file__).resolve().parent.parent / "resources" / "scifact"
 

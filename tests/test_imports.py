@@ -1,4 +1,4 @@
-"""The `stages` package's modules import each other without a circle.
+"""The `stages` package's modules import each other without a circle, and its layers point one way.
 
 The graph is read from the source (``ast``), not by importing. Every import counts, also one inside a function: a
 deferred import only hides a circle, the modules still depend on each other. Importing ``stages.x`` runs
@@ -80,9 +80,33 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_stages_package_has_no_import_circle():
     graph = import_graph(ROOT / "stages")
-    assert "stages.cli" in graph["stages.prepare"]  # the graph is read at all
+    assert "stages.core.cli" in graph["stages.prepare"]  # the graph is read at all
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+LAYERS = ["stages.core", "stages.ml", "stages", "stages.pipeline"]
+"""Bottom to top (`stages/__init__.py`): a module may import its own layer and those below, and the package root."""
+
+
+def layer_of(module: str) -> int:
+    for number, prefix in reversed(list(enumerate(LAYERS))):
+        if prefix != "stages" and (module == prefix or module.startswith(prefix + ".")):
+            return number
+    return LAYERS.index("stages")  # a stage module
+
+
+def test_layers_import_only_downwards():
+    graph = import_graph(ROOT / "stages")
+    assert {layer_of(m) for m in graph} == set(range(len(LAYERS)))  # every layer has modules
+    upward = sorted(
+        f"{module} -> {other}"
+        for module, others in graph.items()
+        for other in others - {"stages"}
+        if module != "stages" and layer_of(other) > layer_of(module)
+    )
+    assert not upward, "imports from a lower layer to a higher one: " + "; ".join(upward)
+    assert not [m for m in graph if layer_of(m) == LAYERS.index("stages") and m.count(".") > 1]  # no stray subpackage
 
 
 @pytest.mark.parametrize(

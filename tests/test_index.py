@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from helpers import clustered, index_artifact
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 from stages.index import IndexParams, build_index
-from stages.search import INDEX_FILE, faiss_search, flat_vectors, load_index
+from stages.ml.search import INDEX_FILE, faiss_search, flat_vectors, load_index
 
 
 @pytest.fixture(scope="module")

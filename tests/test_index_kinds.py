@@ -1,4 +1,4 @@
-"""stages.index_kinds: every kind is built, recorded in its artifact and searched in torch as faiss ranks it; readers
+"""stages.ml.index_kinds: every kind is built, recorded in its artifact and searched in torch as faiss ranks it; readers
 go by the record (never the faiss class); older artifacts fall back to summary.json, else fail clearly."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 from helpers import clustered, index_artifact
 
-from stages.errors import ArtifactError, ConfigError
-from stages.index_kinds import KIND_FILE, KINDS, IndexKind, build_flat, open_index, recorded_kind, searcher_for
+from stages.core.errors import ArtifactError, ConfigError
+from stages.ml.index_kinds import KIND_FILE, KINDS, IndexKind, build_flat, open_index, recorded_kind, searcher_for
 from stages.train_adore import AdoreParams, frozen_documents
 
 # params each kind needs on 32-dim vectors (a kind without an entry builds with the defaults)

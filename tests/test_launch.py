@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stages import launch
+from stages.core import launch
 
 
 def test_concurrent_claims_get_disjoint_devices(tmp_path):
@@ -55,7 +55,7 @@ def run_launcher(tmp_path, gpus: int, **env: str) -> set[str]:
     environment = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
     environment.update(HARDNEG_GPU_LOCKS=str(tmp_path / "locks"), PYTHONPATH=f"{tmp_path}{os.pathsep}{os.getcwd()}", **env)
     subprocess.run(
-        [sys.executable, "-m", "stages.launch", f"--gpus={gpus}", "--", "probe"],
+        [sys.executable, "-m", "stages.core.launch", f"--gpus={gpus}", "--", "probe"],
         env=environment, capture_output=True, text=True, timeout=120, check=True,
     )
     return {path.name + ": " + path.read_text() for path in seen.iterdir()}
@@ -68,10 +68,10 @@ def test_launcher_sets_the_devices_and_starts_one_process_per_gpu(tmp_path):
 
 
 def test_run_plan_trains_on_several_gpus_through_the_launcher():
-    from stages.run_plan import stage_command
+    from stages.pipeline.run_plan import stage_command
 
-    assert stage_command("train_star", ["out"], 2)[1:] == ["-m", "stages.launch", "--gpus=2", "--", "stages.train_star", "out"]
+    assert stage_command("train_star", ["out"], 2)[1:] == ["-m", "stages.core.launch", "--gpus=2", "--", "stages.train_star", "out"]
     # as their rules: every GPU stage through the launcher (encode: one GPU a shard), CPU stages directly
-    assert stage_command("encode", ["out"], 2)[1:] == ["-m", "stages.launch", "--gpus=1", "--", "stages.encode", "out"]
-    assert stage_command("train_adore", ["out"], 1)[1:] == ["-m", "stages.launch", "--gpus=1", "--", "stages.train_adore", "out"]
+    assert stage_command("encode", ["out"], 2)[1:] == ["-m", "stages.core.launch", "--gpus=1", "--", "stages.encode", "out"]
+    assert stage_command("train_adore", ["out"], 1)[1:] == ["-m", "stages.core.launch", "--gpus=1", "--", "stages.train_adore", "out"]
     assert stage_command("score", ["out"], 2)[1:] == ["-m", "stages.score", "out"]

@@ -12,9 +12,9 @@ import pytest
 
 from stages.bm25 import Bm25Params, bm25_run
 from stages.bm25_index import Bm25IndexParams, build_index
-from stages.errors import ConfigError, DataError
+from stages.core.errors import ConfigError, DataError
 from stages.mine_negatives import NEGATIVES, NEGATIVES_SCHEMA, MineParams, main, mine, read_negatives
-from stages.tables import RUN_SCHEMA, read_qrels, read_run, write_run, write_table
+from stages.core.tables import RUN_SCHEMA, read_qrels, read_run, write_run, write_table
 
 
 def fake_run(folder, ranked: dict[str, list[str]]):

@@ -1,4 +1,4 @@
-"""stages.models: loading (dtype, pooling detection), encoding (order, determinism), saving (sentence-transformers)."""
+"""stages.ml.models: loading (dtype, pooling detection), encoding (order, determinism), saving (sentence-transformers)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from stages.errors import ConfigError
-from stages.models import Encoder, document_texts, load_encoder, resolve_model, save_encoder
+from stages.core.errors import ConfigError
+from stages.ml.models import Encoder, document_texts, load_encoder, resolve_model, save_encoder
 
 TEXTS = [
     "Vitamin D deficiency and multiple sclerosis.",
@@ -153,7 +153,7 @@ def test_document_texts_join_title_and_text():
 def test_token_cache_gives_what_tokenize_gives(tiny_model_dir):
     """Texts tokenized once and gathered by row, or tokenized on the spot (texts it has not seen, another max
     length), the ids and masks are Encoder.tokenize's."""
-    from stages.models import TokenCache, load_encoder, token_chunk
+    from stages.ml.models import TokenCache, load_encoder, token_chunk
 
     encoder = load_encoder(tiny_model_dir)
     words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing".split()

@@ -1,4 +1,4 @@
-"""stages.negative_samplers: what each sampler draws, and that the plan asks for mined negatives exactly when the
+"""stages.ml.negative_samplers: what each sampler draws, and that the plan asks for mined negatives exactly when the
 sampler says it needs them."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from stages.errors import DataError
-from stages.negative_samplers import SAMPLERS, draw_from_corpus, draw_mined, random_documents
+from stages.core.errors import DataError
+from stages.ml.negative_samplers import SAMPLERS, draw_from_corpus, draw_mined, random_documents
 
 
 @dataclass

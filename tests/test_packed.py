@@ -1,4 +1,4 @@
-"""stages.packed: padding-free encoding gives the padded encoding's embeddings, and leaves the model as it was."""
+"""stages.ml.packed: padding-free encoding gives the padded encoding's embeddings, and leaves the model as it was."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import stages.packed
-from stages.models import Encoder, load_encoder, load_tokenizer, token_chunk
+import stages.ml.packed
+from stages.ml.models import Encoder, load_encoder, load_tokenizer, token_chunk
 
 TEXTS = [
     "Vitamin D deficiency and multiple sclerosis.",
@@ -30,10 +30,10 @@ def both_ways(encoder: Encoder, monkeypatch, texts=TEXTS, **options) -> tuple[np
     """Embeddings packed (forced, also on CPU: the padding reference attention) and padded."""
     chunks = chunks_of(encoder, texts, size=5)
     with monkeypatch.context() as patch:
-        patch.setattr(stages.packed, "packing_pays", lambda model, dtype: True)
+        patch.setattr(stages.ml.packed, "packing_pays", lambda model, dtype: True)
         packed, lengths = encoder.encode_tokens(chunks, len(texts), progress=False, **options)
     with monkeypatch.context() as patch:
-        patch.setattr(stages.packed, "packing_pays", lambda model, dtype: False)
+        patch.setattr(stages.ml.packed, "packing_pays", lambda model, dtype: False)
         padded, padded_lengths = encoder.encode_tokens(chunks, len(texts), progress=False, **options)
     assert np.array_equal(lengths, padded_lengths)
     return packed, padded
@@ -42,12 +42,12 @@ def both_ways(encoder: Encoder, monkeypatch, texts=TEXTS, **options) -> tuple[np
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_packed_bert_matches_padded(tiny_model_dir, monkeypatch, pooling):
     encoder = load_encoder(tiny_model_dir, pooling=pooling, normalize=True)
-    assert stages.packed.supports_packing(encoder.model)
-    assert not stages.packed.packing_pays(encoder.model, torch.bfloat16)  # CPU: padded batches are faster there
+    assert stages.ml.packed.supports_packing(encoder.model)
+    assert not stages.ml.packed.packing_pays(encoder.model, torch.bfloat16)  # CPU: padded batches are faster there
     packed, padded = both_ways(encoder, monkeypatch, batch_size=3)  # batches cross text lengths and chunk ends
     np.testing.assert_allclose(packed, padded, atol=1e-5)
     assert np.abs(packed[0] - packed[2]).max() > 1e-3  # distinct texts, distinct rows: no permutation hides
-    assert encoder.model.config._attn_implementation != stages.packed.ATTENTION  # restored after encoding
+    assert encoder.model.config._attn_implementation != stages.ml.packed.ATTENTION  # restored after encoding
 
 
 def test_packed_roberta_numbers_positions_after_its_padding_id(tiny_model_dir, monkeypatch):
@@ -65,7 +65,7 @@ def test_packed_roberta_numbers_positions_after_its_padding_id(tiny_model_dir, m
         pad_token_id=1,
     )
     encoder = Encoder(RobertaModel(config), tokenizer, pooling="mean", normalize=False)
-    assert stages.packed.position_start(encoder.model) == 2
+    assert stages.ml.packed.position_start(encoder.model) == 2
     packed, padded = both_ways(encoder, monkeypatch, batch_size=4)
     np.testing.assert_allclose(packed, padded, atol=1e-5)
 
@@ -74,7 +74,7 @@ def test_packed_implementation_is_restored_when_encoding_fails(tiny_model_dir):
     encoder = load_encoder(tiny_model_dir)
     before = encoder.model.config._attn_implementation
     with pytest.raises(RuntimeError, match="boom"):
-        with stages.packed.packed_implementation(encoder.model):
+        with stages.ml.packed.packed_implementation(encoder.model):
             raise RuntimeError("boom")
     assert encoder.model.config._attn_implementation == before
 
@@ -82,14 +82,14 @@ def test_packed_implementation_is_restored_when_encoding_fails(tiny_model_dir):
 def test_packed_attention_outside_encode_packed_is_a_clear_error(tiny_model_dir):
     encoder = load_encoder(tiny_model_dir)
     batch = encoder.tokenize(TEXTS[:2], 16)
-    with stages.packed.packed_implementation(encoder.model), pytest.raises(RuntimeError, match="packing="):
+    with stages.ml.packed.packed_implementation(encoder.model), pytest.raises(RuntimeError, match="packing="):
         encoder(batch["input_ids"], batch["attention_mask"])
 
 
 def test_packed_chunk_batches_cut_at_text_boundaries():
     lengths = np.array([3, 1, 4, 2])
     ids = np.arange(10, 20)
-    chunk = stages.packed.PackedChunk(ids, lengths, torch.device("cpu"), first_position=2)
+    chunk = stages.ml.packed.PackedChunk(ids, lengths, torch.device("cpu"), first_position=2)
     input_ids, positions, packing = chunk.batch(1, 3)  # texts 1 and 2: tokens [3, 8)
     assert input_ids.tolist() == [[13, 14, 15, 16, 17]]
     assert positions.tolist() == [[2, 2, 3, 4, 5]]
@@ -102,7 +102,7 @@ def test_flash_varlen_on_cuda_matches_padded_in_bf16(monkeypatch):
     # HARDNEG_TEST_MODEL: a model folder, where the bundled package is not installed (the GPU machine)
     encoder = load_encoder(os.environ.get("HARDNEG_TEST_MODEL", "bundled")).cuda()
     autocast = encoder.for_inference()
-    assert autocast == "none" and stages.packed.packing_pays(encoder.model, next(encoder.parameters()).dtype)
+    assert autocast == "none" and stages.ml.packed.packing_pays(encoder.model, next(encoder.parameters()).dtype)
     packed, padded = both_ways(encoder, monkeypatch, texts=TEXTS * 20, batch_size=16, autocast=autocast)
     assert ((packed * padded).sum(1)).min() > 0.999  # unit vectors: cosine
 
@@ -139,7 +139,7 @@ def test_forward_packed_matches_forward_values_and_gradients(tiny_model_dir, poo
     assert packed_grads.keys() == padded_grads.keys() and len(packed_grads) > 10
     for name, grad in packed_grads.items():
         torch.testing.assert_close(grad, padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)
-    assert encoder.model.config._attn_implementation != stages.packed.ATTENTION  # restored after the forward
+    assert encoder.model.config._attn_implementation != stages.ml.packed.ATTENTION  # restored after the forward
 
 
 @pytest.mark.parametrize("as_type", ["numpy", "int32 numpy", "tensor", "pinned tensor"])
@@ -207,13 +207,13 @@ def test_packed_training_is_only_suggested_for_the_flash_kernel(tiny_model_dir, 
     assert not encoder.supports_packed_training()  # CPU
     assert not encoder.supports_packed_training("bf16")
     seen = []
-    monkeypatch.setattr(stages.packed, "packing_pays", lambda model, dtype: seen.append(dtype) or True)
+    monkeypatch.setattr(stages.ml.packed, "packing_pays", lambda model, dtype: seen.append(dtype) or True)
     assert encoder.supports_packed_training("fp16") and encoder.supports_packed_training(None)
     assert seen == [torch.float16, torch.float32]
 
 
 def test_packing_pools_segments_without_padding():
-    chunk = stages.packed.PackedChunk(np.arange(10, 20), np.array([3, 1, 4, 2]), torch.device("cpu"), 0)
+    chunk = stages.ml.packed.PackedChunk(np.arange(10, 20), np.array([3, 1, 4, 2]), torch.device("cpu"), 0)
     _, _, packing = chunk.batch(1, 4)  # texts 1..3: tokens [3, 10)
     states = torch.arange(7.0).repeat_interleave(2).view(7, 2).requires_grad_()
     assert packing.text_of_token.tolist() == [0, 1, 1, 1, 1, 2, 2]

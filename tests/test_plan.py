@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 import yaml
 
-from stages.errors import ConfigError
-from stages.plan import Plan, load_config
+from stages.core.errors import ConfigError
+from stages.pipeline.plan import Plan, load_config
 
 EXPERIMENTS = [
     {"name": "bm25", "method": "bm25"},

@@ -1,4 +1,4 @@
-"""stages.search.PQTorchSearcher: the same top-k as faiss on the same PQ index (code widths, OPQ), decoding, and the
+"""stages.ml.search.PQTorchSearcher: the same top-k as faiss on the same PQ index (code widths, OPQ), decoding, and the
 searcher_for hook; the Triton kernel where triton is installed (a GPU, or its CPU interpreter)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from stages.errors import ConfigError
-from stages.index_kinds import searcher_for, write_kind
-from stages.search import (
+from stages.core.errors import ConfigError
+from stages.ml.index_kinds import searcher_for, write_kind
+from stages.ml.search import (
     DOC_IDS_FILE,
     INDEX_FILE,
     PQTorchSearcher,
@@ -19,7 +19,7 @@ from stages.search import (
     pq_parts,
     reconstructed_vectors,
 )
-from stages.tables import write_table
+from stages.core.tables import write_table
 
 DIM, M = 32, 8
 
@@ -134,7 +134,7 @@ def test_unsupported_indexes_and_kernels_are_refused(data):
 
 KERNEL_CHECK = """
 import torch
-from stages.pq_kernels import pq_scores
+from stages.ml.pq_kernels import pq_scores
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 generator = torch.Generator().manual_seed(0)

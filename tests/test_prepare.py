@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.errors import DataError
-from stages.dataset_source import dataset_files
+from stages.core.errors import DataError
+from stages.core.dataset_source import dataset_files
 from stages.prepare import PrepareParams, prepare
 
 PARAMS = dict(format="beir", splits=["train", "test"], dev_fraction=0.0, dev_source="train", seed=1, unknown_ids="error", empty_documents="keep")

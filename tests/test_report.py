@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 from stages.report import ReportParams, aggregate, report
 from stages.report_plots import smoothing_window
 from stages.report_table import p_text
 from stages.score import ScoreParams, score
-from stages.stats import holm, p_floor, query_interval
-from stages.tables import write_run
+from stages.ml.stats import holm, p_floor, query_interval
+from stages.core.tables import write_run
 
 
 def score_artifact(folder, values: dict[str, list[float]]):

@@ -1,4 +1,4 @@
-"""`stages.resources`: the summary's resources block and the threads a stage is given."""
+"""`stages.core.resources`: the summary's resources block and the threads a stage is given."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from stages.resources import Meter, available_threads
+from stages.core.resources import Meter, available_threads
 
 
 def test_block_has_wall_time_rates_and_this_stages_peak_memory():

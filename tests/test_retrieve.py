@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from stages.encode import EMBEDDINGS, EncodeParams, encode
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 from stages.index import IndexParams, build_index
 from stages.retrieve import RetrieveParams, query_batch, retrieve
 from stages.score import evaluate
-from stages.tables import RUN_TREC, read_corpus, read_qrels, read_queries, read_run, write_embeddings, write_run
+from stages.core.tables import RUN_TREC, read_corpus, read_qrels, read_queries, read_run, write_embeddings, write_run
 
 TOP_K = 50
 

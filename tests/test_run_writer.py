@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.tables import (
+from stages.core.tables import (
     RUN_SCHEMA,
     RunWriter,
     read_run,

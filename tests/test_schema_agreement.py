@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import encode, index_kinds, negative_samplers, report, score, train_adore, train_star
+from stages import encode, report, score, train_adore, train_star
+from stages.ml import index_kinds, negative_samplers
 from stages.bm25 import Bm25Params
 from stages.bm25_index import Bm25IndexParams
 from stages.encode import EncodeParams
 from stages.index import IndexParams
 from stages.mine_negatives import MineParams
-from stages.models import POOLINGS
+from stages.ml.models import POOLINGS
 from stages.prepare import PrepareParams
 from stages.report import ReportParams
 from stages.retrieve import RetrieveParams

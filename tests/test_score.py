@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from stages.score import ScoreParams, evaluate, score
-from stages.stats import bootstrap_ci, compare, paired_randomization_test
-from stages.tables import write_run
+from stages.ml.stats import bootstrap_ci, compare, paired_randomization_test
+from stages.core.tables import write_run
 
 QRELS = pd.DataFrame(
     {"split": "test", "query_id": ["q1", "q1", "q2", "q3"], "doc_id": ["a", "b", "c", "d"], "relevance": [2, 1, 1, 1]}

@@ -1,5 +1,5 @@
-"""stages.search: the torch flat searcher agrees with faiss; searchers over an index artifact
-(`stages.index_kinds.searcher_for`)."""
+"""stages.ml.search: the torch flat searcher agrees with faiss; searchers over an index artifact
+(`stages.ml.index_kinds.searcher_for`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.errors import ArtifactError, ConfigError
-from stages.index_kinds import searcher_for, write_kind
-from stages.search import DOC_IDS_FILE, INDEX_FILE, FlatTorchSearcher, faiss_search, load_index
-from stages.tables import write_table
+from stages.core.errors import ArtifactError, ConfigError
+from stages.ml.index_kinds import searcher_for, write_kind
+from stages.ml.search import DOC_IDS_FILE, INDEX_FILE, FlatTorchSearcher, faiss_search, load_index
+from stages.core.tables import write_table
 
 
 @pytest.fixture(scope="module")

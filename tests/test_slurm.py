@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.store import hash_tree
+from stages.core.store import hash_tree
 from test_workflow import ENV, planned_jobs, snakemake, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def zeroshot_config(workdir: Path, dataset: Path, model: Path) -> None:
 
 
 def workflow_rules() -> set[str]:
-    from stages.declarations import STAGES
+    from stages.core.declarations import STAGES
 
     return {stage.rule for stage in STAGES.values()}
 

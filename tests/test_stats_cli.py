@@ -1,4 +1,4 @@
-"""`python -m stages.stats`: its help, and errors (exit 2, no traceback) for a wrong path or an unscored measure."""
+"""`python -m stages.ml.stats`: its help, and errors (exit 2, no traceback) for a wrong path or an unscored measure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from stages.stats import main
+from stages.ml.stats import main
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stages import store
-from stages.errors import ArtifactError
+from stages.core import store
+from stages.core.errors import ArtifactError
 
 
 def test_key_depends_on_every_part():
@@ -120,7 +120,7 @@ def test_a_damaged_manifest_is_reported_by_verify_which_goes_on(tmp_path, capsys
     (broken / "manifest.json").write_text(text[: len(text) // 2])  # truncated
     (other / "b.txt").write_text("B")
     problems = "\n".join(store.verify(results))
-    assert f"{broken / 'manifest.json'}: damaged manifest" in problems and "stages.store verify" in problems
+    assert f"{broken / 'manifest.json'}: damaged manifest" in problems and "stages.core.store verify" in problems
     assert f"{other / 'b.txt'}: changed on disk" in problems  # the next artifact is still checked
     assert store.main(["--results", str(results), "verify"]) == 1
     assert "2 artifacts checked, 2 problems" in capsys.readouterr().out
@@ -134,7 +134,7 @@ def test_a_damaged_manifest_is_an_artifact_error_naming_it_and_the_fix(tmp_path,
         with pytest.raises(ArtifactError, match="damaged manifest") as caught:
             call(artifact)
         assert caught.value.path == str(artifact / "manifest.json")
-        assert "stages.store verify" in caught.value.fix and "rerun" in caught.value.fix
+        assert "stages.core.store verify" in caught.value.fix and "rerun" in caught.value.fix
     assert "damaged manifest" in store.damage(artifact)
 
 
@@ -172,10 +172,10 @@ def test_a_stage_does_not_start_on_a_damaged_input(tmp_path, capsys):
     with pytest.raises(ArtifactError, match="input 'run' is a damaged artifact") as caught:
         with store.write_artifact(tmp_path / "score" / "down", "score", {}, {"run": upstream}, check_key=False):
             pass
-    assert f"{upstream / 'run.txt'}: changed on disk" in str(caught.value) and "stages.store verify" in caught.value.fix
+    assert f"{upstream / 'run.txt'}: changed on disk" in str(caught.value) and "stages.core.store verify" in caught.value.fix
     assert not (tmp_path / "score" / "down").exists()
 
-    from stages.cli import run_stage
+    from stages.core.cli import run_stage
 
     calls = []
     argv = [str(tmp_path / "results" / "bm25" / "down"), "--params", "{}", "--no-check-key"]
@@ -250,7 +250,7 @@ def test_the_lock_file_is_gone_after_use_and_a_failed_write_leaves_nothing(tmp_p
 
 STAGE_SCRIPT = """
 import dataclasses, sys, time
-from stages.cli import run_stage
+from stages.core.cli import run_stage
 
 @dataclasses.dataclass
 class Params:

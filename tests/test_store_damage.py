@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import prune, store
-from stages.plan import Plan
+from stages.pipeline import prune
+from stages.core import store
+from stages.pipeline.plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 # Rules run `python -m stages.<stage>`: the interpreter running the tests must be first on PATH.
@@ -35,7 +36,7 @@ def workdir(tmp_path, scifact_slice, monkeypatch) -> Path:
 
 
 def plan_paths(*files: str) -> set[Path]:
-    from stages.plan import load_configs
+    from stages.pipeline.plan import load_configs
 
     return {node.path() for node in Plan(load_configs([Path(f) for f in files]), dry_run=True).nodes()}
 
@@ -93,7 +94,7 @@ def test_gc_names_a_bad_config_without_a_traceback(workdir, capsys):
 
 
 def test_run_plan_layers_config_files_as_snakemake_does(workdir):
-    listing = run("stages.run_plan", "-n", "--configfile", "config.yaml", "extra.yaml").stdout
+    listing = run("stages.pipeline.run_plan", "-n", "--configfile", "config.yaml", "extra.yaml").stdout
     planned = set(re.findall(r"\] (\w+) ([0-9a-f]{16})$", listing, re.MULTILINE))
     dry = snakemake("-n", "--configfile", "config.yaml", "extra.yaml").stdout
     assert planned and set(re.findall(r"results/(\w+)/([0-9a-f]{16})\b", dry)) == planned
@@ -101,19 +102,19 @@ def test_run_plan_layers_config_files_as_snakemake_does(workdir):
 
 
 def test_a_damaged_artifact_is_set_aside_by_the_next_run_and_rebuilt(workdir, capsys):
-    assert "5 of 5 artifacts to make" in run("stages.run_plan").stdout
+    assert "5 of 5 artifacts to make" in run("stages.pipeline.run_plan").stdout
     [artifact] = [p for p in Path("results/bm25").iterdir() if not p.name.startswith(".")]
     with open(artifact / "run.parquet", "ab") as handle:
         handle.write(b"\0")  # e.g. a disk error, or a copy gone wrong
     assert "run.parquet" in store.damage(artifact)
 
-    dry = run("stages.run_plan", "-n")
+    dry = run("stages.pipeline.run_plan", "-n")
     assert "0 of 5 artifacts to make" in dry.stdout and artifact.is_dir()  # a dry run moves nothing
     assert f"warning: damaged artifact {artifact}" in dry.stderr and "a run moves it aside" in dry.stderr
     dry = snakemake("-n")
     assert artifact.is_dir() and f"warning: damaged artifact {artifact}" in dry.stderr
 
-    again = run("stages.run_plan")
+    again = run("stages.pipeline.run_plan")
     assert "1 of 5 artifacts to make" in again.stdout and "moved aside to" in again.stderr
     [aside] = [p for p in artifact.parent.iterdir() if p.name.startswith(f".damaged-{artifact.name}-")]
     assert store.verify_artifact(artifact) == [] and store.damage(artifact) is None  # rebuilt, intact

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages import tokenize
-from stages.models import document_texts, load_tokenizer, token_chunk
-from stages.resources import available_threads
-from stages.tables import CORPUS, read_corpus
+from stages.ml.models import document_texts, load_tokenizer, token_chunk
+from stages.core.resources import available_threads
+from stages.core.tables import CORPUS, read_corpus
 
 
 def run_cli(prepared: Path, out: Path, max_length: int = 64) -> dict:

@@ -17,11 +17,11 @@ import torch
 from helpers import assert_same_weights, killed_then_resumed, model_tensors, tensors_under, tiny_training
 
 from stages.encode import EMBEDDINGS, EncodeParams, encode
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 from stages.index import IndexParams, build_index
 from stages.retrieve import RetrieveParams, retrieve
-from stages.search import faiss_search, load_index
-from stages.tables import read_embeddings, read_run
+from stages.ml.search import faiss_search, load_index
+from stages.core.tables import read_embeddings, read_run
 from stages.train_adore import (
     AdoreParams,
     Interval,
@@ -211,7 +211,7 @@ def test_vectorised_weights_equal_the_per_query_reference(metric, dtype):
 
 
 def test_query_tokens_are_what_the_encoder_tokenizes(tiny_model_dir):
-    from stages.models import load_encoder
+    from stages.ml.models import load_encoder
 
     encoder = load_encoder(tiny_model_dir)
     texts = ["what is a cell", "  ", "a much longer query about the many proteins of the human cell membrane", "x y"]
@@ -292,7 +292,7 @@ def sha256(path: Path) -> str:
 
 
 def test_only_the_query_encoder_learns(prepared, flat_index, tiny_model_dir, tmp_path):
-    from stages.models import load_encoder
+    from stages.ml.models import load_encoder
 
     params = tiny_params(tiny_model_dir)
     documents, doc_ids = frozen_documents(params, {"index": flat_index}, torch.device("cpu"))
@@ -316,7 +316,7 @@ def test_only_the_query_encoder_learns(prepared, flat_index, tiny_model_dir, tmp
 
 @pytest.mark.parametrize("metric", ["mrr", "ndcg"])
 def test_batch_loss_is_lazy_and_equals_the_per_query_reference(prepared, flat_index, tiny_model_dir, metric):
-    from stages.models import load_encoder
+    from stages.ml.models import load_encoder
 
     params = tiny_params(tiny_model_dir, metric=metric, batch_size=6, top_k=15, metric_cutoff=7)
     device = torch.device("cpu")

@@ -17,7 +17,7 @@ from helpers import assert_same_weights, killed_then_resumed, tiny_training
 from stages import train_star as train_star_module
 from stages.bm25 import Bm25Params, bm25_run
 from stages.bm25_index import Bm25IndexParams, build_index
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 from stages.mine_negatives import MineParams, mine
 from stages.train_star import (
     StarParams,
@@ -29,7 +29,7 @@ from stages.train_star import (
     sample_batch,
     train_star,
 )
-from stages.training import CHECKPOINT
+from stages.ml.training import CHECKPOINT
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_documents_read_from_the_tokenize_artifact_train_the_same_weights(
     """The corpus's `tokenize` artifact instead of tokenizing documents in the trainer: bitwise the same model; one
     made at another length is refused."""
     from stages import tokenize
-    from stages.errors import ArtifactError
+    from stages.core.errors import ArtifactError
 
     tokens, made = tmp_path / "tokens", {"model": str(tiny_model_dir), "max_length": 32}
     argv = ["--no-check-key", "--params", json.dumps(made), "--inputs", json.dumps({"prepared": str(prepared)})]
@@ -95,7 +95,7 @@ def test_documents_read_from_the_tokenize_artifact_train_the_same_weights(
 
 
 def test_training_lowers_the_loss_of_a_fixed_batch(prepared, negatives, tiny_model_dir, tmp_path):
-    from stages.models import load_encoder
+    from stages.ml.models import load_encoder
 
     params = tiny_params(tiny_model_dir, batch_size=8, max_steps=12, learning_rate=2e-3)
     inputs = {"prepared": prepared, "negatives": negatives}
@@ -115,7 +115,7 @@ def test_training_lowers_the_loss_of_a_fixed_batch(prepared, negatives, tiny_mod
 @pytest.mark.parametrize("changes", [{}, {"loss": "softmax", "hard_negatives_per_query": 2}, {"negatives": "inbatch"}])
 def test_host_and_device_parts_make_batch_loss(changes, prepared, negatives, tiny_model_dir):
     """prepare_inputs then inputs_loss is batch_loss, bit for bit; the logged terms stay 0-dim tensors."""
-    from stages.models import load_encoder
+    from stages.ml.models import load_encoder
 
     params = tiny_params(tiny_model_dir, **changes)
     data = load_training_data(params, {"prepared": prepared, "negatives": negatives})
@@ -239,7 +239,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(prepared, neg
 def test_packed_inputs_give_the_padded_loss(changes, prepared, negatives, tiny_model_dir):
     """The packed host side (ids without padding, lengths on the host) through Encoder.forward_packed gives the padded
     batch's loss and gradients (eval mode: no dropout draws to differ; on the CPU the attention pads the heads)."""
-    from stages.models import load_encoder
+    from stages.ml.models import load_encoder
 
     params = tiny_params(tiny_model_dir, **changes)
     data = load_training_data(params, {"prepared": prepared, "negatives": negatives})

@@ -20,7 +20,7 @@ RATES = ("step_s", "queries_per_s", "real_tokens_per_s", "padded_tokens_per_s", 
 def test_every_configuration_measured(tiny_model_dir, tmp_path, capsys, monkeypatch):
     # one thread (the training loop's and the bare model's): on a busy 2-core machine two threads of a tiny model
     # mostly wait for each other; the numbers are not the point here
-    monkeypatch.setattr("stages.training.CPU_THREADS", 1)
+    monkeypatch.setattr("stages.ml.training.CPU_THREADS", 1)
     out = tmp_path / "train_throughput.json"
     report = main([
         "--quick", "--device", "cpu", "--model", str(tiny_model_dir), "--warmup-steps", "1", "--steps", "1",

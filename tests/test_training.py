@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from stages.training import (
+from stages.ml.training import (
     CHECKPOINT,
     TrainConfig,
     batch_rng,
@@ -101,7 +101,7 @@ def test_checkpoint_round_trip_continues_exactly(tmp_path):
 
 
 def test_checkpoint_of_another_run_shape_is_refused(tmp_path):
-    from stages.errors import ArtifactError
+    from stages.core.errors import ArtifactError
 
     model = Toy()
     optimizer = make_optimizer(model, TrainConfig())

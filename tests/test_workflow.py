@@ -128,7 +128,7 @@ def test_experiments_share_upstream_artifacts(workdir, scifact_slice):
 
 def test_verify_reports_a_file_changed_since_written(workdir):
     snakemake(workdir)
-    verify = [sys.executable, "-m", "stages.store", "verify"]
+    verify = [sys.executable, "-m", "stages.core.store", "verify"]
     clean = subprocess.run(verify, cwd=workdir, capture_output=True, text=True)
     assert clean.returncode == 0 and "5 artifacts checked, 0 problems" in clean.stdout
     run_file = workdir / "results" / "runs" / "bm25" / "bm25-test" / "run.trec"
@@ -142,7 +142,7 @@ def test_gc_lists_then_removes_artifacts_the_config_no_longer_reaches(workdir, s
     old_bm25 = artifacts(workdir, "bm25")
     write_config(workdir, scifact_slice, [{"name": "bm25", "method": "bm25"}], bm25={"k1": 0.9})
     snakemake(workdir)
-    gc = [sys.executable, "-m", "stages.prune"]
+    gc = [sys.executable, "-m", "stages.pipeline.prune"]
     listing = subprocess.run(gc, cwd=workdir, capture_output=True, text=True)
     assert listing.returncode == 0 and f"bm25/{old_bm25[0]}" in listing.stdout and "--yes" in listing.stdout
     assert old_bm25[0] in artifacts(workdir, "bm25")  # listing alone removes nothing
@@ -161,12 +161,12 @@ def test_bad_config_stops_with_the_key_and_what_is_allowed(workdir, scifact_slic
 
 
 def test_run_plan_makes_the_same_artifacts_without_snakemake(workdir):
-    """The GPU box has no Snakemake: stages.run_plan runs the same DAG; Snakemake then finds nothing to do."""
-    result = subprocess.run([sys.executable, "-m", "stages.run_plan"], cwd=workdir, capture_output=True, text=True)
+    """The GPU box has no Snakemake: stages.pipeline.run_plan runs the same DAG; Snakemake then finds nothing to do."""
+    result = subprocess.run([sys.executable, "-m", "stages.pipeline.run_plan"], cwd=workdir, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "5 of 5 artifacts to make" in result.stdout
     assert (workdir / "results" / "runs" / "bm25" / "score-test" / "metrics.json").is_file()
-    again = subprocess.run([sys.executable, "-m", "stages.run_plan", "-n"], cwd=workdir, capture_output=True, text=True)
+    again = subprocess.run([sys.executable, "-m", "stages.pipeline.run_plan", "-n"], cwd=workdir, capture_output=True, text=True)
     assert "0 of 5 artifacts to make" in again.stdout
 
 
@@ -182,7 +182,7 @@ def test_a_configfile_replaces_config_yaml_as_run_plan_reads_it(workdir, scifact
     dry = snakemake(workdir, "-n", "--configfile", str(other)).stdout
     planned = set(re.findall(r"results/(\w+)/([0-9a-f]{16})\b", dry))
     listing = subprocess.run(
-        [sys.executable, "-m", "stages.run_plan", "-n", "--configfile", str(other)],
+        [sys.executable, "-m", "stages.pipeline.run_plan", "-n", "--configfile", str(other)],
         cwd=workdir, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     expected = set(re.findall(r"\] (\w+) ([0-9a-f]{16})$", listing, re.MULTILINE))

@@ -6,9 +6,9 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 
-from stages.errors import PipelineError
-from stages.plan import Plan, validate_config
-from stages.store import write_pointers
+from stages.core.errors import PipelineError
+from stages.pipeline.plan import Plan, validate_config
+from stages.core.store import write_pointers
 
 try:
     validate_config(config)  # readable messages first; then snakemake's validate fills the defaults

@@ -35,7 +35,7 @@ try:
 except ImportError:  # torch < 2.9
     varlen_attn = None
 
-log = logging.getLogger("stages.packed")
+log = logging.getLogger("stages.ml.packed")
 ATTENTION = "hardneg_packed"
 POSITION_START = {
     "bert": lambda config: 0,

@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from stages.errors import ArtifactError, ConfigError
-from stages.model_source import resolve_model
+from ..core.errors import ArtifactError, ConfigError
+from ..core.model_source import resolve_model
 
-log = logging.getLogger("stages.models")
+log = logging.getLogger("stages.ml.models")
 
 ENCODER_JSON = "encoder.json"
 MODEL_SUBDIR = "model"
@@ -88,7 +88,7 @@ class Encoder(torch.nn.Module):
     def forward_packed(self, ids: np.ndarray | torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
         """`forward` on texts packed into one row of tokens, with gradient: (texts, dim) float32, pooled and
         normalised as `forward` gives on the same texts padded (in eval mode; in training the dropout masks
-        differ, and on the flash kernel attention-probability dropout is off: see `stages.packed`).
+        differ, and on the flash kernel attention-probability dropout is off: see `stages.ml.packed`).
 
         ``ids``: the texts' token ids one after another (numpy or a CPU tensor, pinned or not; int32 or int64),
         ``lengths``: tokens per text as a host array (`token_chunk` gives both). Nothing is read back from the
@@ -96,7 +96,7 @@ class Encoder(torch.nn.Module):
         pinned memory on CUDA). Use it where `supports_packed_training` says so; elsewhere it is correct (the
         attention pads the heads) but slower than `forward` on length-sorted padded batches.
         """
-        from stages.packed import PackedChunk, packed_implementation, position_start
+        from .packed import PackedChunk, packed_implementation, position_start
 
         lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
         if len(ids) != int(lengths.sum()):
@@ -113,10 +113,10 @@ class Encoder(torch.nn.Module):
         return self._head(pooled)
 
     def supports_packed_training(self, autocast: str | None = "auto") -> bool:
-        """Whether `forward_packed` pays off for training here: a model type `stages.packed` knows, on CUDA, computing
+        """Whether `forward_packed` pays off for training here: a model type `stages.ml.packed` knows, on CUDA, computing
         in bf16/fp16 (``autocast`` 'bf16'/'fp16', or the weights' dtype with None/'none'; 'auto': bf16 on CUDA) and
         torch's variable-length flash attention available. Such training has no attention-probability dropout."""
-        from stages.packed import packing_pays
+        from .packed import packing_pays
 
         if autocast == "auto":
             autocast = default_autocast(self.device)
@@ -208,12 +208,12 @@ class Encoder(torch.nn.Module):
 
         A worker thread produces the chunks (tokenizing or reading them) up to two ahead of the GPU. Each chunk goes
         to the device in one copy and its results come back in one. On a GPU in bf16/fp16, models that
-        `stages.packed` knows run padding-free: ``batch_size`` consecutive texts packed into one row of tokens.
+        `stages.ml.packed` knows run padding-free: ``batch_size`` consecutive texts packed into one row of tokens.
         Otherwise batches hold texts of similar length (longest first), cut to their longest. ``device`` moves the
         encoder there first (default: where it is). ``autocast``: 'bf16', 'fp16', None/'none' (off), or 'auto'
         (bf16 on CUDA, off on CPU).
         """
-        from stages.packed import packed_implementation, packing_pays
+        from .packed import packed_implementation, packing_pays
 
         if device is not None:
             self.to(device)
@@ -247,7 +247,7 @@ class Encoder(torch.nn.Module):
         return embeddings, lengths
 
     def _packed_chunk(self, ids: np.ndarray, lengths: np.ndarray, batch_size: int, bar) -> torch.Tensor:
-        from stages.packed import PackedChunk, position_start
+        from .packed import PackedChunk, position_start
 
         chunk, outputs = PackedChunk(ids, lengths, self.device, position_start(self.model)), []
         for start in range(0, len(lengths), batch_size):

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from stages.errors import ConfigError, PipelineError
-from stages.resources import Meter
-from stages.store import artifact_lock, made_already, write_artifact
+from .. import PACKAGE
+from .errors import ConfigError, PipelineError
+from .resources import Meter
+from .store import artifact_lock, made_already, write_artifact
 
 P = TypeVar("P")
 log = logging.getLogger("stages")
@@ -47,7 +48,7 @@ class StageArgs:
 
 def parse_stage_args(stage: str, params_cls: type, argv: list[str] | None = None) -> StageArgs:
     """``OUT --params JSON --inputs JSON [--no-check-key]``; the params must name every field (`build_params`)."""
-    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
+    parser = argparse.ArgumentParser(prog=f"python -m {PACKAGE}.{stage}")
     parser.add_argument("out", type=Path, help="artifact directory to create (results/<stage>/<key>)")
     parser.add_argument("--params", required=True, help="JSON object with every parameter of the stage")
     parser.add_argument("--inputs", default="{}", help="JSON object: input name -> path")

@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from stages import cli
-from stages.errors import ConfigError, PipelineError
+from ..core import cli
+from ..core.errors import ConfigError, PipelineError
 
 
 def requested() -> bool:
@@ -178,7 +178,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def run_stage(
     stage: str, params_cls: type, work: Callable[..., Mapping[str, Any] | None], argv: list[str] | None = None
 ) -> int:
-    """`stages.cli.run_stage` for a trainer, under torchrun or not.
+    """`stages.core.cli.run_stage` for a trainer, under torchrun or not.
 
     Rank 0 runs it as usual (it alone writes the artifact and removes the work folder); the other ranks run ``work``
     with the same params, inputs and work folder (to resume from) into a scratch folder that is then dropped."""

@@ -1,8 +1,8 @@
 """Every stage declared once: the module that runs it, its Snakemake rule, its conda env, and what one of its jobs
 asks for. The Snakefile makes each stage's rule from one template (`workflow/rules/stages.smk`), and
-`stages.run_plan` starts stages with the same commands, so both paths launch every stage the same way.
+`stages.pipeline.run_plan` starts stages with the same commands, so both paths launch every stage the same way.
 
-A GPU stage is started through `stages.launch` (it claims free devices; several GPUs run the stage under torchrun);
+A GPU stage is started through `stages.core.launch` (it claims free devices; several GPUs run the stage under torchrun);
 a CPU stage runs with no GPU visible.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+
+from .. import PACKAGE
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class Stage:
     env: str
     """envs/<env>.yaml."""
     threads: int
-    """Snakemake caps it at --cores; the stage works on what it is given (`stages.resources.available_threads`)."""
+    """Snakemake caps it at --cores; the stage works on what it is given (`stages.core.resources.available_threads`)."""
     mem_mb: int
     runtime: int
     """Minutes (a cluster's walltime)."""
@@ -30,10 +32,11 @@ class Stage:
     """It can run on several GPUs at once (torchrun, DDP): the trainers."""
 
     def command(self, argv: list[str], gpus: int = 1) -> list[str]:
-        """The stage's process: through `stages.launch` on ``gpus`` GPUs for a GPU stage."""
+        """The stage's process: through `stages.core.launch` on ``gpus`` GPUs for a GPU stage."""
+        module = f"{PACKAGE}.{self.name}"
         if self.gpu:
-            return [sys.executable, "-m", "stages.launch", f"--gpus={gpus}", "--", f"stages.{self.name}", *argv]
-        return [sys.executable, "-m", f"stages.{self.name}", *argv]
+            return [sys.executable, "-m", f"{PACKAGE}.core.launch", f"--gpus={gpus}", "--", module, *argv]
+        return [sys.executable, "-m", module, *argv]
 
     def env_vars(self) -> dict[str, str]:
         """What the stage's process sees changed: a CPU stage no GPU."""
@@ -41,8 +44,8 @@ class Stage:
 
     def shell(self) -> str:
         """The rule's shell command (Snakemake's placeholders)."""
-        launch = "python -m stages.launch --gpus {resources.gpu} -- " if self.gpu else "CUDA_VISIBLE_DEVICES= python -m "
-        return f"{launch}stages.{self.name} {{output.artifact}} --params {{params.stage:q}} --inputs {{params.inputs:q}} > {{log}} 2>&1"
+        launch = f"python -m {PACKAGE}.core.launch --gpus {{resources.gpu}} -- " if self.gpu else "CUDA_VISIBLE_DEVICES= python -m "
+        return f"{launch}{PACKAGE}.{self.name} {{output.artifact}} --params {{params.stage:q}} --inputs {{params.inputs:q}} > {{log}} 2>&1"
 
     def resources(self) -> dict[str, int]:
         return {"mem_mb": self.mem_mb, "runtime": self.runtime} | ({"gpu": 1} if self.gpu else {})

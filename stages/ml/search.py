@@ -1,10 +1,10 @@
 """Inner-product search backends shared by `index`, `retrieve` (and ADORE's training loop); which one searches an
-index artifact is up to its kind (`stages.index_kinds`).
+index artifact is up to its kind (`stages.ml.index_kinds`).
 
 - faiss (CPU, or GPU when faiss was built with it) over an `index` artifact (index.faiss + doc_ids.parquet);
 - ``FlatTorchSearcher``: exact search as chunked matmul + top-k in torch, for a GPU when faiss has no GPU support;
 - ``PQTorchSearcher``: a PQ (optionally OPQ) index's codes on the device, scored by asymmetric distance computation
-  (a Triton kernel on CUDA, `stages.pq_kernels`), with the same scores as faiss's IndexPQ.
+  (a Triton kernel on CUDA, `stages.ml.pq_kernels`), with the same scores as faiss's IndexPQ.
 
 Every searcher has ``.search(queries, k) -> (scores float32 (q, k), indices int64 (q, k))`` (row numbers, -1 where
 fewer than k documents exist), ``.doc_ids`` (row number -> document id), ``.ntotal`` and ``.dim``; the torch ones
@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from stages.errors import ArtifactError, ConfigError
+from ..core.errors import ArtifactError, ConfigError
 
-log = logging.getLogger("stages.search")
+log = logging.getLogger("stages.ml.search")
 
 INDEX_FILE, DOC_IDS_FILE = "index.faiss", "doc_ids.parquet"
 
@@ -239,7 +239,7 @@ class PQTorchSearcher:
     The score of query q and document n is ``sum_m <T(q)_m, centroid[m, code[n, m]]>`` (T: the optional linear
     pre-transform, e.g. OPQ; applied to the queries), what faiss's IndexPQ computes with per-query lookup tables.
     Only the (N, M) codes and the (M, ksub, dsub) centroids are resident. On CUDA a Triton kernel decodes tiles of
-    codes on the fly and multiplies them with the queries on the tensor cores (`stages.pq_kernels`); elsewhere
+    codes on the fly and multiplies them with the queries on the tensor cores (`stages.ml.pq_kernels`); elsewhere
     (or with ``kernel='torch'``) chunks of codes are decoded with ``F.embedding`` and multiplied with a matmul.
     Tables and queries are float16 on CUDA (float32 accumulation) and float32 on CPU, unless ``dtype`` says.
     """
@@ -291,7 +291,7 @@ class PQTorchSearcher:
             return "torch"
         from_triton = self.device.type == "cuda" and _triton_available()
         if from_triton:
-            from stages.pq_kernels import supports
+            from .pq_kernels import supports
 
             from_triton = supports(self.m, self.dsub)
         if kernel == "triton" and not from_triton:
@@ -364,7 +364,7 @@ class PQTorchSearcher:
         """(queries, stop - start) float32 scores of documents [start, stop)."""
         if self.kernel == "triton":
             try:
-                from stages.pq_kernels import pq_scores
+                from .pq_kernels import pq_scores
 
                 return pq_scores(self.codes[start:stop], self.table, queries, self.ksub)
             except Exception as error:  # noqa: BLE001 - e.g. no C compiler for Triton's launcher on this machine

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from stages.errors import ArtifactError, ConfigError
+from ..core.errors import ArtifactError, ConfigError
 
-log = logging.getLogger("stages.index_kinds")
+log = logging.getLogger("stages.ml.index_kinds")
 
 KIND_FILE = "kind.json"
 BACKENDS = ("auto", "faiss", "faiss-gpu", "torch")
@@ -29,7 +29,7 @@ class IndexKind:
     """(IndexParams, dim, a function giving the training sample) -> (an empty faiss index, ready for adding; the
     number of vectors it was trained on)."""
     torch_searcher: Callable[[Any, list[str], Any], Any] | None
-    """(faiss index, doc ids, device or None) -> a `stages.search` torch searcher (``topk``, and ``scores``: what
+    """(faiss index, doc ids, device or None) -> a `stages.ml.search` torch searcher (``topk``, and ``scores``: what
     ADORE's loss scores with); None: searched by faiss only, and ADORE cannot train on it."""
     lossy: bool = False
     """It stores approximations of the embeddings, so ADORE may score with the encode shards instead."""
@@ -51,7 +51,7 @@ def build_flat(params: Any, dim: int, sample: Callable[[], Any]) -> tuple[Any, i
 
 
 def flat_torch_searcher(index: Any, doc_ids: list[str], device: Any) -> Any:
-    from stages.search import FlatTorchSearcher, flat_vectors
+    from .search import FlatTorchSearcher, flat_vectors
 
     return FlatTorchSearcher(flat_vectors(index), device=device, doc_ids=doc_ids)
 
@@ -89,7 +89,7 @@ def build_pq(params: Any, dim: int, sample: Callable[[], Any]) -> tuple[Any, int
 
 
 def pq_torch_searcher(index: Any, doc_ids: list[str], device: Any) -> Any:
-    from stages.search import PQTorchSearcher
+    from .search import PQTorchSearcher
 
     return PQTorchSearcher.from_faiss(index, doc_ids=doc_ids, device=device)
 
@@ -138,7 +138,7 @@ def recorded_kind(artifact_dir: Path) -> IndexKind:
 
 def open_index(artifact_dir: Path) -> tuple[IndexKind, Any, list[str]]:
     """(its recorded kind, the faiss index, the document id of each row) of an index artifact."""
-    from stages.search import load_index
+    from .search import load_index
 
     index, doc_ids = load_index(artifact_dir)
     return recorded_kind(artifact_dir), index, doc_ids
@@ -153,7 +153,7 @@ def searcher_for(index_artifact: Path, backend: str = "auto") -> Any:
     import faiss
     import torch
 
-    from stages.search import FaissSearcher, faiss_has_gpu
+    from .search import FaissSearcher, faiss_has_gpu
 
     if backend not in BACKENDS:
         raise ConfigError(f"unknown search backend {backend!r}", fix=f"use one of {BACKENDS}")

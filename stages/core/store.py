@@ -5,7 +5,7 @@ code version (``VERSION`` in ``stages/<stage>.py``), the canonical JSON of its p
 (an upstream artifact's key, or a raw file's content hash). Outputs appear atomically: a stage writes into a
 temporary sibling directory that is renamed into place, with a ``manifest.json``, once everything is written.
 
-CLI: ``python -m stages.store verify`` re-hashes artifacts (``stages.prune`` removes what no config reaches).
+CLI: ``python -m stages.core.store verify`` re-hashes artifacts (``stages.pipeline.prune`` removes what no config reaches).
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from stages.errors import ArtifactError
+from .errors import ArtifactError
 
 KEY_LENGTH = 16
 MANIFEST = "manifest.json"
 # Files that tools put into artifact directories after they are written; never part of an artifact.
 FOREIGN_FILES = {".snakemake_timestamp"}
 PACKAGES = ("torch", "transformers", "faiss-cpu", "bm25s", "ir-measures", "pyarrow", "pandas", "numpy")
-STAGES_DIR = Path(__file__).resolve().parent
+STAGES_DIR = Path(__file__).resolve().parent.parent  # the stage modules
 DAMAGED_FIX = (
-    "see `python -m stages.store verify`; delete the folder (or move it away) and rerun: the stage rebuilds it"
+    "see `python -m stages.core.store verify`; delete the folder (or move it away) and rerun: the stage rebuilds it"
 )
 # Folders next to artifacts: a write in progress or killed (.tmp-<name>-<pid>[@<host>]), a replaced artifact being
 # removed (.trash-<name>-<pid>[@<host>]), a damaged artifact set aside by a run (.damaged-<name>-<time>).
@@ -423,7 +423,7 @@ def write_pointers(results: Path, experiments: Mapping[str, Mapping[str, Path]])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.store", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stages.core.store", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("verify", help="re-hash every artifact and report files changed since written")
@@ -440,7 +440,7 @@ def verify_command(results: Path) -> int:
     count = sum(1 for _ in iter_artifacts(results))
     print(
         f"{count} artifacts checked, {len(problems)} problems, {len(left)} leftover folders "
-        "(python -m stages.prune --yes removes them)"
+        "(python -m stages.pipeline.prune --yes removes them)"
     )
     return 1 if problems else 0
 

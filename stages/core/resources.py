@@ -1,11 +1,11 @@
 """What a stage used, for a per-stage throughput table: wall time, items and items/s, peak host and GPU memory.
 
-`stages.cli.run_stage` starts a `Meter` before the stage's work and merges `Meter.block(items)` into its
+`stages.core.cli.run_stage` starts a `Meter` before the stage's work and merges `Meter.block(items)` into its
 summary.json under ``resources``; a stage names its main count(s) in its summary as ``items``, e.g.
 ``{"documents": 5183, "tokens": 1200000}``.
 
 Peak RSS is ``getrusage``'s ``ru_maxrss`` of this process, reset at the start where Linux allows it (so a stage run
-in-process by `stages.run_plan` does not inherit an earlier stage's peak), and of the largest child process
+in-process by `stages.pipeline.run_plan` does not inherit an earlier stage's peak), and of the largest child process
 reaped so far (a worker pool's: an upper bound, since Linux counts in a child the RSS its parent had when it
 started it). Peak GPU memory is torch's ``max_memory_allocated`` when torch is imported and CUDA is initialised
 (0 when CUDA is available but unused, null without CUDA).

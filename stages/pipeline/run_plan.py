@@ -6,9 +6,9 @@ a finished artifact is never rerun. Logs go to ``results/logs/<stage>/<key>.log`
 
 Stages run in this process by default (torch, CUDA and the tokenizer start once, not once per stage: on the H100
 that saves ~10 s a stage); ``--isolate`` runs each in its own process, as Snakemake does. ``--train-gpus N`` (N > 1)
-runs the training stages on N GPUs through `stages.launch` (torchrun, DDP), as a rule given ``gpu: N`` would.
+runs the training stages on N GPUs through `stages.core.launch` (torchrun, DDP), as a rule given ``gpu: N`` would.
 
-    python -m stages.run_plan [--configfile config.yaml [more.yaml ...]] [--results results] [-n] [--isolate]
+    python -m stages.pipeline.run_plan [--configfile config.yaml [more.yaml ...]] [--results results] [-n] [--isolate]
                               [--train-gpus N]
 """
 
@@ -27,10 +27,10 @@ import time
 import traceback
 from pathlib import Path
 
-from stages.declarations import STAGES
-from stages.errors import PipelineError
-from stages.plan import Node, Plan, load_configs
-from stages.store import MANIFEST, write_pointers
+from ..core.declarations import STAGES
+from ..core.errors import PipelineError
+from .plan import Node, Plan, load_configs
+from ..core.store import MANIFEST, write_pointers
 
 
 class StageFailed(Exception):
@@ -96,7 +96,7 @@ def run_in_process(stage: str, argv: list[str], handle) -> int:
     root.setLevel(logging.INFO)
     try:
         with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
-            return importlib.import_module(f"stages.{stage}").main(argv)
+            return importlib.import_module(f"..{stage}", __package__).main(argv)
     except Exception:  # noqa: BLE001 - a stage's crash is reported with its traceback in its log
         traceback.print_exc(file=handle)
         return 1
@@ -109,7 +109,7 @@ def run_in_process(stage: str, argv: list[str], handle) -> int:
 
 def partial_report(plan: Plan, results: Path) -> None:
     """The report over the scores that exist, into ``results/report-partial`` (not a store artifact)."""
-    from stages.report import ReportParams, report
+    from ..report import ReportParams, report
 
     inputs = plan.report.input_paths(results)
     params = dict(plan.report.params)
@@ -126,7 +126,7 @@ def partial_report(plan: Plan, results: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.run_plan", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stages.pipeline.run_plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--configfile", type=Path, nargs="+", default=[Path("config.yaml")], help="later files win")
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("-n", "--dry-run", action="store_true", help="list what would run")

@@ -3,7 +3,7 @@
 Snakemake's `gpu` resource is only a counter: it keeps the sum of running jobs' GPUs within the machine's, but does
 not say *which* GPUs a job gets. Rules therefore start GPU stages through this launcher:
 
-    python -m stages.launch --gpus 2 -- stages.train_star OUT --params ... --inputs ...
+    python -m stages.core.launch --gpus 2 -- stages.train_star OUT --params ... --inputs ...
 
 It claims that many devices with one lock file per device (an flock, released by the kernel when the job ends, even
 on kill -9), sets CUDA_VISIBLE_DEVICES to them and replaces itself with the stage, so signals reach the stage. With

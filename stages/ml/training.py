@@ -12,7 +12,7 @@ A checkpoint is one safetensors file, ``<work_dir>/checkpoint.safetensors``: ten
 JSON in its metadata, so nothing is pickled. It is written to a temporary file that is renamed into place, so a kill
 leaves either the previous checkpoint or the new one.
 
-Several processes (torchrun, see `stages.distributed`): every rank takes its slice of the same global batch, the model
+Several processes (torchrun, see `stages.ml.distributed`): every rank takes its slice of the same global batch, the model
 is wrapped in DDP, and ``batch_loss`` returns the rank's share of the global batch's loss (the shares sum to it); the
 backward pass runs on share * world_size, so that DDP's averaging leaves every rank with the gradient of the global
 loss, exactly as one process on the whole batch. Rank 0 alone logs, shows progress and writes checkpoints and the
@@ -39,12 +39,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from stages import distributed
-from stages.errors import ArtifactError, ConfigError
-from stages.models import MODEL_SUBDIR, Encoder, load_encoder, save_encoder
-from stages.tables import write_table
+from . import distributed
+from ..core.errors import ArtifactError, ConfigError
+from .models import MODEL_SUBDIR, Encoder, load_encoder, save_encoder
+from ..core.tables import write_table
 
-log = logging.getLogger("stages.training")
+log = logging.getLogger("stages.ml.training")
 
 CHECKPOINT = "checkpoint.safetensors"
 TRAIN_LOG, LOSS_PLOT = "train_log.parquet", "loss.png"
@@ -103,9 +103,9 @@ class InitialEncoder:
     model: str = "bundled"
     """'bundled' (all-MiniLM-L6-v2) or a safetensors model folder."""
     pooling: str = "auto"
-    """Encoder pooling (see stages.models); 'auto' keeps the model's own."""
+    """Encoder pooling (see stages.ml.models); 'auto' keeps the model's own."""
     normalize: bool | str = "auto"
-    """L2-normalise embeddings (see stages.models); 'auto' keeps the model's own."""
+    """L2-normalise embeddings (see stages.ml.models); 'auto' keeps the model's own."""
 
 
 def pick_device() -> torch.device:
@@ -338,8 +338,8 @@ def train(
     """
     if distributed.requested() and not distributed.active():
         raise ConfigError(
-            "WORLD_SIZE > 1 but no process group: this stage was not started through stages.distributed.run_stage",
-            fix="run it as one process, or have its main() call stages.distributed.run_stage",
+            "WORLD_SIZE > 1 but no process group: this stage was not started through stages.ml.distributed.run_stage",
+            fix="run it as one process, or have its main() call stages.ml.distributed.run_stage",
         )
     device = next(model.parameters()).device
     total = total_steps(config, steps_per_epoch)

@@ -1,7 +1,7 @@
 """Statistics over per-query metric values: bootstrap confidence intervals, paired significance tests and Holm's
 correction for comparing several variants with one reference.
 
-CLI: ``python -m stages.stats SCORE_A SCORE_B [--measure nDCG@10]`` compares two `score` artifacts on the same queries.
+CLI: ``python -m stages.ml.stats SCORE_A SCORE_B [--measure nDCG@10]`` compares two `score` artifacts on the same queries.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.errors import DataError, PipelineError
+from ..core.errors import DataError, PipelineError
 
 PER_QUERY = "per_query.parquet"
 DESCRIPTION = """Paired randomization test between two `score` artifacts scored on the same queries: prints, as JSON,
 the mean of each on one measure, their difference and the two-sided p-value."""
 EXAMPLE = """example:
-  python -m stages.stats results/runs/star/seed-1/score-test results/runs/bm25/score-test --measure MRR@10
+  python -m stages.ml.stats results/runs/star/seed-1/score-test results/runs/bm25/score-test --measure MRR@10
 
 A score artifact is a results/score/<key> folder (or a results/runs/<experiment>/score-<split> link to one) with
 per_query.parquet. Exit status 2: a wrong path, a measure the artifacts lack, or different queries."""
@@ -93,7 +93,7 @@ def paired_values(per_query_a: pd.DataFrame, per_query_b: pd.DataFrame, measure:
 
 def read_scores(score: Path) -> pd.DataFrame:
     """The per-query values of a score artifact."""
-    from stages.tables import _read
+    from ..core.tables import _read
 
     if not (Path(score) / PER_QUERY).is_file():
         what = "no such folder" if not Path(score).exists() else f"not a score artifact (no {PER_QUERY})"
@@ -128,7 +128,7 @@ def compare(score_a: Path, score_b: Path, measure: str, samples: int = PERMUTATI
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m stages.stats",
+        prog="python -m stages.ml.stats",
         description=DESCRIPTION,
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -1,7 +1,7 @@
-"""Garbage collection of the artifact store: ``python -m stages.prune`` lists (and with ``--yes`` removes) artifacts
+"""Garbage collection of the artifact store: ``python -m stages.pipeline.prune`` lists (and with ``--yes`` removes) artifacts
 that the given runs' configs no longer reach, and what killed jobs left behind.
 
-Apart from `stages.store` because it needs the plan (which needs the store); not named ``gc``, which would shadow
+Apart from `stages.core.store` because it needs the plan (which needs the store); not named ``gc``, which would shadow
 Python's own ``gc`` module wherever ``stages/`` is on the path.
 """
 
@@ -12,9 +12,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from stages.errors import PipelineError
-from stages.plan import Plan, load_configs
-from stages.store import iter_artifacts, leftovers
+from ..core.errors import PipelineError
+from .plan import Plan, load_configs
+from ..core.store import iter_artifacts, leftovers
 
 
 def reached_by(results: Path, runs: list[list[Path]]) -> set[Path]:
@@ -60,7 +60,7 @@ def prune(results: Path, runs: list[list[Path]] | None, yes: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.prune", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stages.pipeline.prune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument(
         "--configfile", type=Path, nargs="+", action="append", metavar="FILE",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.errors import DataError
+from .errors import DataError
 
 
 def dataset_files(root: Path, params_format: str, splits: list[str]) -> dict[str, Path]:

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.errors import ArtifactError, DataError
-from stages.resources import available_threads
+from .errors import ArtifactError, DataError
+from .resources import available_threads
 
 CORPUS, QUERIES, QRELS = "corpus.parquet", "queries.parquet", "qrels.parquet"
 RUN_PARQUET, RUN_TREC = "run.parquet", "run.trec"

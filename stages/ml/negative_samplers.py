@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
-from stages.errors import DataError
+from ..core.errors import DataError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -13,14 +13,14 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from stages.dataset_source import dataset_files
-from stages.errors import ConfigError
-from stages.index_kinds import KINDS
-from stages.model_source import ModelSource, check_model_folder, locate_model, position_limit
-from stages.negative_samplers import SAMPLERS
-from stages.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
+from ..core.dataset_source import dataset_files
+from ..core.errors import ConfigError
+from ..ml.index_kinds import KINDS
+from ..core.model_source import ModelSource, check_model_folder, locate_model, position_limit
+from ..ml.negative_samplers import SAMPLERS
+from ..core.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
 
-SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 RESULTS = Path("results")
 UNTRAINED = ("bm25", "zeroshot")
 NOT_OVERRIDABLE = {"dataset", "evaluate", "experiments"}
