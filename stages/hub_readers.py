@@ -10,37 +10,26 @@ README's configs) with `load_dataset(folder, streaming=True)`, which copies noth
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pandas as pd
 
+from stages.dataset_records import CHUNK, judgments_frame, normalise_id, queries_frame, text_field
 from stages.errors import ConfigError, DataError
 from stages.hub_source import (
     cached_hf_dataset,
     irds_dataset,
     irds_dataset_of_split,
     irds_split_id,
+    LAYOUTS,
     need,
     offline_irds,
 )
-from stages.prepare import CHUNK, PrepareParams, judgments_frame, normalise_id, queries_frame, text_field
 
-LAYOUTS = ("beir", "tevatron")
-
-
-@dataclass
-class HubPrepareParams(PrepareParams):
-    layout: str = "beir"
-    """hf only: 'beir' (corpus, queries and qrels configs) or 'tevatron' (query rows with their passages)."""
-    datasets: dict[str, dict[str, str]] = field(default_factory=dict)
-    """role ('dataset', 'qrels', 'corpus') -> {'id', 'revision'} of each dataset read by id; folders are inputs."""
-
-
-def hub_tables(params: PrepareParams, inputs: Mapping[str, Path]):
-    if not isinstance(params, HubPrepareParams):
-        raise ConfigError(f"format {params.format!r} needs the params of stages.hub_readers.HubPrepareParams")
+def hub_tables(params, inputs: Mapping[str, Path]):
+    """The tables of `prepare.HubPrepareParams`: format, layout, splits and the datasets by id; folders in inputs."""
     if params.format == "ir_datasets":
         return IrdsTables(params.datasets["dataset"]["id"])
     if params.layout not in LAYOUTS:

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Mapping
 from stages.errors import ConfigError, DataError
 
 HUB_FORMATS = ("ir_datasets", "hf")
+LAYOUTS = ("beir", "tevatron")  # of hf datasets
 EXTRA_FIX = "install the extra: pip install -e '.[datasets]' (or pip install ir_datasets datasets)"
 # dataset config key -> role of the Hugging Face dataset it names
 HF_ROLES = {"qrels": "qrels", "corpus": "corpus"}

@@ -28,21 +28,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stages.cli import run_stage
-from stages.errors import DataError
+from stages.dataset_records import CHUNK, first_duplicate, judgments_frame, normalise_id, queries_frame, text_field
+from stages.errors import ConfigError, DataError
 from stages.hub_source import HUB_FORMATS
 from stages.mine_negatives import NEGATIVES, NEGATIVES_SCHEMA
 from stages.tables import CORPUS, QRELS, QUERIES, write_table
 
 VERSION = 2
 log = logging.getLogger("stages.prepare")
-CHUNK = 100_000  # documents read and written at a time
 
 
 @dataclass
 class PrepareParams:
     format: str = "beir"
     """Dataset layout: 'beir' (jsonl + qrels/<split>.tsv), 'msmarco' (collection.tsv, queries/qrels.<split>.tsv),
-    'ir_datasets' or 'hf' (these two take `stages.hub_readers.HubPrepareParams`)."""
+    'ir_datasets' or 'hf' (these two take `HubPrepareParams`)."""
     splits: list[str] = field(default_factory=lambda: ["train", "test"])
     """Splits to ingest; each needs a qrels file."""
     dev_fraction: float = 0.1
@@ -54,6 +54,16 @@ class PrepareParams:
     empty_documents: str = "keep"
     """Documents without title and text: 'keep' (encoded and retrievable; a warning counts them), 'drop' (with a
     counted warning; their judgments go too) or 'error'."""
+
+
+@dataclass
+class HubPrepareParams(PrepareParams):
+    """The params of the formats read by id (ir_datasets, hf)."""
+
+    layout: str = "beir"
+    """hf only: 'beir' (corpus, queries and qrels configs) or 'tevatron' (query rows with their passages)."""
+    datasets: dict[str, dict[str, str]] = field(default_factory=dict)
+    """role ('dataset', 'qrels', 'corpus') -> {'id', 'revision'} of each dataset read by id; folders are inputs."""
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -85,36 +95,6 @@ def _decode(raw: bytes, path: Path, number: int) -> str:
     if number == 1:
         line = line.removeprefix("\ufeff")
     return line.rstrip("\r\n")
-
-
-def normalise_id(value, path: Path, line: int, what: str) -> str:
-    """One id rule for every file: a string or integer, surrounding whitespace stripped, no whitespace inside
-    (a TREC run or qrels line could not hold it)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(
-            f"{what} id {value!r} is not a string or an integer", path=path, line=line, fix="give every id as a string"
-        )
-    text = str(value).strip()
-    if not text:
-        raise DataError(f"empty {what} id", path=path, line=line, fix="give every record a non-empty id")
-    if any(character.isspace() for character in text):
-        raise DataError(
-            f"{what} id {text!r} contains whitespace, which no TREC run or qrels file can hold",
-            path=path,
-            line=line,
-            fix="replace the whitespace in the id (e.g. with '_') in every file that names it",
-        )
-    return text
-
-
-def text_field(value, path: Path, line: int, field: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise DataError(
-            f"field {field!r} is {type(value).__name__}, not a string", path=path, line=line, fix="write it as a JSON string"
-        )
-    return value
 
 
 JSONL_FIX = 'each line must be one JSON object, e.g. {"_id": "d1", "title": "...", "text": "..."}'
@@ -162,21 +142,6 @@ def _corpus_records(path: Path, layout: str) -> Iterator[tuple[int, str, str, st
             yield number, normalise_id(cells[0], path, number, "document"), title, text
 
 
-def _first_duplicate(ids: pa.Array, lines: np.ndarray, path: Path, what: str) -> None:
-    """Raise naming the first repeated id and both of its lines (nothing is built when all ids are unique)."""
-    if len(pc.unique(ids)) == len(ids):
-        return
-    series = pd.Series(ids.to_numpy(zero_copy_only=False))
-    repeated = int(np.flatnonzero(series.duplicated().to_numpy())[0])
-    first = int(np.flatnonzero((series == series.iloc[repeated]).to_numpy())[0])
-    raise DataError(
-        f"duplicate {what} id {series.iloc[repeated]!r} (first on line {lines[first]})",
-        path=path,
-        line=int(lines[repeated]),
-        fix="ids must be unique; remove or rename the duplicate",
-    )
-
-
 CORPUS_SCHEMA = pa.schema([("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 
 
@@ -220,7 +185,7 @@ def write_corpus(
             path=path,
             fix="set dataset.empty_documents: keep, or give the documents a text",
         )
-    _first_duplicate(ids, np.concatenate(line_chunks), path, "document")
+    first_duplicate(ids, np.concatenate(line_chunks), path, "document")
     if empty:
         verb = "kept (they are encoded and can be retrieved)" if empty_documents == "keep" else "dropped"
         log.warning("%s: %d documents with empty text %s, e.g. %r", path, len(empty), verb, empty[0])
@@ -247,14 +212,6 @@ def read_queries_file(path: Path, layout: str) -> pd.DataFrame:
     return queries_frame(rows, path)
 
 
-def queries_frame(rows: Iterable[tuple[int, object, object]], path: Path | str) -> pd.DataFrame:
-    """(line, query id, text) rows, checked, as a frame; a repeated id is an error naming both lines."""
-    rows = [(n, normalise_id(q, path, n, "query"), text_field(text, path, n, "text")) for n, q, text in rows]
-    frame = pd.DataFrame(rows, columns=["line", "query_id", "text"])
-    _first_duplicate(pa.array(frame["query_id"], pa.string()), frame["line"].to_numpy(), path, "query")
-    return frame
-
-
 # Header lines that qrels files carry (BEIR's first); a header is recognised by its content, never by a parse failure.
 QRELS_HEADERS = ({"query-id", "corpus-id", "score"}, {"qid", "docid", "rel"}, {"query_id", "doc_id", "relevance"})
 
@@ -262,21 +219,6 @@ QRELS_HEADERS = ({"query-id", "corpus-id", "score"}, {"qid", "docid", "rel"}, {"
 def _is_header(cells: list[str]) -> bool:
     names = {cell.strip().lower() for cell in cells} - {"iteration", "q0", "0"}
     return any(names == header for header in QRELS_HEADERS)
-
-
-def _relevance(value: str, path: Path, line: int) -> int:
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if not np.isfinite(number) or number != int(number):
-        raise DataError(
-            f"relevance {value!r} is not an integer",
-            path=path,
-            line=line,
-            fix="judgments are integers (0 = not relevant); a header line must read 'query-id<TAB>corpus-id<TAB>score'",
-        )
-    return int(number)
 
 
 def read_qrels_file(path: Path) -> tuple[pd.DataFrame, int]:
@@ -288,33 +230,6 @@ def _qrels_rows(path: Path) -> Iterator[tuple[int, str, str, str]]:
     for number, cells in _tsv(path, (3, 4), "'query-id<TAB>corpus-id<TAB>score' or TREC 'qid<TAB>0<TAB>docid<TAB>rel'"):
         if not (number == 1 and _is_header(cells)):
             yield (number, cells[0], cells[2], cells[3]) if len(cells) == 4 else (number, *cells)
-
-
-def judgments_frame(rows: Iterable[tuple[int, object, object, object]], path: Path | str) -> tuple[pd.DataFrame, int]:
-    """(line, query id, doc id, relevance) rows as a frame, and the number of identical repeated judgments (dropped).
-    Conflicting repeats are an error naming both lines."""
-    seen: dict[tuple[str, str], tuple[int, int]] = {}
-    repeated = 0
-    for number, query_id, doc_id, relevance in rows:
-        pair = (normalise_id(query_id, path, number, "query"), normalise_id(doc_id, path, number, "document"))
-        value = _relevance(str(relevance), path, number)
-        if pair in seen:
-            first_line, first_value = seen[pair]
-            if first_value != value:
-                raise DataError(
-                    f"query {pair[0]!r} and document {pair[1]!r} are judged {first_value} on line {first_line} "
-                    f"and {value} on line {number}",
-                    path=path,
-                    line=number,
-                    fix="keep one judgment per query and document",
-                )
-            repeated += 1
-            continue
-        seen[pair] = (number, value)
-    rows = [(q, d, value, line) for (q, d), (line, value) in seen.items()]
-    if repeated:
-        log.warning("%s: %d judgments repeated identically; each counted once", path, repeated)
-    return pd.DataFrame(rows, columns=["query_id", "doc_id", "relevance", "line"]), repeated
 
 
 def _check_known(qrels: pd.DataFrame, column: str, known, path: Path, policy: str) -> tuple[pd.DataFrame, int]:
@@ -391,6 +306,8 @@ class FolderTables:
 def open_tables(params: PrepareParams, inputs: Mapping[str, Path]) -> Tables:
     if params.format in ("beir", "msmarco"):
         return FolderTables(params.format, inputs)
+    if not isinstance(params, HubPrepareParams):
+        raise ConfigError(f"format {params.format!r} takes HubPrepareParams (the ids of its datasets)")
     from stages.hub_readers import hub_tables
 
     return hub_tables(params, inputs)
@@ -502,11 +419,7 @@ def params_class(argv: list[str] | None) -> type:
         values = json.loads(known.params)
     except ValueError:
         values = {}  # run_stage reports it
-    if isinstance(values, dict) and values.get("format") in HUB_FORMATS:
-        from stages.hub_readers import HubPrepareParams
-
-        return HubPrepareParams
-    return PrepareParams
+    return HubPrepareParams if isinstance(values, dict) and values.get("format") in HUB_FORMATS else PrepareParams
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,10 @@ from ir_datasets.formats import TrecQrels, TsvDocs, TsvQueries
 from ir_datasets.util import Download, RequestsDownload
 
 from stages.errors import ConfigError, DataError
-from stages.hub_readers import HubPrepareParams
 from stages.mine_negatives import read_negatives
 from stages.plan import Plan, load_config
 from stages.prepare import main as prepare_main
-from stages.prepare import prepare
+from stages.prepare import HubPrepareParams, prepare
 
 DOCS = {"d1": "alpha text", "d2": "beta text", "d3": "gamma text"}
 QUERIES = {"train": {"q1": "alpha?"}, "test": {"q2": "beta?"}}
