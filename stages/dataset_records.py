@@ -43,7 +43,10 @@ def text_field(value, path: Path, line: int, field: str) -> str:
         return ""
     if not isinstance(value, str):
         raise DataError(
-            f"field {field!r} is {type(value).__name__}, not a string", path=path, line=line, fix="write it as a JSON string"
+            f"field {field!r} is {type(value).__name__}, not a string",
+            path=path,
+            line=line,
+            fix="write it as a JSON string",
         )
     return value
 

@@ -28,6 +28,7 @@ from stages.hub_source import (
     offline_irds,
 )
 
+
 def hub_tables(params, inputs: Mapping[str, Path]):
     """The tables of `prepare.HubPrepareParams`: format, layout, splits and the datasets by id; folders in inputs."""
     if params.format == "ir_datasets":
@@ -55,14 +56,19 @@ class IrdsTables:
         def records():
             with offline_irds(self.id):
                 for n, doc in enumerate(irds_dataset(self.id).docs_iter(), start=1):
-                    yield n, normalise_id(doc.doc_id, self.id, n, "document"), getattr(doc, "title", "") or "", _text_of(doc)
+                    yield n, normalise_id(doc.doc_id, self.id, n, "document"), getattr(
+                        doc, "title", ""
+                    ) or "", _text_of(doc)
 
         return records(), f"ir_datasets {self.id} docs"
 
     def queries(self, split):
         where = f"ir_datasets {self.split_id(split)} queries"
         with offline_irds(self.id):
-            rows = [(n, q.query_id, _text_of(q)) for n, q in enumerate(irds_dataset_of_split(self.id, split).queries_iter(), 1)]
+            rows = [
+                (n, q.query_id, _text_of(q))
+                for n, q in enumerate(irds_dataset_of_split(self.id, split).queries_iter(), 1)
+            ]
         return queries_frame(rows, where), where
 
     def qrels(self, split):
@@ -166,7 +172,12 @@ class BeirHfTables:
     def corpus(self):
         table, where = self.folders["dataset"].split("corpus")
         records = (
-            (n, normalise_id(r["_id"], where, n, "document"), text_field(r.get("title"), where, n, "title"), text_field(r["text"], where, n, "text"))
+            (
+                n,
+                normalise_id(r["_id"], where, n, "document"),
+                text_field(r.get("title"), where, n, "title"),
+                text_field(r["text"], where, n, "text"),
+            )
             for n, r in rows(table, where, ("_id", "text"))
         )
         return records, where
@@ -174,7 +185,9 @@ class BeirHfTables:
     def queries(self, split):
         table, where = self.folders["dataset"].split("queries")
         if self._queries is None:
-            self._queries = queries_frame(((n, r["_id"], r["text"]) for n, r in rows(table, where, ("_id", "text"))), where)
+            self._queries = queries_frame(
+                ((n, r["_id"], r["text"]) for n, r in rows(table, where, ("_id", "text"))), where
+            )
         return self._queries, where
 
     def qrels(self, split):
@@ -226,7 +239,12 @@ class TevatronHfTables:
         if doc_id in seen:
             return None
         seen.add(doc_id)
-        return n, doc_id, text_field(passage.get("title"), where, n, "title"), text_field(passage.get("text"), where, n, "text")
+        return (
+            n,
+            doc_id,
+            text_field(passage.get("title"), where, n, "title"),
+            text_field(passage.get("text"), where, n, "text"),
+        )
 
     def queries(self, split):
         found = [(n, row["query_id"], row["query"], where) for n, row, where in self.split(split)]

@@ -106,7 +106,9 @@ def offline_irds(dataset_id: str) -> Iterator[None]:
 
     def refuse(self):
         where = self._cache_path or next((getattr(m, "url", None) for m in self.mirrors if hasattr(m, "url")), "")
-        raise NotCached(f"ir_datasets {dataset_id!r}: {where} is not in the ir_datasets cache", fix=irds_fix(dataset_id))
+        raise NotCached(
+            f"ir_datasets {dataset_id!r}: {where} is not in the ir_datasets cache", fix=irds_fix(dataset_id)
+        )
 
     def path(self, force=True):
         return original_path(self, force) if not force or cached(self) else refuse(self)
@@ -126,7 +128,11 @@ def irds_split_id(dataset_id: str, split: str) -> str:
     """The id of a split's queries and qrels: ``<id>/<split>``, else the sibling ``<parent>/<split>``, else the id
     itself when it ends in the split (``beir/scifact/train`` for train)."""
     parent = dataset_id.rsplit("/", 1)[0]
-    for candidate in (f"{dataset_id}/{split}", f"{parent}/{split}", dataset_id if dataset_id.endswith(f"/{split}") else ""):
+    for candidate in (
+        f"{dataset_id}/{split}",
+        f"{parent}/{split}",
+        dataset_id if dataset_id.endswith(f"/{split}") else "",
+    ):
         found = registered(candidate) if candidate else None
         if found is not None and found.has_queries() and found.has_qrels():
             return candidate

@@ -302,7 +302,9 @@ class Plan:
             params |= {"layout": dataset["layout"], "datasets": source.datasets}
             return params, {role: RawFile(folder, self.cache) for role, folder in source.folders.items()}
         if not dataset.get("path"):
-            raise ConfigError(f"dataset.format {dataset['format']} needs dataset.path", fix="set dataset.path to its folder")
+            raise ConfigError(
+                f"dataset.format {dataset['format']} needs dataset.path", fix="set dataset.path to the dataset's folder"
+            )
         files = dataset_files(Path(dataset["path"]), dataset["format"], dataset["splits"])
         return params, {name: RawFile(path, self.cache) for name, path in files.items()}
 

@@ -380,7 +380,8 @@ def write_given_negatives(given: Mapping[str, list[str]], qrels: pd.DataFrame, o
     positives = train[train["relevance"] > 0].groupby("query_id")["doc_id"].agg(set).to_dict()
     judged = sorted(train["query_id"].unique())
     lists = [[d for d in given.get(q, []) if d not in positives.get(q, set())] for q in judged]
-    table = pa.Table.from_arrays([pa.array(judged, pa.string()), pa.array(lists, pa.list_(pa.string()))], schema=NEGATIVES_SCHEMA)
+    columns = [pa.array(judged, pa.string()), pa.array(lists, pa.list_(pa.string()))]
+    table = pa.Table.from_arrays(columns, schema=NEGATIVES_SCHEMA)
     pq.write_table(table, out_dir / NEGATIVES, compression="zstd")
     log.info("given negatives: %d train queries, %d negatives", len(judged), sum(map(len, lists)))
 

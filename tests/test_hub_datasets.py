@@ -54,7 +54,10 @@ def assert_prepared(out: Path) -> None:
     queries = pd.read_parquet(out / "queries.parquet")
     assert sorted(zip(queries["split"], queries["query_id"])) == [("test", "q2"), ("train", "q1")]
     qrels = pd.read_parquet(out / "qrels.parquet")
-    assert sorted(zip(qrels["split"], qrels["query_id"], qrels["doc_id"])) == [("test", "q2", "d2"), ("train", "q1", "d1")]
+    assert sorted(zip(qrels["split"], qrels["query_id"], qrels["doc_id"])) == [
+        ("test", "q2", "d2"),
+        ("train", "q1", "d1"),
+    ]
 
 
 # --- ir_datasets --------------------------------------------------------------------------------------------------
@@ -90,7 +93,9 @@ def test_ir_datasets_reads_a_cached_dataset_and_keys_it_by_id_and_version(tmp_pa
     dataset_id = register_irds(tmp_path)
     plan = plan_of(tmp_path, {"format": "ir_datasets", "id": dataset_id})
     node = plan.experiments["bm25"]["prepare"]
-    assert node.params["datasets"] == {"dataset": {"id": dataset_id, "revision": f"ir_datasets {ir_datasets.__version__}"}}
+    assert node.params["datasets"] == {
+        "dataset": {"id": dataset_id, "revision": f"ir_datasets {ir_datasets.__version__}"}
+    }
     assert node.inputs == {}
     run_prepare(plan, tmp_path / "out")
     assert_prepared(tmp_path / "out")
@@ -110,7 +115,11 @@ def test_an_unknown_ir_datasets_id_or_split_is_a_config_error(tmp_path):
         plan_of(tmp_path, {"format": "ir_datasets", "id": "no-such/dataset"})
     dataset_id = register_irds(tmp_path)
     with pytest.raises(ConfigError, match="no queries and qrels for split 'dev'"):
-        plan_of(tmp_path, {"format": "ir_datasets", "id": dataset_id, "splits": ["train", "dev"]}, evaluate={"splits": ["dev"]})
+        plan_of(
+            tmp_path,
+            {"format": "ir_datasets", "id": dataset_id, "splits": ["train", "dev"]},
+            evaluate={"splits": ["dev"]},
+        )
 
 
 # --- Hugging Face: a Hub cache in BEIR's layout -------------------------------------------------------------------
@@ -154,7 +163,9 @@ def hub_cache(tmp_path, monkeypatch):
         pq.write_table(pa.table(table), snapshot / config / f"{config}-00000-of-00001.parquet")
     qrels = hub_snapshot(cache, "org/tiny-qrels", "b" * 40)
     for split, rows in QRELS.items():
-        (qrels / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{r}\n" for q, d, r in rows))
+        (qrels / f"{split}.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{r}\n" for q, d, r in rows)
+        )
     return cache
 
 
