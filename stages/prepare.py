@@ -1,11 +1,13 @@
-"""Stage `prepare`: ingest a BEIR or MS MARCO TSV dataset into normalised Parquet, and carve a seeded dev split.
+"""Stage `prepare`: ingest a dataset into normalised Parquet, and carve a seeded dev split.
 
 Inputs (named, as `stages.core.dataset_source.dataset_files` finds them in a dataset folder):
 - BEIR: ``corpus`` (corpus.jsonl or .jsonl.gz), ``queries`` (queries.jsonl), ``qrels_<split>`` (qrels/<split>.tsv)
 - MS MARCO: ``corpus`` (collection.tsv), ``queries_<split>`` (queries.<split>.tsv), ``qrels_<split>`` (qrels.<split>.tsv)
+- ir_datasets and hf (Hugging Face): read by `stages.core.hub_readers` (ids in the params, local folders as inputs).
 
 Output: corpus.parquet (doc_id, title, text), queries.parquet (split, query_id, text),
-qrels.parquet (split, query_id, doc_id, relevance), summary.json (counts, dropped judgments).
+qrels.parquet (split, query_id, doc_id, relevance), summary.json (counts, dropped judgments); with a dataset that
+carries negatives (hf, Tevatron layout), negatives.parquet as `mine_negatives` writes it (``mine.source: given``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 import pandas as pd
@@ -26,18 +28,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .core.cli import run_stage
-from .core.errors import DataError
+from .core.dataset_records import CHUNK, first_duplicate, judgments_frame, normalise_id, queries_frame, text_field
+from .core.errors import ConfigError, DataError
+from .core.hub_source import HUB_FORMATS
+from .mine_negatives import NEGATIVES, NEGATIVES_SCHEMA
 from .core.tables import CORPUS, QRELS, QUERIES, write_table
 
 VERSION = 2
 log = logging.getLogger("stages.prepare")
-CHUNK = 100_000  # documents read and written at a time
 
 
 @dataclass
 class PrepareParams:
     format: str = "beir"
-    """Dataset layout: 'beir' (jsonl + qrels/<split>.tsv) or 'msmarco' (collection.tsv, queries/qrels.<split>.tsv)."""
+    """Dataset layout: 'beir' (jsonl + qrels/<split>.tsv), 'msmarco' (collection.tsv, queries/qrels.<split>.tsv),
+    'ir_datasets' or 'hf' (these two take `HubPrepareParams`)."""
     splits: list[str] = field(default_factory=lambda: ["train", "test"])
     """Splits to ingest; each needs a qrels file."""
     dev_fraction: float = 0.1
@@ -49,6 +54,16 @@ class PrepareParams:
     empty_documents: str = "keep"
     """Documents without title and text: 'keep' (encoded and retrievable; a warning counts them), 'drop' (with a
     counted warning; their judgments go too) or 'error'."""
+
+
+@dataclass
+class HubPrepareParams(PrepareParams):
+    """The params of the formats read by id (ir_datasets, hf)."""
+
+    layout: str = "beir"
+    """hf only: 'beir' (corpus, queries and qrels configs) or 'tevatron' (query rows with their passages)."""
+    datasets: dict[str, dict[str, str]] = field(default_factory=dict)
+    """role ('dataset', 'qrels', 'corpus') -> {'id', 'revision'} of each dataset read by id; folders are inputs."""
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -80,36 +95,6 @@ def _decode(raw: bytes, path: Path, number: int) -> str:
     if number == 1:
         line = line.removeprefix("\ufeff")
     return line.rstrip("\r\n")
-
-
-def normalise_id(value, path: Path, line: int, what: str) -> str:
-    """One id rule for every file: a string or integer, surrounding whitespace stripped, no whitespace inside
-    (a TREC run or qrels line could not hold it)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(
-            f"{what} id {value!r} is not a string or an integer", path=path, line=line, fix="give every id as a string"
-        )
-    text = str(value).strip()
-    if not text:
-        raise DataError(f"empty {what} id", path=path, line=line, fix="give every record a non-empty id")
-    if any(character.isspace() for character in text):
-        raise DataError(
-            f"{what} id {text!r} contains whitespace, which no TREC run or qrels file can hold",
-            path=path,
-            line=line,
-            fix="replace the whitespace in the id (e.g. with '_') in every file that names it",
-        )
-    return text
-
-
-def _text(value, path: Path, line: int, field: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise DataError(
-            f"field {field!r} is {type(value).__name__}, not a string", path=path, line=line, fix="write it as a JSON string"
-        )
-    return value
 
 
 JSONL_FIX = 'each line must be one JSON object, e.g. {"_id": "d1", "title": "...", "text": "..."}'
@@ -150,38 +135,25 @@ def _corpus_records(path: Path, layout: str) -> Iterator[tuple[int, str, str, st
     if layout == "beir":
         for number, record in _jsonl(path, ("_id", "text")):
             doc_id = normalise_id(record["_id"], path, number, "document")
-            yield number, doc_id, _text(record.get("title"), path, number, "title"), _text(record["text"], path, number, "text")
+            yield number, doc_id, text_field(record.get("title"), path, number, "title"), text_field(record["text"], path, number, "text")
     else:
         for number, cells in _tsv(path, (2, 3), "'pid<TAB>text' or 'pid<TAB>title<TAB>text'"):
             title, text = (cells[1], cells[2]) if len(cells) == 3 else ("", cells[1])
             yield number, normalise_id(cells[0], path, number, "document"), title, text
 
 
-def _first_duplicate(ids: pa.Array, lines: np.ndarray, path: Path, what: str) -> None:
-    """Raise naming the first repeated id and both of its lines (nothing is built when all ids are unique)."""
-    if len(pc.unique(ids)) == len(ids):
-        return
-    series = pd.Series(ids.to_numpy(zero_copy_only=False))
-    repeated = int(np.flatnonzero(series.duplicated().to_numpy())[0])
-    first = int(np.flatnonzero((series == series.iloc[repeated]).to_numpy())[0])
-    raise DataError(
-        f"duplicate {what} id {series.iloc[repeated]!r} (first on line {lines[first]})",
-        path=path,
-        line=int(lines[repeated]),
-        fix="ids must be unique; remove or rename the duplicate",
-    )
-
-
 CORPUS_SCHEMA = pa.schema([("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 
 
-def write_corpus(path: Path, layout: str, out: Path, empty_documents: str) -> tuple[pa.Array, list[str], dict]:
-    """Stream the corpus file into ``out`` (Parquet), CHUNK documents at a time; return the document ids (an Arrow
-    array, not Python strings), the ids of empty documents and counts. Empty documents follow ``empty_documents``:
-    keep, drop or error."""
+def write_corpus(
+    records: Iterable[tuple[int, str, str, str]], path: Path | str, out: Path, empty_documents: str
+) -> tuple[pa.Array, list[str], dict]:
+    """Stream the corpus records (line, doc id, title, text) of ``path`` into ``out`` (Parquet), CHUNK documents at a
+    time; return the document ids (an Arrow array, not Python strings), the ids of empty documents and counts. Empty
+    documents follow ``empty_documents``: keep, drop or error."""
     id_chunks, line_chunks, empty, dropped = [], [], [], 0
     with pq.ParquetWriter(out, CORPUS_SCHEMA, compression="zstd") as writer:
-        for batch in _batched(_corpus_records(path, layout), CHUNK):
+        for batch in _batched(iter(records), CHUNK):
             keep = []
             for number, doc_id, title, text in batch:
                 if title.strip() or text.strip():
@@ -213,7 +185,7 @@ def write_corpus(path: Path, layout: str, out: Path, empty_documents: str) -> tu
             path=path,
             fix="set dataset.empty_documents: keep, or give the documents a text",
         )
-    _first_duplicate(ids, np.concatenate(line_chunks), path, "document")
+    first_duplicate(ids, np.concatenate(line_chunks), path, "document")
     if empty:
         verb = "kept (they are encoded and can be retrieved)" if empty_documents == "keep" else "dropped"
         log.warning("%s: %d documents with empty text %s, e.g. %r", path, len(empty), verb, empty[0])
@@ -234,15 +206,10 @@ def _batched(items: Iterator, size: int) -> Iterator[list]:
 
 def read_queries_file(path: Path, layout: str) -> pd.DataFrame:
     if layout == "beir":
-        rows = [
-            (n, normalise_id(r["_id"], path, n, "query"), _text(r["text"], path, n, "text"))
-            for n, r in _jsonl(path, ("_id", "text"))
-        ]
+        rows = ((n, r["_id"], r["text"]) for n, r in _jsonl(path, ("_id", "text")))
     else:
-        rows = [(n, normalise_id(c[0], path, n, "query"), c[1]) for n, c in _tsv(path, (2,), "'qid<TAB>text'")]
-    frame = pd.DataFrame(rows, columns=["line", "query_id", "text"])
-    _first_duplicate(pa.array(frame["query_id"], pa.string()), frame["line"].to_numpy(), path, "query")
-    return frame
+        rows = ((n, c[0], c[1]) for n, c in _tsv(path, (2,), "'qid<TAB>text'"))
+    return queries_frame(rows, path)
 
 
 # Header lines that qrels files carry (BEIR's first); a header is recognised by its content, never by a parse failure.
@@ -254,49 +221,15 @@ def _is_header(cells: list[str]) -> bool:
     return any(names == header for header in QRELS_HEADERS)
 
 
-def _relevance(value: str, path: Path, line: int) -> int:
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if not np.isfinite(number) or number != int(number):
-        raise DataError(
-            f"relevance {value!r} is not an integer",
-            path=path,
-            line=line,
-            fix="judgments are integers (0 = not relevant); a header line must read 'query-id<TAB>corpus-id<TAB>score'",
-        )
-    return int(number)
-
-
 def read_qrels_file(path: Path) -> tuple[pd.DataFrame, int]:
-    """BEIR (query-id, corpus-id, score; header optional) or TREC (qid, iteration, docid, relevance) judgments, and
-    the number of identical repeated judgments (dropped). Conflicting repeats are an error naming both lines."""
-    seen: dict[tuple[str, str], tuple[int, int]] = {}
-    repeated = 0
+    """BEIR (query-id, corpus-id, score; header optional) or TREC (qid, iteration, docid, relevance) judgments."""
+    return judgments_frame(_qrels_rows(path), path)
+
+
+def _qrels_rows(path: Path) -> Iterator[tuple[int, str, str, str]]:
     for number, cells in _tsv(path, (3, 4), "'query-id<TAB>corpus-id<TAB>score' or TREC 'qid<TAB>0<TAB>docid<TAB>rel'"):
-        if number == 1 and _is_header(cells):
-            continue
-        query_id, doc_id, relevance = (cells[0], cells[2], cells[3]) if len(cells) == 4 else cells
-        pair = (normalise_id(query_id, path, number, "query"), normalise_id(doc_id, path, number, "document"))
-        value = _relevance(relevance, path, number)
-        if pair in seen:
-            first_line, first_value = seen[pair]
-            if first_value != value:
-                raise DataError(
-                    f"query {pair[0]!r} and document {pair[1]!r} are judged {first_value} on line {first_line} "
-                    f"and {value} on line {number}",
-                    path=path,
-                    line=number,
-                    fix="keep one judgment per query and document",
-                )
-            repeated += 1
-            continue
-        seen[pair] = (number, value)
-    rows = [(q, d, value, line) for (q, d), (line, value) in seen.items()]
-    if repeated:
-        log.warning("%s: %d judgments repeated identically; each counted once", path, repeated)
-    return pd.DataFrame(rows, columns=["query_id", "doc_id", "relevance", "line"]), repeated
+        if not (number == 1 and _is_header(cells)):
+            yield (number, cells[0], cells[2], cells[3]) if len(cells) == 4 else (number, *cells)
 
 
 def _check_known(qrels: pd.DataFrame, column: str, known, path: Path, policy: str) -> tuple[pd.DataFrame, int]:
@@ -330,6 +263,56 @@ def _empty_queries(queries: pd.DataFrame, judged, path: Path) -> None:
         )
 
 
+class Tables(Protocol):
+    """A dataset's records, each with where it comes from (a file, or a dataset id) for errors."""
+
+    def corpus(self) -> tuple[Iterable[tuple[int, str, str, str]], Path | str]:
+        """(line, doc id, title, text) records."""
+
+    def queries(self, split: str) -> tuple[pd.DataFrame, Path | str]:
+        """`queries_frame` of the split's queries."""
+
+    def qrels(self, split: str) -> tuple[pd.DataFrame, int, Path | str]:
+        """`judgments_frame` of the split's judgments."""
+
+    def negatives(self, split: str) -> dict[str, list[str]] | None:
+        """Given negatives of the split's queries (None: the dataset has none)."""
+
+
+class FolderTables:
+    """A BEIR or MS MARCO folder's files (`stages.core.dataset_source.dataset_files`)."""
+
+    def __init__(self, layout: str, inputs: Mapping[str, Path]):
+        self.layout, self.inputs = layout, inputs
+        self.shared = read_queries_file(inputs["queries"], "beir") if layout == "beir" else None
+
+    def corpus(self):
+        return _corpus_records(self.inputs["corpus"], self.layout), self.inputs["corpus"]
+
+    def queries(self, split):
+        if self.shared is not None:
+            return self.shared, self.inputs["queries"]
+        path = self.inputs[f"queries_{split}"]
+        return read_queries_file(path, "msmarco"), path
+
+    def qrels(self, split):
+        path = self.inputs[f"qrels_{split}"]
+        return (*read_qrels_file(path), path)
+
+    def negatives(self, split):
+        return None
+
+
+def open_tables(params: PrepareParams, inputs: Mapping[str, Path]) -> Tables:
+    if params.format in ("beir", "msmarco"):
+        return FolderTables(params.format, inputs)
+    if not isinstance(params, HubPrepareParams):
+        raise ConfigError(f"format {params.format!r} takes HubPrepareParams (the ids of its datasets)")
+    from .core.hub_readers import hub_tables
+
+    return hub_tables(params, inputs)
+
+
 def prepare(params: PrepareParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
     """Read, validate and normalise the dataset; write the three Parquet tables into ``out_dir``."""
     if params.unknown_ids not in {"error", "drop"}:
@@ -339,20 +322,15 @@ def prepare(params: PrepareParams, inputs: Mapping[str, Path], out_dir: Path) ->
             f"empty_documents must be 'keep', 'drop' or 'error', not {params.empty_documents!r}",
             fix="set dataset.empty_documents",
         )
-    doc_ids, empty, corpus_counts = write_corpus(inputs["corpus"], params.format, out_dir / CORPUS, params.empty_documents)
+    tables = open_tables(params, inputs)
+    doc_ids, empty, corpus_counts = write_corpus(*tables.corpus(), out_dir / CORPUS, params.empty_documents)
     log.info("corpus: %d documents", len(doc_ids))
     dropped_empty = pd.Index(empty if params.empty_documents == "drop" else [])
 
     query_tables, qrel_tables, dropped = [], [], {}
-    shared_queries = read_queries_file(inputs["queries"], "beir") if params.format == "beir" else None
     for split in params.splits:
-        qrels_path = inputs[f"qrels_{split}"]
-        if params.format == "beir":
-            queries, queries_path = shared_queries, inputs["queries"]
-        else:
-            queries_path = inputs[f"queries_{split}"]
-            queries = read_queries_file(queries_path, "msmarco")
-        qrels, repeated = read_qrels_file(qrels_path)
+        queries, queries_path = tables.queries(split)
+        qrels, repeated, qrels_path = tables.qrels(split)
         qrels, unknown_queries = _check_known(qrels, "query_id", queries["query_id"], qrels_path, params.unknown_ids)
         qrels, of_empty = _drop_judgments_of(qrels, dropped_empty, qrels_path)
         qrels, unknown_docs = _check_known(qrels, "doc_id", doc_ids, qrels_path, params.unknown_ids)
@@ -380,6 +358,9 @@ def prepare(params: PrepareParams, inputs: Mapping[str, Path], out_dir: Path) ->
     if params.dev_fraction > 0:
         queries, qrels = carve_dev(queries, qrels, params.dev_source, params.dev_fraction, params.seed)
 
+    given = tables.negatives(params.dev_source)
+    if given is not None:
+        write_given_negatives(given, qrels, Path(out_dir))
     write_table(queries[["split", "query_id", "text"]], out_dir / QUERIES)
     write_table(qrels[["split", "query_id", "doc_id", "relevance"]].astype({"relevance": "int32"}), out_dir / QRELS)
     counts = {split: int((queries["split"] == split).sum()) for split in queries["split"].unique()}
@@ -390,6 +371,19 @@ def prepare(params: PrepareParams, inputs: Mapping[str, Path], out_dir: Path) ->
         "dropped": dropped,
         "items": {"documents": len(doc_ids)},
     }
+
+
+def write_given_negatives(given: Mapping[str, list[str]], qrels: pd.DataFrame, out_dir: Path) -> None:
+    """The dataset's own negatives of the judged train queries, minus their positives, as `mine_negatives` writes
+    them (one row per judged query, possibly empty)."""
+    train = qrels[qrels["split"] == "train"]
+    positives = train[train["relevance"] > 0].groupby("query_id")["doc_id"].agg(set).to_dict()
+    judged = sorted(train["query_id"].unique())
+    lists = [[d for d in given.get(q, []) if d not in positives.get(q, set())] for q in judged]
+    columns = [pa.array(judged, pa.string()), pa.array(lists, pa.list_(pa.string()))]
+    table = pa.Table.from_arrays(columns, schema=NEGATIVES_SCHEMA)
+    pq.write_table(table, out_dir / NEGATIVES, compression="zstd")
+    log.info("given negatives: %d train queries, %d negatives", len(judged), sum(map(len, lists)))
 
 
 def _drop_judgments_of(qrels: pd.DataFrame, dropped: pd.Index, path: Path) -> tuple[pd.DataFrame, int]:
@@ -415,8 +409,22 @@ def carve_dev(queries: pd.DataFrame, qrels: pd.DataFrame, source: str, fraction:
     return queries, qrels
 
 
+def params_class(argv: list[str] | None) -> type:
+    """PrepareParams; `HubPrepareParams` (more fields: the ids) for the formats read by id."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--params", default="{}")
+    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        values = json.loads(known.params)
+    except ValueError:
+        values = {}  # run_stage reports it
+    return HubPrepareParams if isinstance(values, dict) and values.get("format") in HUB_FORMATS else PrepareParams
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("prepare", PrepareParams, prepare, argv)
+    return run_stage("prepare", params_class(argv), prepare, argv)
 
 
 if __name__ == "__main__":

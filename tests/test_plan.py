@@ -35,7 +35,8 @@ def plan_for(tmp_path, scifact_slice, experiments=EXPERIMENTS, **sections) -> Pl
 
 def params_class(stage: str):
     module = importlib.import_module(f"stages.{stage}")
-    (cls,) = [v for k, v in vars(module).items() if k.endswith("Params") and v.__module__ == module.__name__]
+    found = [v for k, v in vars(module).items() if k.endswith("Params") and v.__module__ == module.__name__]
+    (cls,) = [c for c in found if not any(c is not other and issubclass(c, other) for other in found)]  # the base
     return cls
 
 

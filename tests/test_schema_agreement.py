@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from stages import encode, report, score, train_adore, train_star
+from stages.core import hub_source
 from stages.ml import index_kinds, negative_samplers
 from stages.bm25 import Bm25Params
 from stages.bm25_index import Bm25IndexParams
@@ -20,7 +21,7 @@ from stages.encode import EncodeParams
 from stages.index import IndexParams
 from stages.mine_negatives import MineParams
 from stages.ml.models import POOLINGS
-from stages.prepare import PrepareParams
+from stages.prepare import HubPrepareParams, PrepareParams
 from stages.report import ReportParams
 from stages.retrieve import RetrieveParams
 from stages.score import ScoreParams
@@ -34,6 +35,7 @@ SECTIONS = SCHEMA["properties"]
 # config section -> the params classes whose fields it sets (a field may come from another section: encoder.*)
 PAIRS = [
     ("dataset", PrepareParams),
+    ("dataset", HubPrepareParams),
     ("score", ScoreParams),
     ("bm25", Bm25Params),
     ("bm25", Bm25IndexParams),
@@ -92,6 +94,8 @@ ENUMS = [
     ("warmup", "loss", list(train_star.LOSSES)),
     ("adore", "metric", list(train_adore.METRICS)),
     ("adore", "pq_scoring", list(train_adore.PQ_SCORING)),
+    ("dataset", "format", ["beir", "msmarco", *hub_source.HUB_FORMATS]),
+    ("dataset", "layout", list(hub_source.LAYOUTS)),
 ]
 
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from ..core.dataset_source import dataset_files
 from ..core.errors import ConfigError
+from ..core.hub_source import HUB_FORMATS, locate
 from ..ml.index_kinds import KINDS
 from ..core.model_source import ModelSource, check_model_folder, locate_model, position_limit
 from ..ml.negative_samplers import SAMPLERS
@@ -205,6 +206,7 @@ class Plan:
         self._nodes: dict[tuple[str, str], Node] = {}
         self.models: dict[str, tuple[ModelSource, int | None]] = {}
         self.experiments: dict[str, dict[str, Node]] = {}
+        self._prepared: Node | None = None
         names = [e["name"] for e in config["experiments"]]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -285,11 +287,26 @@ class Plan:
         return section
 
     def _prepare(self) -> Node:
+        """The dataset's prepare node (located once: a dataset read by id is checked to be in its cache)."""
+        if self._prepared is None:
+            self._prepared = self._add("prepare", *self._dataset_source())
+        return self._prepared
+
+    def _dataset_source(self) -> tuple[dict[str, Any], dict[str, RawFile]]:
+        """The prepare params and inputs: a folder's files, or the ids and revisions of a dataset read by id."""
         dataset = self.config["dataset"]
-        files = dataset_files(Path(dataset["path"]), dataset["format"], dataset["splits"])
         names = ("format", "splits", "dev_fraction", "dev_source", "seed", "unknown_ids", "empty_documents")
         params = {name: dataset[name] for name in names}
-        return self._add("prepare", params, {name: RawFile(path, self.cache) for name, path in files.items()})
+        if dataset["format"] in HUB_FORMATS:
+            source = locate(dataset)
+            params |= {"layout": dataset["layout"], "datasets": source.datasets}
+            return params, {role: RawFile(folder, self.cache) for role, folder in source.folders.items()}
+        if not dataset.get("path"):
+            raise ConfigError(
+                f"dataset.format {dataset['format']} needs dataset.path", fix="set dataset.path to the dataset's folder"
+            )
+        files = dataset_files(Path(dataset["path"]), dataset["format"], dataset["splits"])
+        return params, {name: RawFile(path, self.cache) for name, path in files.items()}
 
     def _build(self, index: int, experiment: Mapping[str, Any], seed: int | None) -> dict[str, Node]:
         chain = Chain(self, index, experiment, seed)
@@ -501,7 +518,10 @@ class Chain:
         return {**params, **lengths, **self.model_params(), "seed": self.seed}
 
     def negatives(self, source: str, for_warmup: bool = False) -> Node:
-        """Mined train negatives; the warm-up's are the paper's BM25 top-``depth`` (no ``skip_top``)."""
+        """Mined train negatives; the warm-up's are the paper's BM25 top-``depth`` (no ``skip_top``). ``given``: the
+        dataset's own (its prepare artifact holds them in mine_negatives' format), nothing mined."""
+        if source == "given":
+            return self.given_negatives()
         mine = self.section("mine")
         params = {"split": "train", **{k: mine[k] for k in ("depth", "exclude_positives", "skip_top")}}
         if for_warmup:
@@ -514,6 +534,16 @@ class Chain:
             run = self.retrieve("train", index, warmup, mine["depth"], "warmup-")
         role = "warmup-negatives" if for_warmup else f"negatives-{source}"
         return self.add(role, "mine_negatives", params, {"prepared": self.roles["prepare"], "run": run})
+
+    def given_negatives(self) -> Node:
+        dataset = self.plan.config["dataset"]
+        if (dataset["format"], dataset.get("layout")) != ("hf", "tevatron"):
+            raise ConfigError(
+                f"{self.setting('mine', 'source')}: given needs a dataset that carries negatives "
+                "(dataset.format: hf with dataset.layout: tevatron)",
+                fix="set mine.source to bm25 or warmup",
+            )
+        return self.roles["prepare"]
 
     def warmup(self) -> Node:
         negatives = self.negatives("bm25", for_warmup=True)

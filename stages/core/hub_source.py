@@ -1,0 +1,178 @@
+"""Where a dataset read by id is: an ir_datasets id, or a Hugging Face dataset (local folder or Hub id in the local
+cache). Nothing here downloads; the plan calls `locate` so that a dataset missing from the cache fails before any
+stage runs. ir_datasets and datasets are imported only for these formats (the `datasets` extra).
+
+The prepare key holds each dataset read by id with its revision (ir_datasets: the package version, whose registry pins
+every file by checksum; a Hub id: the cached commit); a local folder is an input, keyed by its content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .errors import ConfigError, DataError
+
+HUB_FORMATS = ("ir_datasets", "hf")
+LAYOUTS = ("beir", "tevatron")  # of hf datasets
+EXTRA_FIX = "install the extra: pip install -e '.[datasets]' (or pip install ir_datasets datasets)"
+# dataset config key -> role of the Hugging Face dataset it names
+HF_ROLES = {"qrels": "qrels", "corpus": "corpus"}
+
+
+def need(module: str):
+    """Import an optional dependency, or say which extra brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"dataset.format needs the Python package {module!r}", fix=EXTRA_FIX) from None
+
+
+@dataclass
+class HubSource:
+    datasets: dict[str, dict[str, str]] = field(default_factory=dict)
+    """role -> {'id', 'revision'} of each dataset read by id (prepare params)."""
+    folders: dict[str, Path] = field(default_factory=dict)
+    """role -> local folder (prepare inputs, keyed by content)."""
+
+
+def locate(dataset: Mapping[str, Any]) -> HubSource:
+    """The datasets a hub-format config reads, checked to be readable offline."""
+    if dataset["format"] == "ir_datasets":
+        if not dataset.get("id"):
+            raise ConfigError("dataset.format ir_datasets needs dataset.id", fix="set dataset.id, e.g. beir/scifact")
+        check_irds_cached(dataset["id"], dataset["splits"])
+        version = need("ir_datasets").__version__
+        return HubSource({"dataset": {"id": dataset["id"], "revision": f"ir_datasets {version}"}})
+    source = HubSource()
+    specs = {"dataset": dataset.get("id") or dataset.get("path")}
+    specs |= {role: dataset.get(key, "") for key, role in HF_ROLES.items()}
+    if not specs["dataset"]:
+        raise ConfigError("dataset.format hf needs dataset.path (a folder) or dataset.id (a Hub id)")
+    for role, spec in specs.items():
+        if not spec:
+            continue
+        folder = Path(spec).expanduser()
+        if folder.is_dir():
+            source.folders[role] = folder
+        else:
+            revision = cached_hf_dataset(spec, role).name
+            source.datasets[role] = {"id": spec, "revision": revision}
+    return source
+
+
+def cached_hf_dataset(repo_id: str, role: str = "dataset", revision: str | None = None) -> Path:
+    """The snapshot folder of a Hub dataset in the local Hugging Face cache (never downloaded)."""
+    hub = need("huggingface_hub")
+    try:
+        return Path(hub.snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True))
+    except Exception as error:  # not cached, or not a valid id
+        key = "dataset.id" if role == "dataset" else f"dataset.{role}"
+        raise DataError(
+            f"{key}: {repo_id!r} is not a local folder and not a Hugging Face dataset in the local cache "
+            f"({hub.constants.HF_HUB_CACHE}): {type(error).__name__}; stages never download",
+            fix=f"download it on a machine with network (`hf download {repo_id} --repo-type dataset`) into that cache "
+            "(HF_HOME or HF_HUB_CACHE point at it), or give a local folder",
+        ) from None
+
+
+# --- ir_datasets --------------------------------------------------------------------------------------------------
+class NotCached(DataError):
+    """ir_datasets wanted to download a file."""
+
+
+def irds_fix(dataset_id: str) -> str:
+    parts = " && ".join(f"ir_datasets export {dataset_id} {what} > /dev/null" for what in ("docs", "queries", "qrels"))
+    return (
+        f"fill the cache once on a machine with network ({parts}; for each split's id too) and copy ~/.ir_datasets "
+        "here (or point IR_DATASETS_HOME at it); or use a local folder with dataset.format: beir"
+    )
+
+
+@contextlib.contextmanager
+def offline_irds(dataset_id: str) -> Iterator[None]:
+    """Within: any file ir_datasets would download raises NotCached at once (no request, no retries)."""
+    download = need("ir_datasets").util.download
+    cls, original_path, original_stream = download.Download, download.Download.path, download.Download.stream
+
+    def cached(self) -> bool:
+        local = [m.path for m in self.mirrors if isinstance(m, download.LocalDownload)]
+        paths = [p for p in [self._path, self._cache_path, *local] if p is not None]
+        return any(Path(p).exists() for p in paths)
+
+    def refuse(self):
+        where = self._cache_path or next((getattr(m, "url", None) for m in self.mirrors if hasattr(m, "url")), "")
+        raise NotCached(
+            f"ir_datasets {dataset_id!r}: {where} is not in the ir_datasets cache", fix=irds_fix(dataset_id)
+        )
+
+    def path(self, force=True):
+        return original_path(self, force) if not force or cached(self) else refuse(self)
+
+    def stream(self):
+        streams_remote = self._stream and not isinstance(self.mirrors[0], download.LocalDownload)
+        return refuse(self) if streams_remote else original_stream(self)
+
+    cls.path, cls.stream = path, stream
+    try:
+        yield
+    finally:
+        cls.path, cls.stream = original_path, original_stream
+
+
+def irds_split_id(dataset_id: str, split: str) -> str:
+    """The id of a split's queries and qrels: ``<id>/<split>``, else the sibling ``<parent>/<split>``, else the id
+    itself when it ends in the split (``beir/scifact/train`` for train)."""
+    parent = dataset_id.rsplit("/", 1)[0]
+    for candidate in (
+        f"{dataset_id}/{split}",
+        f"{parent}/{split}",
+        dataset_id if dataset_id.endswith(f"/{split}") else "",
+    ):
+        found = registered(candidate) if candidate else None
+        if found is not None and found.has_queries() and found.has_qrels():
+            return candidate
+    children = sorted(name for name in need("ir_datasets").registry if name.startswith(f"{parent}/"))
+    raise ConfigError(
+        f"dataset.splits: ir_datasets has no queries and qrels for split {split!r} of {dataset_id!r}",
+        fix=f"name splits whose <id>/<split> exists; ids under {parent}: {children[:12]}",
+    )
+
+
+def registered(dataset_id: str):
+    """The ir_datasets dataset of an id, or None."""
+    try:
+        return need("ir_datasets").registry[dataset_id]
+    except KeyError:
+        return None
+
+
+def irds_dataset(dataset_id: str):
+    found = registered(dataset_id)
+    if found is None:
+        raise ConfigError(
+            f"dataset.id: {dataset_id!r} is not an ir_datasets id",
+            fix="see https://ir-datasets.com for the ids (e.g. beir/scifact, msmarco-passage)",
+        )
+    if not found.has_docs():
+        raise ConfigError(f"dataset.id: ir_datasets {dataset_id!r} has no documents", fix="name the collection's id")
+    return found
+
+
+def check_irds_cached(dataset_id: str, splits: list[str]) -> None:
+    """Read the first document, query and judgment of each split with downloads refused: NotCached at once if not."""
+    collection = irds_dataset(dataset_id)
+    with offline_irds(dataset_id):
+        next(iter(collection.docs_iter()), None)
+        for split in splits:
+            found = irds_dataset_of_split(dataset_id, split)
+            next(iter(found.queries_iter()), None)
+            next(iter(found.qrels_iter()), None)
+
+
+def irds_dataset_of_split(dataset_id: str, split: str):
+    return need("ir_datasets").registry[irds_split_id(dataset_id, split)]
