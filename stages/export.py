@@ -112,7 +112,8 @@ def export_onnx(encoder, path: Path, max_length: int) -> None:
             dynamo=True,
         )
     except ImportError as error:
-        raise ConfigError(f"ONNX export needs {error.name}", fix="pip install 'hardneg[onnx]', or set onnx: false") from None
+        fix = "pip install 'hardneg[onnx]', or set export.onnx: false"
+        raise ConfigError(f"ONNX export needs the {error.name} package", fix=fix) from None
 
 
 def upload_files(folder: Path) -> list[str]:

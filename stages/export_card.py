@@ -48,6 +48,8 @@ def model_card(params, inputs: Mapping[str, Path], separate: bool) -> str:
     dataset = DATASETS.get(params.dataset, {"id": params.dataset, "name": params.dataset, "license": "unknown"})
     license_ = dataset["license"] if params.dataset_license == "auto" else params.dataset_license
     metrics = split_metrics(inputs)
+    seed = "" if params.seed is None else f" (seed {params.seed})"
+    attribution = " SciFact: Wadden et al., EMNLP 2020, non-commercial use with attribution."
     stages = training_params(inputs)
     metadata = {
         "library_name": "sentence-transformers",
@@ -62,16 +64,17 @@ def model_card(params, inputs: Mapping[str, Path], separate: bool) -> str:
     sections = [
         f"---\n{yaml.safe_dump(metadata, sort_keys=False, width=120)}---",
         f"# {params.name}",
-        f"A dense retriever trained and exported by hardneg (Zhan et al., SIGIR 2021, arXiv:2104.08051): "
-        f"{METHODS.get(params.method, params.method)} (seed {params.seed}), from base encoder "
-        f"`{base_model_id(params.model) or params.model}`. One model, two routes: `encode_query` and `encode_document`. "
+        f"A dense retriever exported by hardneg (Zhan et al., SIGIR 2021, arXiv:2104.08051): "
+        f"{METHODS.get(params.method, params.method)}{seed}, from base encoder "
+        f"`{base_model_id(params.model) or params.model}`. One model, two routes: `encode_query` and "
+        "`encode_document`. "
         + route_note(separate, params),
         "## Usage\n\n" + USAGE.replace("{path}", params.push_to_hub or f"path/to/{params.name}").format(**vars(params)),
         "## Metrics\n\n" + metrics_table(metrics, params.seed),
         "## Training configuration\n\nThe parameters of the stages that made the encoders (also in the metadata "
         f"above):\n\n```yaml\n{yaml.safe_dump(stages or {'base encoder': params.model}, sort_keys=False)}```",
         f"## Training data\n\n{dataset['name']} (`{params.dataset}`), license `{license_}`."
-        + (" SciFact: Wadden et al., EMNLP 2020, non-commercial use with attribution." if license_ == "cc-by-nc-2.0" else ""),
+        + (attribution if params.dataset == "scifact" else ""),
         onnx_note(params) if params.onnx else "",
         f"## Citation\n\n```bibtex\n{CITATION}\n```",
     ]
@@ -139,7 +142,7 @@ def metrics_table(metrics: Mapping[str, dict], seed: int | None) -> str:
     lines = ["| split | seed | queries | " + " | ".join(measures) + " |", "|---" * (3 + len(measures)) + "|"]
     for split, result in metrics.items():
         cells = [f"{v['mean']:.4f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" for v in result["metrics"].values()]
-        lines.append(f"| {split} | {seed} | {result['queries']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {split} | {'-' if seed is None else seed} | {result['queries']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nMeans over the split's judged queries, with bootstrap 95% intervals."
 
 

@@ -4,6 +4,7 @@ embeddings, with a model card; its ONNX files agree with it; push_to_hub sends t
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -26,7 +27,9 @@ CORPUS = pd.DataFrame(
         "text": ["Scurvy follows a lack of ascorbic acid in the diet.", "A text without a title.", "No title either."],
     }
 )
-DOCUMENTS = [(title + " " + text).strip() for title, text in zip(CORPUS["title"].fillna(""), CORPUS["text"])]  # the card's rule
+# the card's rule for title + text
+DOCUMENTS = [(title + " " + text).strip() for title, text in zip(CORPUS["title"].fillna(""), CORPUS["text"])]
+ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript"))  # the onnx extra
 PARAMS = ExportParams(name="adore-star", method="adore", seed=3, doc_max_length=64, query_max_length=16)
 
 
@@ -47,7 +50,8 @@ def score_artifact(folder: Path, split: str, ndcg: float) -> Path:
 def adore_inputs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     """A STAR document encoder, an ADORE query encoder (other weights, as ADORE's), and dev/test scores."""
     root = tmp_path_factory.mktemp("trained")
-    documents = training_artifact(root / "star", load_encoder(tiny_model_dir, pooling="mean", normalize=True), "train_star")
+    star = load_encoder(tiny_model_dir, pooling="mean", normalize=True)
+    documents = training_artifact(root / "star", star, "train_star")
     tuned = load_encoder(tiny_model_dir, pooling="mean", normalize=True)
     with torch.no_grad():
         tuned.model.embeddings.word_embeddings.weight.mul_(1.5)
@@ -59,7 +63,7 @@ def adore_inputs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def exported(adore_inputs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export")
-    summary = export(dataclasses.replace(PARAMS, onnx=True), adore_inputs, out)
+    summary = export(dataclasses.replace(PARAMS, onnx=ONNX), adore_inputs, out)
     assert summary["separate_query_encoder"]
     return out
 
@@ -77,7 +81,8 @@ def test_one_model_reproduces_the_pipelines_query_and_document_embeddings(export
     document_encoder = load_encoder(adore_inputs["documents"] / MODEL_SUBDIR)
     assert query_encoder.tokenize(QUERIES[1:], 1000)["input_ids"].shape[1] > 16  # the long query is truncated
     assert_same_embeddings(query_encoder.encode(QUERIES, 16, progress=False), model.encode_query(QUERIES))
-    assert_same_embeddings(document_encoder.encode(document_texts(CORPUS), 64, progress=False), model.encode_document(DOCUMENTS))
+    pipeline_documents = document_encoder.encode(document_texts(CORPUS), 64, progress=False)
+    assert_same_embeddings(pipeline_documents, model.encode_document(DOCUMENTS))
     assert not np.allclose(model.encode_query(QUERIES[:1]), model.encode_document(QUERIES[:1]), atol=1e-3)  # two routes
     settings = json.loads((exported / "config_sentence_transformers.json").read_text())
     assert settings["similarity_fn_name"] == "dot" and settings["model_type"] == "SentenceTransformer"
@@ -87,7 +92,8 @@ def test_the_card_carries_metadata_metrics_config_citation_and_usage(exported):
     card = (exported / "README.md").read_text()
     front, body = card.removeprefix("---\n").split("\n---\n", 1)
     meta = yaml.safe_load(front)
-    assert meta["library_name"] == "sentence-transformers" and meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["library_name"] == "sentence-transformers"
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta["datasets"] == ["BeIR/scifact"] and meta["training_data_license"] == "cc-by-nc-2.0"
     results = {r["dataset"]["split"]: r["metrics"] for r in meta["model-index"][0]["results"]}
     assert results["dev"][0] == {"type": "ndcg_at_10", "value": 0.61, "name": "nDCG@10"}
@@ -96,11 +102,13 @@ def test_the_card_carries_metadata_metrics_config_citation_and_usage(exported):
     assert meta["hardneg"]["stages"] == {s: {"epochs": 1, "stage": s} for s in ("train_star", "train_adore")}
     assert "| test | 3 | 30 | 0.5700 [0.470, 0.670]" in body
     assert "model.encode_query(" in body and "model.encode_document(" in body and 'title + " " + text' in body
-    assert CITATION in body and "zhan2021optimizing" in CITATION and "onnx/query.onnx" in body
+    assert CITATION in body and "zhan2021optimizing" in CITATION and ("onnx/query.onnx" in body) == ONNX
 
 
 def test_onnx_files_give_the_pytorch_embeddings(exported, adore_inputs):
     ort = pytest.importorskip("onnxruntime")
+    if not ONNX:
+        pytest.skip("the onnx extra (onnx, onnxscript) is not installed")
     texts = ["short", "a somewhat longer text about claims, evidence and the retrieval of abstracts " * 3]
     for route, source, length in (("query", "queries", 16), ("document", "documents", 64)):
         encoder = load_encoder(adore_inputs[source] / MODEL_SUBDIR)
@@ -138,17 +146,31 @@ def test_push_to_hub_uploads_the_model_folder_without_the_artifacts_records(expo
     files = push_to_hub(exported, "someone/adore-star", api=FakeApi())
     assert files == upload_files(exported) and "manifest.json" not in files
     assert {"README.md", "modules.json", "router_config.json", "config_sentence_transformers.json"} <= set(files)
-    assert "onnx/query.onnx" in files and any(f.startswith("query_0_Transformer/") for f in files)
+    assert ("onnx/query.onnx" in files) == ONNX and any(f.startswith("query_0_Transformer/") for f in files)
     assert calls[0][:2] == ("create_repo", "someone/adore-star")
     assert calls[1][1]["folder_path"] == str(exported) and calls[1][1]["allow_patterns"] == files
     (exported / "manifest.json").unlink()
 
 
 def test_measure_names_follow_the_hub():
-    assert [measure_type(m) for m in ("nDCG@10", "MRR@10", "R@1000", "MAP")] == ["ndcg_at_10", "mrr_at_10", "recall_at_1000", "map"]
+    names = [measure_type(m) for m in ("nDCG@10", "MRR@10", "R@1000", "MAP")]
+    assert names == ["ndcg_at_10", "mrr_at_10", "recall_at_1000", "map"]
 
 
 def test_the_schemas_export_section_states_the_params_defaults():
     section = yaml.safe_load(SCHEMA.read_text())["properties"]["export"]["properties"]
     defaults = {f.name: f.default for f in dataclasses.fields(ExportParams)}
     assert {name: spec["default"] for name, spec in section.items()} == {name: defaults[name] for name in section}
+
+
+def test_onnx_without_its_packages_says_how_to_install_them(tiny_model_dir, tmp_path, monkeypatch):
+    from stages.errors import ConfigError
+    from stages.export import export_onnx
+
+    def missing(*args, **options):
+        raise ModuleNotFoundError("No module named 'onnxscript'", name="onnxscript")
+
+    monkeypatch.setattr(torch.onnx, "export", missing)
+    with pytest.raises(ConfigError, match="onnxscript") as error:
+        export_onnx(load_encoder(tiny_model_dir), tmp_path / "query.onnx", 16)
+    assert "hardneg[onnx]" in error.value.render()
