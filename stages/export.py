@@ -1,82 +1,138 @@
-"""Stage `export`: the trained retriever as sentence-transformers folders, for use outside the pipeline.
+"""Stage `export`: the trained retriever as one sentence-transformers model, for use outside the pipeline.
 
-Outputs ``document-encoder/`` (the encoder that filled the index) and ``query-encoder/`` (ADORE's query encoder, or
-the same encoder as the documents for STAR and the other shared-weight methods), each loadable with
-``SentenceTransformer(path)`` and giving the embeddings the pipeline computed (float32 safetensors, no pickles), and a
-README.md saying how to use them.
+The artifact folder is the model: ``SentenceTransformer(folder)`` loads it, ``encode_query`` runs the query route
+(ADORE's query encoder, or the shared encoder truncated at query_max_length) and ``encode_document`` the document
+route (the encoder that filled the index), each giving the embeddings the pipeline computed (float32 safetensors,
+no pickles). README.md is its model card (`stages.export_card`). Optional: ``onnx/query.onnx`` and
+``onnx/document.onnx`` (torch.onnx), and an upload of the folder to the Hugging Face Hub.
 
 Inputs: optional ``documents`` (a training artifact with model/; otherwise ``model``, the base encoder), optional
-``queries`` (an ADORE artifact with model/).
+``queries`` (an ADORE artifact with model/), optional ``score_<split>`` (score artifacts: the card's metrics).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from .core.cli import run_stage
+from .core.errors import ConfigError
 
-VERSION = 1
-DOCUMENT_ENCODER, QUERY_ENCODER = "document-encoder", "query-encoder"
-
-USAGE = """# {name}
-
-Exported by the `export` stage of hardneg ({method}).
-
-```python
-from sentence_transformers import SentenceTransformer
-
-documents = SentenceTransformer("{document}")   # encodes the corpus (max {doc_max_length} tokens)
-queries = SentenceTransformer("{query}")       # encodes queries (max {query_max_length} tokens)
-scores = queries.encode(["a question"]) @ documents.encode(["a passage"]).T   # inner product
-```
-
-{note}
-"""
+VERSION = 2
+ROUTES = ("query", "document")
+NOT_UPLOADED = {"manifest.json", "summary.json"}
+"""The artifact's own records (host, paths): not part of the published model."""
+log = logging.getLogger("stages.export")
 
 
 @dataclass
 class ExportParams:
     name: str = "retriever"
-    """The experiment's name, for the README."""
+    """The experiment's name, for the card."""
     method: str = "star"
+    seed: int | None = None
     model: str = "bundled"
     """Base encoder when there is no ``documents`` input."""
     pooling: str = "auto"
     normalize: str = "auto"
     query_max_length: int = 64
     doc_max_length: int = 256
+    dataset: str = "scifact"
+    """The training data's name (the dataset folder's), for the card."""
+    dataset_license: str = "auto"
+    """An SPDX-style id for the card; auto: known for SciFact (`export_card.DATASET_LICENSES`), else 'unknown'."""
+    onnx: bool = False
+    """Also write onnx/query.onnx and onnx/document.onnx (torch.onnx; needs the onnx and onnxscript packages)."""
+    push_to_hub: str = ""
+    """A Hub repo id to upload the model to (needs a token); empty: no upload."""
 
 
 def export(params: ExportParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
-    from .ml.models import MODEL_SUBDIR, load_encoder, save_encoder
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Router
 
+    from .export_card import model_card
+    from .ml.models import MODEL_SUBDIR
+
+    out_dir = Path(out_dir)
     documents = str(Path(inputs["documents"]) / MODEL_SUBDIR) if "documents" in inputs else params.model
     queries = str(Path(inputs["queries"]) / MODEL_SUBDIR) if "queries" in inputs else documents
-    document_encoder = load_encoder(documents, pooling=params.pooling, normalize=params.normalize)
-    save_encoder(document_encoder, Path(out_dir) / DOCUMENT_ENCODER, max_seq_length=params.doc_max_length)
-    query_encoder = load_encoder(queries, pooling=params.pooling, normalize=params.normalize)
-    save_encoder(query_encoder, Path(out_dir) / QUERY_ENCODER, max_seq_length=params.query_max_length)
-    separate = queries != documents
-    note = (
-        "ADORE trained the query encoder against the fixed document embeddings: use the two together."
-        if separate
-        else "Both folders hold the same encoder (queries and documents share weights)."
-    )
-    (Path(out_dir) / "README.md").write_text(
-        USAGE.format(
-            name=params.name,
-            method=params.method,
-            document=DOCUMENT_ENCODER,
-            query=QUERY_ENCODER,
-            doc_max_length=params.doc_max_length,
-            query_max_length=params.query_max_length,
-            note=note,
+    sources = {"query": (queries, params.query_max_length), "document": (documents, params.doc_max_length)}
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=out_dir) as staging:
+        routes = route_modules(sources, params, Path(staging))
+        model = SentenceTransformer(modules=[Router.for_query_document(*(routes[r][0] for r in ROUTES))], device="cpu")
+        model.similarity_fn_name = "dot"  # the pipeline ranks by inner product
+        model.save(str(out_dir))
+    if params.onnx:
+        for route, (_, encoder, length) in routes.items():
+            export_onnx(encoder, out_dir / "onnx" / f"{route}.onnx", length)
+    (out_dir / "README.md").write_text(model_card(params, inputs, separate=queries != documents))
+    if params.push_to_hub:
+        push_to_hub(out_dir, params.push_to_hub)
+    return {"document_encoder": documents, "query_encoder": queries, "separate_query_encoder": queries != documents}
+
+
+def route_modules(sources: Mapping[str, tuple[str, int]], params: ExportParams, staging: Path) -> dict:
+    """route -> (sentence-transformers modules, the pipeline's Encoder, max length); routes with the same encoder
+    and length share their modules (stored once)."""
+    from sentence_transformers import SentenceTransformer
+
+    from .ml.models import load_encoder, save_encoder
+
+    made: dict[tuple[str, int], tuple] = {}
+    for route, (source, length) in sources.items():
+        if (source, length) not in made:
+            encoder = load_encoder(source, pooling=params.pooling, normalize=params.normalize).eval()
+            save_encoder(encoder, staging / route, max_seq_length=length)
+            made[(source, length)] = (list(SentenceTransformer(str(staging / route), device="cpu")), encoder, length)
+        log.info("%s route: %s (max %d tokens)", route, source, length)
+    return {route: made[key] for route, key in sources.items()}
+
+
+def export_onnx(encoder, path: Path, max_length: int) -> None:
+    """``encoder`` (transformer, pooling, normalisation) as ONNX: inputs input_ids and attention_mask (batch,
+    tokens; int64), output sentence_embedding (batch, dim) float32."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = encoder.tokenize(["an example text", "another one"], max_length)
+    batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
+    try:
+        torch.onnx.export(
+            encoder,
+            (example["input_ids"], example["attention_mask"]),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["sentence_embedding"],
+            dynamic_shapes={"input_ids": {0: batch, 1: tokens}, "attention_mask": {0: batch, 1: tokens}},
+            dynamo=True,
         )
-    )
-    return {"document_encoder": documents, "query_encoder": queries, "separate_query_encoder": separate}
+    except ImportError as error:
+        fix = "pip install 'hardneg[onnx]', or set export.onnx: false"
+        raise ConfigError(f"ONNX export needs the {error.name} package", fix=fix) from None
+
+
+def upload_files(folder: Path) -> list[str]:
+    """The files `push_to_hub` uploads, relative to ``folder``: the model, its card and ONNX files, not the
+    artifact's records."""
+    files = (p.relative_to(folder).as_posix() for p in sorted(Path(folder).rglob("*")) if p.is_file())
+    return [f for f in files if f not in NOT_UPLOADED and not f.startswith(".")]
+
+
+def push_to_hub(folder: Path, repo_id: str, api=None) -> list[str]:
+    """Upload ``upload_files(folder)`` to the Hub model repo ``repo_id`` (created if missing); the files sent."""
+    from huggingface_hub import HfApi
+
+    api = api or HfApi()
+    files = upload_files(folder)
+    api.create_repo(repo_id, repo_type="model", exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=files, commit_message="hardneg export")
+    log.info("uploaded %d files to %s", len(files), repo_id)
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,7 +108,8 @@ def test_the_paper_preset_sets_the_paper_codes_adore_values(tmp_path, scifact_sl
 def test_export_takes_adores_query_encoder_and_the_documents_encoder(tmp_path, scifact_slice):
     experiments = [
         {"name": "star", "method": "star", "export": True},
-        {"name": "a", "method": "adore", "documents": "star", "export": True},
+        {"name": "a", "method": "adore", "documents": "star", "export": True,
+         "params": {"export": {"push_to_hub": "someone/a"}}},
     ]
     plan = plan_for(tmp_path, scifact_slice, experiments)
     star, adore = plan.experiments["star/seed-2"], plan.experiments["a/seed-2"]
@@ -116,4 +117,8 @@ def test_export_takes_adores_query_encoder_and_the_documents_encoder(tmp_path, s
     assert len(plan.exports) == 4
     assert exports["star"].inputs["documents"] is star["star"] and "queries" not in exports["star"].inputs
     assert exports["a"].inputs["queries"] is adore["adore"] and exports["a"].inputs["documents"] is star["star"]
+    # the card's metrics: the same instance's scores, with its seed
+    assert exports["a"].inputs["score_test"] is adore["score-test"] and exports["a"].params["seed"] == 2
+    assert (exports["a"].params["push_to_hub"], exports["star"].params["push_to_hub"]) == ("someone/a", "")
+    assert exports["star"].params["dataset"] == scifact_slice.name and not exports["star"].params["onnx"]
     assert {str(node.path(plan.results)) for node in plan.exports} <= set(plan.targets())

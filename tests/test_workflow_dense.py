@@ -57,7 +57,7 @@ def test_dense_dag_runs_and_a_star_change_reruns_star_and_below_only(tmp_path, s
     assert (star / "star" / "loss.png").is_file() and (star / "star" / "train_log.parquet").is_file()
     assert json.loads((star / "star" / "summary.json").read_text())["processes"] == 2
     assert json.loads((star / "warmup" / "summary.json").read_text())["processes"] == 1
-    assert (star / "export" / "document-encoder" / "modules.json").is_file()
+    assert (star / "export" / "router_config.json").is_file() and (star / "export" / "README.md").is_file()
     table = (runs / "report" / "results.md").read_text()
     assert all(f"| {variant} |" in table for variant in ("zeroshot", "star (reference)", "star-pq", "inbatch"))
     assert {"loss_curves.png", "index_kinds.png"} <= {p.name for p in (runs / "report").iterdir()}

@@ -69,6 +69,6 @@ STAGES: dict[str, Stage] = {
         Stage("train_adore", "train_adore", "train", threads=2, mem_mb=16000, runtime=240, gpu=True, distributed=True),
         Stage("score", "score_run", "score", threads=1, mem_mb=2000, runtime=15),
         Stage("report", "report_results", "report", threads=1, mem_mb=4000, runtime=15),
-        Stage("export", "export_retriever", "dense", threads=1, mem_mb=4000, runtime=15),
+        Stage("export", "export_retriever", "export", threads=1, mem_mb=4000, runtime=15),
     )
 }

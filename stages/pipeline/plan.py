@@ -399,7 +399,8 @@ class Chain:
         return self.roles[role]
 
     def export(self) -> Node:
-        """The experiment's retriever as sentence-transformers folders (ADORE: with its own query encoder)."""
+        """The experiment's retriever as one sentence-transformers model (ADORE: its own query route), with its scores
+        for the model card."""
         method = self.experiment["method"]
         if method == "bm25":
             raise ConfigError(f"experiments[{self.index}] ({self.experiment['name']}): bm25 has no encoder to export")
@@ -416,10 +417,14 @@ class Chain:
         params = {
             "name": self.experiment["name"],
             "method": method,
+            "seed": self.seed,
             **self.model_params(),
             **{k: encoder_section[k] for k in ("query_max_length", "doc_max_length")},
+            "dataset": Path(self.plan.config["dataset"]["path"]).name,
+            **self.section("export"),
         }
-        return self.add("export", "export", params, {**inputs, **self.base_model_inputs()})
+        scores = {f"score_{role.removeprefix('score-')}": n for role, n in self.roles.items() if role.startswith("score-")}
+        return self.add("export", "export", params, {**inputs, **scores, **self.base_model_inputs()})
 
     # --- runs and scores --------------------------------------------------------------------------------------
     def score(self, split: str) -> Node:
