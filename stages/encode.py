@@ -19,6 +19,7 @@ from typing import Mapping
 
 from .core.cli import run_stage
 from .core.errors import ConfigError
+from .ml.encoder_spec import EncoderSpec
 from .core.tables import iter_token_chunks, read_corpus, read_queries, write_embeddings
 from .tokenize import TOKENS, check_tokens
 
@@ -31,9 +32,9 @@ DTYPES = ("float16", "float32")
 
 
 @dataclass
-class EncodeParams:
-    model: str = "bundled"
-    """Encoder when there is no ``model`` input: 'bundled' (all-MiniLM-L6-v2) or a local model folder."""
+class EncodeParams(EncoderSpec):
+    """`EncoderSpec`'s fields (the encoder when there is no ``model`` input), and:"""
+
     what: str = "corpus"
     """'corpus' (title + " " + text) or 'queries' (of ``split``)."""
     split: str = "test"
@@ -46,10 +47,6 @@ class EncodeParams:
     batch_size: int = 256
     dtype: str = "float16"
     """Storage precision of the embeddings: float16 or float32."""
-    pooling: str = "auto"
-    """mean, cls, or 'auto' (the model's own; see stages.ml.models)."""
-    normalize: str = "auto"
-    """true, false, or 'auto' (the model's own)."""
     autocast: str = "auto"
     """auto (bf16 on CUDA, none on CPU), bf16, fp16 or none; on CUDA bf16/fp16 cast the weights (inference only)."""
 

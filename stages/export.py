@@ -21,6 +21,7 @@ from typing import Mapping
 
 from .core.cli import run_stage
 from .core.errors import ConfigError
+from .ml.encoder_spec import EncoderSpec
 
 VERSION = 2
 ROUTES = ("query", "document")
@@ -30,15 +31,13 @@ log = logging.getLogger("stages.export")
 
 
 @dataclass
-class ExportParams:
+class ExportParams(EncoderSpec):
+    """`EncoderSpec`'s fields (the base encoder when there is no ``documents`` input), and:"""
+
     name: str = "retriever"
     """The experiment's name, for the card."""
     method: str = "star"
     seed: int | None = None
-    model: str = "bundled"
-    """Base encoder when there is no ``documents`` input."""
-    pooling: str = "auto"
-    normalize: str = "auto"
     query_max_length: int = 64
     doc_max_length: int = 256
     dataset: str = "scifact"

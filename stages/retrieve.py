@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .core.cli import run_stage
 from .core.errors import ConfigError
+from .ml.encoder_spec import EncoderSpec
 from .core.tables import RunWriter, read_queries, run_table_from_topk
 
 VERSION = 1
@@ -32,19 +33,15 @@ log = logging.getLogger("stages.retrieve")
 
 
 @dataclass
-class RetrieveParams:
+class RetrieveParams(EncoderSpec):
+    """`EncoderSpec`'s fields (the query encoder when there is no ``model`` input), and:"""
+
     split: str = "test"
     """Which split's queries to run."""
     top_k: int = 1000
     query_max_length: int = 64
     """Query truncation in tokens."""
     batch_size: int = 128
-    model: str = "bundled"
-    """Query encoder when there is no ``model`` input: 'bundled' (all-MiniLM-L6-v2) or a local model folder."""
-    pooling: str = "auto"
-    """mean, cls, or 'auto' (the model's own; see stages.ml.models)."""
-    normalize: str = "auto"
-    """true, false, or 'auto' (the model's own)."""
     backend: str = "auto"
     """Search backend: auto, faiss, faiss-gpu or torch (see stages.ml.index_kinds.searcher_for)."""
 

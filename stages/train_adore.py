@@ -86,9 +86,9 @@ import torch.nn.functional as F
 from .ml import distributed
 from .core.errors import ArtifactError, ConfigError, DataError
 from .core.tables import read_qrels, read_queries, write_table
+from .ml.encoder_spec import EncoderSpec
 from .ml.training import (
     TRAIN_LOG,
-    InitialEncoder,
     TrainConfig,
     batch_shape,
     epoch_order,
@@ -107,7 +107,7 @@ SHARD_INPUT = re.compile(r"shard_\d+")
 
 
 @dataclass
-class AdoreParams(InitialEncoder, TrainConfig):
+class AdoreParams(EncoderSpec, TrainConfig):
     epochs: int = 6
     """Passes over the training queries (the config's default; ADORE's steps are cheap)."""
     top_k: int = 200

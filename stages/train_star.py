@@ -61,12 +61,12 @@ import torch.nn.functional as F
 from .ml import distributed
 from .core.errors import ConfigError, DataError
 from .mine_negatives import read_negatives
+from .ml.encoder_spec import EncoderSpec
 from .ml.models import TokenCache, prefetched
 from .ml.negative_samplers import SAMPLERS, NegativeSampler
 from .core.tables import read_corpus, read_qrels, read_queries, read_tokens
 from .tokenize import TOKENS, check_tokens
 from .ml.training import (
-    InitialEncoder,
     TrainConfig,
     batch_rng,
     batch_shape,
@@ -84,7 +84,7 @@ TRAIN_SPLIT = "train"
 
 
 @dataclass
-class StarParams(InitialEncoder, TrainConfig):
+class StarParams(EncoderSpec, TrainConfig):
     negatives: str = "star"
     """star (static hard + random in-batch), static (hard only), inbatch (Inbatch-Neg), randneg (Rand-Neg)."""
     hard_negatives_per_query: int = 1

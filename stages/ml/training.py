@@ -96,18 +96,6 @@ class TrainConfig:
     """Document truncation in tokens (paper: 120 for passages, 512 for documents)."""
 
 
-@dataclass
-class InitialEncoder:
-    """Fields of trainers that start from an encoder: the one used when there is no ``init`` input."""
-
-    model: str = "bundled"
-    """'bundled' (all-MiniLM-L6-v2) or a safetensors model folder."""
-    pooling: str = "auto"
-    """Encoder pooling (see stages.ml.models); 'auto' keeps the model's own."""
-    normalize: bool | str = "auto"
-    """L2-normalise embeddings (see stages.ml.models); 'auto' keeps the model's own."""
-
-
 def pick_device() -> torch.device:
     return distributed.device()
 
@@ -120,7 +108,7 @@ def seed_everything(seed: int) -> None:
 
 def initial_encoder(params: Any, inputs: Mapping[str, Path], device: torch.device) -> tuple[Encoder, Path | str]:
     """Seed every generator from ``params.seed``, then load the encoder to train (the ``init`` input's model, else
-    ``params.model``, with `InitialEncoder`'s pooling and normalize) onto ``device``; returns it and where it came from.
+    ``params.model``, with `EncoderSpec`'s pooling and normalize) onto ``device``; returns it and where it came from.
     """
     seed_everything(params.seed)
     init = Path(inputs["init"]) / MODEL_SUBDIR if "init" in inputs else params.model
