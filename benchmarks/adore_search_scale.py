@@ -221,8 +221,7 @@ def main() -> None:
                 f"{name}: step {values['step_ms']} ms = encode {values['encode_ms']} + search {values['search_ms']}"
                 f" + loss/backward/optimiser {values['loss_backward_ms']}; search share {values['search_share']:.1%}"
             )
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(text := json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(text + "\n")
 

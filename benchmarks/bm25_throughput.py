@@ -162,8 +162,7 @@ def main() -> None:
         if sample:
             result["bm25s"], theirs = reference(index_dir, sample, k, max(threads), index.settings)
             result["agreement"] = agreement((mine[0][: len(sample)], mine[1][: len(sample)]), theirs)
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(text := json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(text + "\n")
 

@@ -134,8 +134,7 @@ def main() -> None:
         result = {"queries": args.queries, "depth": args.depth, "docs": args.docs, "batch": args.batch}
         result |= {"sorted_ids": not args.unsorted}
         result |= {"write": in_child(args, "write"), "mine": in_child(args, "mine")}
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(text := json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(text + "\n")
 

@@ -474,19 +474,6 @@ def prepare_inputs(
     return inputs.pin_memory() if pin_memory else inputs
 
 
-def prepare_step(
-    tokenize: Callable[[list[str], int], dict[str, torch.Tensor]],
-    data: TrainingData,
-    params: StarParams,
-    epoch: int,
-    batch: int,
-    pin_memory: bool = False,
-    packed: bool = False,
-) -> StepInputs:
-    """The host side of step ``batch`` of ``epoch``: `sample_batch` then `prepare_inputs` (a function of the step)."""
-    return prepare_inputs(tokenize, data, params, sample_batch(data, params, epoch, batch), pin_memory, packed)
-
-
 def inputs_loss(
     encoder: torch.nn.Module, inputs: StepInputs, params: StarParams, device: torch.device
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
@@ -576,7 +563,8 @@ def step_losses(
 
     def prepare(step: int) -> StepInputs:
         """The host side of global step ``step`` (run ahead on the prefetch thread)."""
-        return prepare_step(tokenize, data, params, *divmod(step, steps_per_epoch), pin_memory=pin, packed=packed)
+        batch = sample_batch(data, params, *divmod(step, steps_per_epoch))
+        return prepare_inputs(tokenize, data, params, batch, pin_memory=pin, packed=packed)
 
     cuda_index = (device.index if device.index is not None else torch.cuda.current_device()) if pin else None
 
