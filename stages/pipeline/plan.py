@@ -20,6 +20,7 @@ from ..ml.index_kinds import KINDS
 from ..core.model_source import ModelSource, check_model_folder, locate_model, position_limit
 from ..ml.negative_samplers import SAMPLERS
 from .ance import ance_rounds
+from .costs import cost_nodes
 from ..core.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -348,6 +349,10 @@ class Plan:
                     "index": roles["index"].params["kind"] if "index" in roles else "",
                     "score": input_name(roles[f"score-{split}"], "score"),
                     "train": [input_name(node, "train") for node in trained],
+                    "costs": [
+                        {"input": input_name(node, "artifact"), "stage": node.stage, "shared": shared}
+                        for node, shared in cost_nodes(roles, split, row["experiment"]["method"])
+                    ],
                 }
             )
         params = {
