@@ -229,6 +229,7 @@ def plot_efficiency(frame: pd.DataFrame, measures: list[str], path: Path) -> boo
                 yerr=seed_range(one[measure], one[f"{measure} by seed"]),
             )  # fmt: skip
         axes.set_xscale("symlog", linthresh=max(1.0, float(seconds[seconds > 0].min())))
+        axes.set_xlim(left=0)
         axes.set_xlabel("total GPU seconds (shared warm-up and BM25 counted in full)")
         axes.set_title(f"{measure} on {frame['split'].iloc[0]}")
         axes.grid(alpha=0.3)
