@@ -41,7 +41,8 @@ def run_costs(costs: list[Mapping], inputs: Mapping[str, Path]) -> dict[str, flo
 
 
 ACCOUNTING = (
-    "seconds are whole stage runs (summary.json resources.wall_s) of everything the scored retriever was built from,"
+    "GPU s: seconds of the GPU stages (training, corpus encodes, retrievals); seconds are whole stage runs"
+    " (summary.json resources.wall_s) of everything the scored retriever was built from,"
     " its final corpus encode and index included, its test retrieval and scoring left out; ANCE's refreshes count"
     " towards ANCE, STAR's one mining pass towards STAR; the shared warm-up model and BM25 (and the tokenized corpus)"
     " count in full towards every method built on them ('GPU s shared': the warm-up's part of the total); index builds"

@@ -133,8 +133,8 @@ def efficiency_markdown(frame: pd.DataFrame, measures: list[str]) -> str:
     lines.append("|" + "---|" * len(header))
     for _, row in frame.sort_values(TOTAL_GPU, kind="stable").iterrows():
         quality = [spread(row[m], row[f"{m} std"], 4) for m in chosen]
-        costs = [f"{row[c]:.0f}" for c in COST_COLUMNS if c != TOTAL_GPU]
-        total = spread(row[TOTAL_GPU], row[f"{TOTAL_GPU} std"], 0)
+        costs = [f"{row[c]:.1f}" for c in COST_COLUMNS if c != TOTAL_GPU]
+        total = spread(row[TOTAL_GPU], row[f"{TOTAL_GPU} std"], 1)
         lines.append("| " + " | ".join([row["variant"], str(row["seeds"]), *quality, total, *costs]) + " |")
     note = "mean over seeds ± std over seeds (measures: mean over queries); " + ACCOUNTING
     return "\n".join(lines + ["", note, ""])

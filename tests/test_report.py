@@ -210,7 +210,7 @@ def test_the_efficiency_table_and_plot_put_quality_against_gpu_seconds(inputs, t
     lines = (out / "efficiency.md").read_text().splitlines()
     assert lines[0] == "### efficiency on test"
     assert [line.split(" | ")[0] for line in lines[4:6]] == ["| zeroshot", "| star"]  # by total GPU seconds
-    assert "15 ± 3" in lines[5] and "count in full" in lines[-1]
+    assert "15.0 ± 2.8" in lines[5] and "count in full" in lines[-1]
 
 
 def test_no_gpu_seconds_no_efficiency_plot(inputs, tmp_path):
