@@ -18,6 +18,7 @@ METHODS = {
     "zeroshot": "the base encoder, untrained",
     "warmup": "warm-up training on BM25 or random negatives",
     "star": "STAR: static hard negatives plus in-batch random negatives",
+    "ance": "ANCE: rounds of hard negatives re-mined by the model being trained",
     "adore": "ADORE: a query encoder trained on dynamic hard negatives against fixed document embeddings",
 }
 CITATION = """@inproceedings{zhan2021optimizing,

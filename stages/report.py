@@ -8,6 +8,8 @@ training stages) and the device. Outputs:
 
 - results.md, results.html, results.csv: the table (`report_table`);
 - metrics_by_variant.png, loss_curves.png, index_kinds.png (when the config has PQ variants): `report_plots`;
+- efficiency.md, efficiency.csv, efficiency.png: quality against GPU seconds, one row and point per variant on test
+  (else the last split), the costs of `report_costs` averaged over seeds;
 - report.json: everything in the table, unrounded.
 
 Inputs: ``score_<n>`` (score artifacts) and ``train_<n>`` (training artifacts), described by the ``rows`` param.
@@ -27,12 +29,13 @@ import pandas as pd
 
 from .core.cli import run_stage
 from .core.errors import ConfigError, DataError
-from .report_plots import plot_index_kinds, plot_losses, plot_metrics
-from .report_table import csv_frame, html, markdown
+from .report_costs import COST_COLUMNS, TOTAL_GPU, run_costs
+from .report_plots import plot_efficiency, plot_index_kinds, plot_losses, plot_metrics
+from .report_table import csv_frame, efficiency_frame, efficiency_markdown, html, markdown
 from .ml.stats import holm, paired_randomization_test, query_interval, seed_averaged
 from .core.tables import _read
 
-VERSION = 2
+VERSION = 3
 log = logging.getLogger("stages.report")
 
 TABLE_MEASURES = ["nDCG@10", "MRR@10", "R@100", "R@1000", "MAP"]
@@ -42,7 +45,8 @@ TABLE_MEASURES = ["nDCG@10", "MRR@10", "R@100", "R@1000", "MAP"]
 class ReportParams:
     rows: list[dict] = field(default_factory=list)
     """One per scored run: {variant, method, seed (or null), split, index (flat/pq/''), score (input name),
-    train (input names of its chain's training artifacts, upstream first)}."""
+    train (input names of its chain's training artifacts, upstream first), costs ({input, stage, shared} of every
+    artifact its run was built from: `report_costs`)}."""
     reference: str = ""
     """Variant the p-values compare against ('' = none)."""
     measures: list[str] = field(default_factory=lambda: list(TABLE_MEASURES))
@@ -121,10 +125,20 @@ def aggregate(params: ReportParams, inputs: Mapping[str, Path]) -> pd.DataFrame:
         seconds = [training(train, inputs) for train in group["train"]]
         entry["train seconds"] = float(np.mean([s for s, _ in seconds])) if seconds else 0.0
         entry["device"] = ", ".join(sorted({d for _, d in seconds if d}))
+        entry.update(seed_costs([run_costs(costs, inputs) for costs in group.get("costs", [[]] * len(group))]))
         table.append(entry)
     table = pd.DataFrame(table)
     add_holm(table, params.measures)
     return table
+
+
+def seed_costs(by_seed: list[dict[str, float]]) -> dict[str, Any]:
+    """Each cost column's mean over seeds; the total GPU seconds also by seed and their std."""
+    entry: dict[str, Any] = {column: float(np.mean([c[column] for c in by_seed])) for column in COST_COLUMNS}
+    totals = [c[TOTAL_GPU] for c in by_seed]
+    entry[f"{TOTAL_GPU} by seed"] = totals
+    entry[f"{TOTAL_GPU} std"] = float(np.std(totals, ddof=1)) if len(totals) > 1 else np.nan
+    return entry
 
 
 def report(params: ReportParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
@@ -148,6 +162,12 @@ def report(params: ReportParams, inputs: Mapping[str, Path], out_dir: Path) -> d
         plots.append("loss_curves.png")
     if plot_index_kinds(table, params.measures[0], out_dir / "index_kinds.png"):
         plots.append("index_kinds.png")
+    efficiency = efficiency_frame(table, params.measures)
+    (out_dir / "efficiency.md").write_text(efficiency_markdown(efficiency, params.measures))
+    listed = [column for column in efficiency if column.endswith(" by seed")]
+    efficiency.drop(columns=listed).to_csv(out_dir / "efficiency.csv", index=False, float_format="%.6g")
+    if plot_efficiency(efficiency, params.measures, out_dir / "efficiency.png"):
+        plots.append("efficiency.png")
     log.info("report:\n%s", (out_dir / "results.md").read_text())
     return {"variants": int(table["variant"].nunique()), "plots": plots}
 

@@ -4,7 +4,9 @@
   interval, the seeds' means when there are several, and ``*`` where the Holm-corrected p against the reference < 0.05;
 - loss_curves.png: a panel per loss kind (STAR pairwise, STAR listwise, ADORE's LambdaLoss), ADORE's train MRR and any
   dev metric the training logs hold (``dev_*`` columns), against the step;
-- index_kinds.png: the first measure of the dense variants by index kind (flat, PQ), when there are PQ variants.
+- index_kinds.png: the first measure of the dense variants by index kind (flat, PQ), when there are PQ variants;
+- efficiency.png: a panel per measure of `report_table.efficiency_frame`, the measure against total GPU seconds, a
+  point per variant with bars from its lowest to its highest seed on both axes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .core.tables import _read
+from .report_costs import TOTAL_GPU
 
 SIGNIFICANCE = 0.05
 SPLIT_COLORS = {"train": "tab:green", "dev": "tab:blue", "test": "tab:orange"}
@@ -201,3 +204,36 @@ def plot_losses(rows: list[dict], inputs: Mapping[str, Path], path: Path) -> lis
         axes.legend(fontsize=7)
     fig.savefig(path, dpi=110)
     return [axes.get_title() for axes in fig.axes]
+
+
+def seed_range(means: pd.Series, by_seed: pd.Series) -> np.ndarray:
+    """Error bar lengths (below, above) from each mean to its lowest and highest seed."""
+    low = np.array([min(values) for values in by_seed]) if len(by_seed) else np.array([])
+    high = np.array([max(values) for values in by_seed]) if len(by_seed) else np.array([])
+    return np.vstack([means.to_numpy() - low, high - means.to_numpy()])
+
+
+def plot_efficiency(frame: pd.DataFrame, measures: list[str], path: Path) -> bool:
+    """Quality against total GPU seconds; False (nothing drawn) when no variant used a GPU."""
+    if not (frame[TOTAL_GPU] > 0).any():
+        return False
+    chosen = [column for column in frame if f"{column} by seed" in frame and column != TOTAL_GPU]
+    fig = figure(5.0 * len(chosen), 4.2)
+    seconds = frame[TOTAL_GPU]
+    for axes, measure in zip(panels(fig, len(chosen)), chosen):
+        for number, row in enumerate(frame.to_dict("records")):
+            one = frame.iloc[[number]]
+            axes.errorbar(
+                seconds.iloc[[number]], one[measure], fmt="o", capsize=3, color=f"C{number % 10}", label=row["variant"],
+                xerr=seed_range(seconds.iloc[[number]], one[f"{TOTAL_GPU} by seed"]),
+                yerr=seed_range(one[measure], one[f"{measure} by seed"]),
+            )  # fmt: skip
+        axes.set_xscale("symlog", linthresh=max(1.0, float(seconds[seconds > 0].min())))
+        axes.set_xlim(left=0)
+        axes.set_xlabel("total GPU seconds (shared warm-up and BM25 counted in full)")
+        axes.set_title(f"{measure} on {frame['split'].iloc[0]}")
+        axes.grid(alpha=0.3)
+    fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
+    fig.suptitle("mean over seeds; bars: lowest to highest seed", fontsize=9, x=0.01, ha="left")
+    fig.savefig(path, dpi=110)
+    return True

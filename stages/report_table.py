@@ -13,6 +13,9 @@ from html import escape
 import pandas as pd
 
 from .ml.stats import PERMUTATIONS, p_floor
+from .report_costs import ACCOUNTING, COST_COLUMNS, TOTAL_GPU
+
+EFFICIENCY_MEASURES = ["nDCG@10", "MRR@10"]
 
 
 def upper_bound(value: float) -> str:
@@ -106,3 +109,32 @@ def csv_frame(table: pd.DataFrame, measures: list[str]) -> pd.DataFrame:
         frame[f"{measure} ci95 high"] = frame[f"{measure} ci95"].map(lambda ci: ci[1])
         frame = frame.drop(columns=[f"{measure} ci95", f"{measure} by seed"])
     return frame
+
+
+def efficiency_frame(table: pd.DataFrame, measures: list[str]) -> pd.DataFrame:
+    """A row per variant on test (else the last split): its quality (mean, std over seeds) and its costs."""
+    split = "test" if "test" in set(table["split"]) else table["split"].iloc[-1]
+    chosen = [m for m in EFFICIENCY_MEASURES if m in measures] or measures[:1]
+    columns = ["variant", "method", "split", "seeds"]
+    columns += [c for m in chosen for c in (m, f"{m} std", f"{m} by seed")]
+    columns += [*COST_COLUMNS, f"{TOTAL_GPU} std", f"{TOTAL_GPU} by seed"]
+    return table.loc[table["split"] == split, columns].reset_index(drop=True)
+
+
+def spread(mean: float, std: float, digits: int) -> str:
+    return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+
+
+def efficiency_markdown(frame: pd.DataFrame, measures: list[str]) -> str:
+    """The efficiency table: quality and seconds per variant, ordered by total GPU seconds."""
+    chosen = [m for m in EFFICIENCY_MEASURES if m in measures] or measures[:1]
+    header = ["variant", "seeds", *chosen, TOTAL_GPU, *[c for c in COST_COLUMNS if c != TOTAL_GPU]]
+    lines = [f"### efficiency on {frame['split'].iloc[0]}", "", "| " + " | ".join(header) + " |"]
+    lines.append("|" + "---|" * len(header))
+    for _, row in frame.sort_values(TOTAL_GPU, kind="stable").iterrows():
+        quality = [spread(row[m], row[f"{m} std"], 4) for m in chosen]
+        costs = [f"{row[c]:.1f}" for c in COST_COLUMNS if c != TOTAL_GPU]
+        total = spread(row[TOTAL_GPU], row[f"{TOTAL_GPU} std"], 1)
+        lines.append("| " + " | ".join([row["variant"], str(row["seeds"]), *quality, total, *costs]) + " |")
+    note = "mean over seeds ± std over seeds (measures: mean over queries); " + ACCOUNTING
+    return "\n".join(lines + ["", note, ""])

@@ -122,3 +122,41 @@ def test_export_takes_adores_query_encoder_and_the_documents_encoder(tmp_path, s
     assert (exports["a"].params["push_to_hub"], exports["star"].params["push_to_hub"]) == ("someone/a", "")
     assert exports["star"].params["dataset"] == scifact_slice.name and not exports["star"].params["onnx"]
     assert {str(node.path(plan.results)) for node in plan.exports} <= set(plan.targets())
+
+
+ANCE = [
+    {"name": "star", "method": "star"},
+    {"name": "ance", "method": "ance", "seeds": [1]},
+    {"name": "adore-ance", "method": "adore", "documents": "ance", "seeds": [1]},
+]
+
+
+def test_ance_unrolls_its_rounds_each_refresh_mined_by_the_last_model(tmp_path, scifact_slice):
+    plan = plan_for(tmp_path, scifact_slice, ANCE, ance={"rounds": 2, "steps_per_round": 7})
+    star, ance = plan.experiments["star/seed-1"], plan.experiments["ance/seed-1"]
+    rounds = [ance[f"ance-{k}"] for k in range(3)]
+    assert "ance-3" not in ance and all(r.stage == "train_star" for r in rounds)
+    assert {(r.params["negatives"], r.params["max_steps"]) for r in rounds} == {("static", 7)}
+    # round 0: the warm-up model on its negatives, the ones STAR trains on
+    assert rounds[0].inputs["init"] is star["warmup"] and rounds[0].inputs["negatives"] is star["star"].inputs["negatives"]
+    for k in (1, 2):
+        negatives = ance[f"ance-{k}-negatives"]
+        assert rounds[k].inputs["init"] is rounds[k - 1] and rounds[k].inputs["negatives"] is negatives
+        retrieve = negatives.inputs["run"]
+        assert retrieve.inputs["model"] is rounds[k - 1] and retrieve.params["split"] == "train"
+        assert retrieve.inputs["index"] is ance[f"ance-{k}-index"] and ance[f"ance-{k}-index"].params["kind"] == "flat"
+        assert ance[f"ance-{k}-encode-0"].inputs["model"] is rounds[k - 1]
+    # the scored retriever and ADORE's documents: the last round's model
+    assert ance["retrieve-test"].inputs["model"] is rounds[-1]
+    assert plan.experiments["adore-ance/seed-1"]["adore"].inputs["init"] is rounds[-1]
+
+
+def test_another_ance_round_reuses_the_earlier_rounds(tmp_path, scifact_slice):
+    (tmp_path / "two").mkdir(), (tmp_path / "three").mkdir()
+    two = plan_for(tmp_path / "two", scifact_slice, ANCE[1:2], ance={"rounds": 2}).experiments["ance/seed-1"]
+    three = plan_for(tmp_path / "three", scifact_slice, ANCE[1:2], ance={"rounds": 3}).experiments["ance/seed-1"]
+    earlier = [role for role in two if role.startswith(("ance-0", "ance-1", "warmup"))]
+    assert len(earlier) > 5 and "ance-1-negatives" in earlier
+    assert {role: two[role].key for role in earlier} == {role: three[role].key for role in earlier}
+    assert two["ance-2"].key == three["ance-2"].key and "ance-3" in three and "ance-3" not in two
+    assert two["score-test"].key != three["score-test"].key

@@ -183,3 +183,36 @@ def test_loss_panels_by_loss_kind_with_train_mrr_and_dev_metrics(inputs, tmp_pat
 def test_an_unknown_reference_is_named(inputs, tmp_path):
     with pytest.raises(ConfigError, match="'bm25' is not an experiment"):
         report(params(reference="bm25"), inputs, tmp_path)
+
+
+def stage_artifact(folder, wall_s: float):
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"resources": {"wall_s": wall_s}}))
+    return folder
+
+
+def test_the_efficiency_table_and_plot_put_quality_against_gpu_seconds(inputs, tmp_path):
+    inputs = {**inputs, "artifact_0": stage_artifact(tmp_path / "e", 3.0), "artifact_1": stage_artifact(tmp_path / "i", 4.0)}
+    encode, index = {"input": "artifact_0", "stage": "encode"}, {"input": "artifact_1", "stage": "index"}
+    train = [{"input": f"train_{n}", "stage": "train_star", "shared": False} for n in (0, 1)]
+    rows = params().rows
+    rows[0]["costs"] = [{**encode, "shared": False}, {**index, "shared": False}]
+    for row, trained in zip(rows[1:], train):  # seed 1: 10 s of training, seed 2: 14 s; the encode shared
+        row["costs"] = [trained, {**encode, "shared": True}, {**index, "shared": False}]
+    out = tmp_path / "report"
+    out.mkdir()
+    summary = report(params(rows=rows, measures=["nDCG@10"]), inputs, out)
+    assert "efficiency.png" in summary["plots"] and (out / "efficiency.png").stat().st_size > 5000
+    frame = pd.read_csv(out / "efficiency.csv").set_index("variant")
+    assert frame.loc["zeroshot", "GPU s total"] == 3.0 and frame.loc["zeroshot", "CPU s"] == 4.0
+    assert frame.loc["star", "GPU s train"] == 12.0 and frame.loc["star", "GPU s total"] == 15.0
+    assert frame.loc["star", "GPU s shared"] == 3.0 and frame.loc["star", "GPU s total std"] == pytest.approx(8**0.5, rel=1e-5)
+    lines = (out / "efficiency.md").read_text().splitlines()
+    assert lines[0] == "### efficiency on test"
+    assert [line.split(" | ")[0] for line in lines[4:6]] == ["| zeroshot", "| star"]  # by total GPU seconds
+    assert "15.0 ± 2.8" in lines[5] and "count in full" in lines[-1]
+
+
+def test_no_gpu_seconds_no_efficiency_plot(inputs, tmp_path):
+    summary = report(params(), inputs, tmp_path)
+    assert "efficiency.png" not in summary["plots"] and (tmp_path / "efficiency.md").is_file()

@@ -20,6 +20,7 @@ from stages.bm25_index import Bm25IndexParams
 from stages.encode import EncodeParams
 from stages.index import IndexParams
 from stages.mine_negatives import MineParams
+from stages.pipeline.ance import AnceSettings
 from stages.ml.models import POOLINGS
 from stages.prepare import HubPrepareParams, PrepareParams
 from stages.report import ReportParams
@@ -48,6 +49,7 @@ PAIRS = [
     ("warmup", WarmupParams),
     ("star", StarParams),
     ("adore", AdoreParams),
+    ("ance", AnceSettings),
     ("report", ReportParams),
 ]
 

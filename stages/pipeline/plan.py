@@ -19,11 +19,14 @@ from ..core.hub_source import HUB_FORMATS, locate
 from ..ml.index_kinds import KINDS
 from ..core.model_source import ModelSource, check_model_folder, locate_model, position_limit
 from ..ml.negative_samplers import SAMPLERS
+from .ance import ance_rounds
+from .costs import cost_nodes
 from ..core.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 RESULTS = Path("results")
 UNTRAINED = ("bm25", "zeroshot")
+DOCUMENT_ENCODERS = ("zeroshot", "warmup", "star", "ance")
 NOT_OVERRIDABLE = {"dataset", "evaluate", "experiments"}
 # (section, preset) -> the values it sets, over the section's own
 PRESETS = {
@@ -346,6 +349,10 @@ class Plan:
                     "index": roles["index"].params["kind"] if "index" in roles else "",
                     "score": input_name(roles[f"score-{split}"], "score"),
                     "train": [input_name(node, "train") for node in trained],
+                    "costs": [
+                        {"input": input_name(node, "artifact"), "stage": node.stage, "shared": shared}
+                        for node, shared in cost_nodes(roles, split, row["experiment"]["method"])
+                    ],
                 }
             )
         params = {
@@ -361,11 +368,11 @@ class Plan:
         """The experiment an ADORE experiment takes its document encoder from, with its position."""
         name = experiment.get("documents")
         found = [(i, e) for i, e in enumerate(self.config["experiments"]) if e["name"] == name]
-        dense = [e["name"] for e in self.config["experiments"] if e["method"] in ("zeroshot", "warmup", "star")]
-        if not found or found[0][1]["method"] not in ("zeroshot", "warmup", "star"):
+        dense = [e["name"] for e in self.config["experiments"] if e["method"] in DOCUMENT_ENCODERS]
+        if not found or found[0][1]["method"] not in DOCUMENT_ENCODERS:
             raise ConfigError(
-                f"experiments[{index}] ({experiment['name']}): adore needs 'documents' naming a zeroshot, warmup or "
-                f"star experiment; got {name!r}",
+                f"experiments[{index}] ({experiment['name']}): adore needs 'documents' naming a zeroshot, warmup, "
+                f"star or ance experiment; got {name!r}",
                 fix=f"set documents to one of {dense}",
             )
         return found[0]
@@ -504,7 +511,7 @@ class Chain:
         return index, self.add("adore", "train_adore", params, inputs)
 
     def document_encoder(self) -> Node | None:
-        """The trained encoder of a warmup/star experiment; None for the base encoder (zeroshot)."""
+        """The trained encoder of a warmup/star/ance experiment (ANCE: its last round's); None for the base encoder (zeroshot)."""
         method = self.experiment["method"]
         if method == "zeroshot":
             return None
@@ -512,6 +519,8 @@ class Chain:
             return self.warmup()
         if method == "star":
             return self.star()
+        if method == "ance":
+            return ance_rounds(self)[-1]
         raise ConfigError(f"experiments[{self.index}]: method {method!r} has no document encoder")
 
     def train_params(self, section: str) -> dict[str, Any]:
@@ -527,17 +536,21 @@ class Chain:
         dataset's own (its prepare artifact holds them in mine_negatives' format), nothing mined."""
         if source == "given":
             return self.given_negatives()
+        role = "warmup-negatives" if for_warmup else f"negatives-{source}"
+        if source == "bm25":
+            return self.mined(self.bm25("train", top_k=self.section("mine")["depth"]), role, for_warmup)
+        return self.model_negatives(self.warmup(), "warmup-", role)
+
+    def model_negatives(self, encoder: Node, prefix: str, role: str) -> Node:
+        """Negatives mined by a trained encoder: the corpus encoded by it, a flat index, its train run."""
+        index = self.index_of(self.shards(encoder, prefix), prefix, flat=True)
+        return self.mined(self.retrieve("train", index, encoder, self.section("mine")["depth"], prefix), role)
+
+    def mined(self, run: Node, role: str, for_warmup: bool = False) -> Node:
         mine = self.section("mine")
         params = {"split": "train", **{k: mine[k] for k in ("depth", "exclude_positives", "skip_top")}}
         if for_warmup:
             params["skip_top"] = 0
-        if source == "bm25":
-            run = self.bm25("train", top_k=mine["depth"])
-        else:
-            warmup = self.warmup()
-            index = self.index_of(self.shards(warmup, "warmup-"), "warmup-", flat=True)
-            run = self.retrieve("train", index, warmup, mine["depth"], "warmup-")
-        role = "warmup-negatives" if for_warmup else f"negatives-{source}"
         return self.add(role, "mine_negatives", params, {"prepared": self.roles["prepare"], "run": run})
 
     def given_negatives(self) -> Node:
