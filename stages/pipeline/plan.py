@@ -20,8 +20,9 @@ from ..ml.index_kinds import KINDS
 from ..core.model_source import ModelSource, check_model_folder, locate_model, position_limit
 from ..ml.negative_samplers import SAMPLERS
 from ..core.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
+from ..core.workflow_files import workflow_root
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = workflow_root() / "workflow" / "schemas" / "config.schema.yaml"
 RESULTS = Path("results")
 UNTRAINED = ("bm25", "zeroshot")
 NOT_OVERRIDABLE = {"dataset", "evaluate", "experiments"}
