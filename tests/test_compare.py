@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import permutation_test
 
 from stages.pipeline.command import main
-from stages.pipeline.compare import Judgments, compare, system_name
+from stages.pipeline.compare import Judgments, compare, pointer_name
 
 QUERIES, DOCS = 12, 30
 
@@ -57,5 +57,6 @@ def test_compare_command_table_and_pointer_names(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["#", "Model", "nDCG@10"] and lines[1].split()[:2] == ["a", "sys_a"]
     assert "ᵇ" in lines[1]  # sys_a beats sys_b (Holm-corrected p < 0.05)
-    assert system_name(tmp_path / "results" / "runs" / "star" / "seed-1" / "score-test") == "star_seed-1"
+    assert pointer_name(tmp_path / "results" / "runs" / "star" / "seed-1" / "score-test") == "star_seed-1"
+    assert pointer_name(tmp_path / "results" / "score" / "0123456789abcdef") is None
     assert main(["compare", str(tmp_path / "missing")]) == 2

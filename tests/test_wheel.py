@@ -65,3 +65,12 @@ def test_installed_wheel_runs_the_default_dag_in_an_empty_folder(tmp_path):
     hardneg("export", "shared")
     lines = (workdir / "shared" / "runs" / "bm25.test.trec").read_text().splitlines()
     assert lines and all(line.split()[-1] == "bm25" for line in lines)  # the experiment's tag, not the stage's
+
+
+def test_pyproject_lists_every_subpackage_under_hardneg():
+    """setuptools' explicit packages (package-dir maps hardneg to stages/): a new subpackage must be listed."""
+    import tomllib
+
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    folders = [init.parent.relative_to(ROOT / "stages") for init in (ROOT / "stages").rglob("__init__.py")]
+    assert sorted(listed) == sorted(".".join(("hardneg", *folder.parts)) for folder in folders)

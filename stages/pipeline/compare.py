@@ -52,24 +52,23 @@ def run_tag(experiment: str) -> str:
     return experiment.replace("/", "_")
 
 
-def system_name(artifact: Path) -> str:
-    """An artifact's system: the experiment whose pointer it is (results/runs/<experiment>/<role>), else its folder.
+def pointer_name(artifact: Path) -> str | None:
+    """The tag of the experiment whose pointer ``artifact`` is (results/runs/<experiment>/<role>), if it is one.
     Artifacts shared between experiments keep one key; the name comes from the pointer."""
     parts = Path(artifact).parts
-    if "runs" in parts[:-2]:
-        return run_tag("/".join(parts[len(parts) - parts[::-1].index("runs") : -1]))
-    return Path(artifact).name
+    return run_tag("/".join(parts[len(parts) - parts[::-1].index("runs") : -1])) if "runs" in parts[:-2] else None
 
 
 def per_query(source: Path, judgments: Judgments, measures: list[str]) -> tuple[str, pd.DataFrame]:
     """A run's name and per-query values (query_id, measure, value)."""
     source = Path(source)
     if (source / PER_QUERY).is_file():
-        return system_name(source), read_scores(source)
+        return pointer_name(source) or source.name, read_scores(source)
     if (source / RUN_PARQUET).is_file():
-        run, name = read_run(source), system_name(source)
+        run, name = read_run(source), pointer_name(source) or source.name
     elif source.is_file():
-        run, name = read_trec_run(source)
+        run, tag = read_trec_run(source)
+        name = pointer_name(source.parent) or tag  # a pointer's run.trec: its tag is the stage's
     else:
         fix = "give TREC run files, run artifacts (run.parquet) or score artifacts (per_query.parquet)"
         raise DataError("not a run", path=source, fix=fix)
