@@ -1,4 +1,4 @@
-"""`hardneg compare` on two fixed TREC runs: its means are ir_measures', its p-values scipy's paired permutation test."""
+"""`hardneg compare` on two fixed TREC runs: its means are ir_measures', its p-values scipy's permutation test."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ QUERIES, DOCS = 12, 30
 def write_fixture(folder):
     """Judgments and two runs (tags sys_a, sys_b) without score ties; sys_a ranks the relevant documents higher."""
     rng = np.random.default_rng(7)
-    qrels = [f"q{q} 0 d{d} {int(rng.integers(1, 3))}\n" for q in range(QUERIES) for d in rng.choice(DOCS, 3, replace=False)]
+    qrels = [
+        f"q{q} 0 d{d} {int(rng.integers(1, 3))}\n" for q in range(QUERIES) for d in rng.choice(DOCS, 3, replace=False)
+    ]
     (folder / "qrels.txt").write_text("".join(qrels))
     relevant = {(line.split()[0], line.split()[2]) for line in qrels}
     for tag, boost in (("sys_a", 0.6), ("sys_b", 0.1)):

@@ -25,7 +25,17 @@ def build_wheel(tmp_path: Path) -> Path:
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / name, source / name)
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), "."]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(tmp_path / "dist"),
+        ".",
+    ]
     subprocess.run(command, cwd=source, check=True, capture_output=True)
     return next((tmp_path / "dist").glob("hardneg-*.whl"))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..core.errors import PipelineError
 from ..core.store import verify_command
+from ..core.tables import RUN_TREC
 from ..core.workflow_files import workflow_root
 from .compare import DEFAULT_MEASURES, Judgments, compare, render, run_tag
 from .plan import Plan, load_configs
@@ -55,12 +56,11 @@ def export(plan: Plan, results: Path, destination: Path) -> int:
     for experiment, roles in plan.experiments.items():
         tag = run_tag(experiment)
         for role, node in roles.items():
-            source = node.path(results)
-            if role.startswith("score-") and (node.inputs["run"].path(results) / "run.trec").is_file():
-                split = role.removeprefix("score-")
-                written += retag(node.inputs["run"].path(results) / "run.trec", destination / "runs" / f"{tag}.{split}.trec", tag)
-            elif node.stage == "export" and source.is_dir():
-                shutil.copytree(source, destination / "models" / tag, dirs_exist_ok=True)
+            if role.startswith("score-") and (node.inputs["run"].path(results) / RUN_TREC).is_file():
+                target = destination / "runs" / f"{tag}.{role.removeprefix('score-')}.trec"
+                written += retag(node.inputs["run"].path(results) / RUN_TREC, target, tag)
+            elif node.stage == "export" and node.path(results).is_dir():
+                shutil.copytree(node.path(results), destination / "models" / tag, dirs_exist_ok=True)
                 written += 1
     print(f"{written} files and folders in {destination}" + ("" if written else ": nothing made yet (hardneg run)"))
     return 0
@@ -79,7 +79,10 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="hardneg", description=__doc__.split("\n\n")[0])
     commands = main.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="snakemake with the packaged workflow (other arguments go to snakemake)")
-    for name, text in (("status", "experiments, their artifacts and what is missing"), ("export", "tagged runs and models")):
+    for name, text in (
+        ("status", "experiments, their artifacts and what is missing"),
+        ("export", "tagged runs and models"),
+    ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--configfile", type=Path, nargs="+", help="config files, layered (default: config.yaml)")
         sub.add_argument("--results", type=Path, default=Path("results"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.errors import DataError
-from ..core.tables import QRELS, RUN_PARQUET, _read, read_qrels, read_run
+from ..core.tables import QRELS, RUN_PARQUET, read_qrels, read_run
 from ..ml.stats import PER_QUERY, PERMUTATIONS, holm, paired_randomization_test, paired_values, read_scores
 from ..score import evaluate
 
@@ -30,10 +30,14 @@ class Judgments:
 
     def frame(self) -> pd.DataFrame:
         if self.path is None:
-            raise DataError("runs to score but no judgments", fix="give --qrels (a TREC qrels file or a prepare artifact)")
+            raise DataError(
+                "runs to score but no judgments", fix="give --qrels (a TREC qrels file or a prepare artifact)"
+            )
         if (self.path / QRELS).is_file():
             return read_qrels(self.path, self.split)
-        qrels = pd.read_csv(self.path, sep=r"\s+", header=None, names=["query_id", "iteration", "doc_id", "relevance"], dtype=str)
+        qrels = pd.read_csv(
+            self.path, sep=r"\s+", header=None, names=["query_id", "iteration", "doc_id", "relevance"], dtype=str
+        )
         return qrels.astype({"relevance": int})
 
 
@@ -75,7 +79,9 @@ def per_query(source: Path, judgments: Judgments, measures: list[str]) -> tuple[
     return name, evaluate(run, judgments.frame(), measures, judgments.relevance_level)
 
 
-def compare(sources: list[Path], judgments: Judgments, measures: list[str], samples: int = PERMUTATIONS, seed: int = 0) -> dict:
+def compare(
+    sources: list[Path], judgments: Judgments, measures: list[str], samples: int = PERMUTATIONS, seed: int = 0
+) -> dict:
     """Means, and for every two runs and measure the paired test's p-value and its Holm correction over the pairs."""
     runs = dict(per_query(source, judgments, measures) for source in sources)
     if len(runs) < len(sources):
@@ -85,7 +91,9 @@ def compare(sources: list[Path], judgments: Judgments, measures: list[str], samp
     for measure in measures:
         for name in names:
             result["means"][name][measure] = float(runs[name].loc[runs[name]["measure"] == measure, "value"].mean())
-        p_values = [paired_randomization_test(*paired_values(runs[a], runs[b], measure), samples, seed) for a, b in pairs]
+        p_values = [
+            paired_randomization_test(*paired_values(runs[a], runs[b], measure), samples, seed) for a, b in pairs
+        ]
         for (a, b), p, corrected in zip(pairs, p_values, holm(p_values)):
             result["tests"].append({"measure": measure, "a": a, "b": b, "p_value": p, "p_holm": corrected})
     result["test"] = f"paired randomization test, two-sided, {samples} permutations, seed {seed}; Holm over the pairs"
@@ -104,7 +112,9 @@ def table(result: dict, alpha: float = 0.05) -> str:
     width = max(len(name) for name in result["runs"]) + 2
     lines = ["#  " + "Model".ljust(width) + "".join(m.ljust(14) for m in result["measures"])]
     for name in result["runs"]:
-        cells = (f"{result['means'][name][m]:.4f}{beats[(name, m)].translate(SUPERSCRIPTS)}" for m in result["measures"])
+        cells = (
+            f"{result['means'][name][m]:.4f}{beats[(name, m)].translate(SUPERSCRIPTS)}" for m in result["measures"]
+        )
         lines.append(f"{letters[name]}  {name.ljust(width)}" + "".join(cell.ljust(14) for cell in cells))
     return "\n".join(lines + [f"superscripts: better than that run, Holm-corrected p < {alpha} ({result['test']})"])
 
