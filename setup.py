@@ -20,6 +20,8 @@ class BuildWithWorkflow(build_py):
         target = Path(self.build_lib) / "hardneg" / "workflow_files"
         for name in WORKFLOW_FILES:
             source, destination = ROOT / name, target / name
+            if not source.exists():  # a source tree without the workflow (the container image's): the library alone
+                continue
             if source.is_dir():
                 shutil.copytree(source, destination, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
             else:
