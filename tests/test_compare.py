@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy.stats import permutation_test
 
+from stages.core.errors import DataError
 from stages.pipeline.command import main
-from stages.pipeline.compare import Judgments, compare, pointer_name
+from stages.pipeline.compare import Judgments, compare, pointer_name, read_trec_run
 
 QUERIES, DOCS = 12, 30
 
@@ -62,3 +63,11 @@ def test_compare_command_table_and_pointer_names(tmp_path, capsys):
     assert pointer_name(tmp_path / "results" / "runs" / "star" / "seed-1" / "score-test") == "star_seed-1"
     assert pointer_name(tmp_path / "results" / "score" / "0123456789abcdef") is None
     assert main(["compare", str(tmp_path / "missing")]) == 2
+
+
+def test_score_ties_break_by_doc_id_descending_as_trec_eval_and_missing_qrels_fail(tmp_path):
+    (tmp_path / "tie.trec").write_text("q1 Q0 a 1 1.0 t\nq1 Q0 b 2 1.0 t\n")
+    run, tag = read_trec_run(tmp_path / "tie.trec")
+    assert run["doc_id"].tolist() == ["b", "a"] and run["rank"].tolist() == [1, 2] and tag == "t"
+    with pytest.raises(DataError):
+        compare([tmp_path / "tie.trec"], Judgments(tmp_path / "nowhere"), ["MRR@10"])

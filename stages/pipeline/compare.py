@@ -35,6 +35,8 @@ class Judgments:
             )
         if (self.path / QRELS).is_file():
             return read_qrels(self.path, self.split)
+        if not self.path.is_file():
+            raise DataError("no judgments here", path=self.path, fix="give a TREC qrels file or a prepare artifact")
         qrels = pd.read_csv(
             self.path, sep=r"\s+", header=None, names=["query_id", "iteration", "doc_id", "relevance"], dtype=str
         )
@@ -42,7 +44,7 @@ class Judgments:
 
 
 def read_trec_run(path: Path) -> tuple[pd.DataFrame, str]:
-    """A TREC run file as a run frame (ranks by score, ties by doc id as trec_eval breaks them) and its tag."""
+    """A TREC run file as a run frame and its tag: ranks by score, ties by doc id descending (trec_eval's order)."""
     columns = ["query_id", "q0", "doc_id", "rank", "score", "tag"]
     run = pd.read_csv(path, sep=r"\s+", header=None, names=columns, dtype={"query_id": str, "doc_id": str, "tag": str})
     run = run.sort_values(["query_id", "score", "doc_id"], ascending=[True, False, False], kind="stable")
