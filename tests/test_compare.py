@@ -43,6 +43,8 @@ def test_compare_matches_ir_measures_and_scipy(tmp_path):
         means = ir_measures.calc_aggregate([ir_measures.nDCG @ 10, ir_measures.RR @ 10], judged, ranked)
         assert result["means"][tag]["nDCG@10"] == pytest.approx(means[ir_measures.nDCG @ 10])
         assert result["means"][tag]["MRR@10"] == pytest.approx(means[ir_measures.RR @ 10])
+        low, high = result["intervals"][tag]["nDCG@10"]
+        assert low <= result["means"][tag]["nDCG@10"] <= high
         values = {m.query_id: m.value for m in ir_measures.iter_calc([ir_measures.nDCG @ 10], judged, ranked)}
         per_query[tag] = np.array([values[f"q{q}"] for q in range(QUERIES)])
     exact = permutation_test(

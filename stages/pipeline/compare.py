@@ -13,7 +13,15 @@ import pandas as pd
 
 from ..core.errors import DataError
 from ..core.tables import QRELS, RUN_PARQUET, read_qrels, read_run
-from ..ml.stats import PER_QUERY, PERMUTATIONS, holm, paired_randomization_test, paired_values, read_scores
+from ..ml.stats import (
+    PER_QUERY,
+    bootstrap_ci,
+    PERMUTATIONS,
+    holm,
+    paired_randomization_test,
+    paired_values,
+    read_scores,
+)
 from ..score import evaluate
 
 DEFAULT_MEASURES = ["nDCG@10", "MRR@10", "R@100"]
@@ -69,7 +77,10 @@ def per_query(source: Path, judgments: Judgments, measures: list[str]) -> tuple[
     """A run's name and per-query values (query_id, measure, value)."""
     source = Path(source)
     if (source / PER_QUERY).is_file():
-        return pointer_name(source) or source.name, read_scores(source)
+        scores = read_scores(source)
+        for measure in measures:
+            check_measure(measure, {source: scores})
+        return pointer_name(source) or source.name, scores
     if (source / RUN_PARQUET).is_file():
         run, name = read_run(source), pointer_name(source) or source.name
     elif source.is_file():
@@ -89,10 +100,13 @@ def compare(
     if len(runs) < len(sources):
         raise DataError("two runs have the same name (TREC tag)", fix="give each run its own tag")
     names, pairs = list(runs), list(itertools.combinations(runs, 2))
-    result = {"runs": names, "measures": measures, "means": {n: {} for n in names}, "tests": []}
+    result = {"runs": names, "measures": measures, "means": {n: {} for n in names}, "intervals": {n: {} for n in names}}
+    result["tests"] = []
     for measure in measures:
         for name in names:
-            result["means"][name][measure] = float(runs[name].loc[runs[name]["measure"] == measure, "value"].mean())
+            values = runs[name].loc[runs[name]["measure"] == measure, "value"].to_numpy()
+            result["means"][name][measure] = float(values.mean())
+            result["intervals"][name][measure] = bootstrap_ci(values, seed=seed)  # 95%, over queries
         p_values = [
             paired_randomization_test(*paired_values(runs[a], runs[b], measure), samples, seed) for a, b in pairs
         ]
