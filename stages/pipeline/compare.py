@@ -13,15 +13,8 @@ import pandas as pd
 
 from ..core.errors import DataError
 from ..core.tables import QRELS, RUN_PARQUET, read_qrels, read_run
-from ..ml.stats import (
-    PER_QUERY,
-    bootstrap_ci,
-    PERMUTATIONS,
-    holm,
-    paired_randomization_test,
-    paired_values,
-    read_scores,
-)
+from ..ml.stats import PER_QUERY, PERMUTATIONS, bootstrap_ci, check_measure, holm, paired_randomization_test
+from ..ml.stats import paired_values, read_scores
 from ..score import evaluate
 
 DEFAULT_MEASURES = ["nDCG@10", "MRR@10", "R@100"]
