@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCIFACT = ROOT / "resources" / "scifact"
+# The tests' subprocesses (`python -m stages.<stage>`, often in a temp folder) import the checkout's `stages`: the
+# installed distribution's import package is `hardneg`.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
 def write_scifact_slice(target: Path, train_queries: int = 40, test_queries: int = 20, extra_docs: int = 150) -> Path:

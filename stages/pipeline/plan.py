@@ -22,8 +22,9 @@ from ..ml.negative_samplers import SAMPLERS
 from .ance import ance_rounds
 from .costs import cost_nodes
 from ..core.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
+from ..core.workflow_files import workflow_root
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = workflow_root() / "workflow" / "schemas" / "config.schema.yaml"
 RESULTS = Path("results")
 UNTRAINED = ("bm25", "zeroshot")
 DOCUMENT_ENCODERS = ("zeroshot", "warmup", "star", "ance")

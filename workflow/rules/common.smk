@@ -1,14 +1,25 @@
+import importlib
 import json
 import sys
+from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
-sys.path.insert(0, workflow.basedir)
 
-from stages.core.errors import PipelineError
-from stages.pipeline.plan import Plan, validate_config
-from stages.core.store import write_pointers
+# The package under the name it has here: `stages` beside the Snakefile in a checkout; in an installed wheel the
+# workflow is the package's data (<package>/workflow_files, stages.core.workflow_files), the package its parent.
+ROOT = Path(workflow.basedir)
+CHECKOUT = (ROOT / "stages" / "__init__.py").is_file()
+PACKAGE, PACKAGE_PARENT = ("stages", ROOT) if CHECKOUT else (ROOT.parent.name, ROOT.parent.parent)
+sys.path.insert(0, str(PACKAGE_PARENT))
+if CHECKOUT:
+    importlib.import_module(f"{PACKAGE}.core.workflow_files").share_with_jobs(ROOT)
+
+PipelineError = importlib.import_module(f"{PACKAGE}.core.errors").PipelineError
+Plan = importlib.import_module(f"{PACKAGE}.pipeline.plan").Plan
+validate_config = importlib.import_module(f"{PACKAGE}.pipeline.plan").validate_config
+write_pointers = importlib.import_module(f"{PACKAGE}.core.store").write_pointers
 
 try:
     validate_config(config)  # readable messages first; then snakemake's validate fills the defaults
