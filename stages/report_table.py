@@ -103,7 +103,8 @@ STYLE = "body{font-family:sans-serif} table{border-collapse:collapse} td,th{bord
 
 
 def csv_frame(table: pd.DataFrame, measures: list[str]) -> pd.DataFrame:
-    frame = table.copy()
+    """The results table as CSV: quality only (the costs are efficiency.csv's)."""
+    frame = table.drop(columns=[*COST_COLUMNS, f"{TOTAL_GPU} std", f"{TOTAL_GPU} by seed"], errors="ignore")
     for measure in measures:
         frame[f"{measure} ci95 low"] = frame[f"{measure} ci95"].map(lambda ci: ci[0])
         frame[f"{measure} ci95 high"] = frame[f"{measure} ci95"].map(lambda ci: ci[1])

@@ -138,7 +138,8 @@ def slurm_records(run_id: str, since: datetime, expected: int) -> list[dict[str,
     return rows
 
 
-TIMING = re.compile(r"(^|_)seconds$|_per_s$|^resources$")  # summary.json fields that differ on every run
+TIMING = re.compile(r"(^|_)seconds$|_per_s$|^resources$| s( |$)")  # fields that differ on every run (report: "GPU s train")
+MEASURED = re.compile(r"efficiency\.\w+")  # the report's quality-against-seconds table and plot
 
 
 def without_timings(value):
@@ -155,7 +156,7 @@ def artifacts_by_stage(workdir: Path) -> dict[tuple[str, str], dict[str, object]
         artifact = manifest.parent
         if artifact.is_symlink() or not re.fullmatch(r"[0-9a-f]{16}", artifact.name):
             continue  # results/runs/ pointers
-        files: dict[str, object] = hash_tree(artifact)
+        files: dict[str, object] = {k: v for k, v in hash_tree(artifact).items() if not MEASURED.fullmatch(k)}
         for name in files:
             if name.endswith(".json"):
                 files[name] = without_timings(json.loads((artifact / name).read_text()))

@@ -52,7 +52,9 @@ def fresh_venv(folder: Path) -> Path:
 
 def test_installed_wheel_runs_the_default_dag_in_an_empty_folder(tmp_path):
     wheel, bin_dir = build_wheel(tmp_path), fresh_venv(tmp_path / "venv")
-    subprocess.run([bin_dir / "python", "-m", "pip", "install", "--no-deps", "--quiet", str(wheel)], check=True)
+    # --force-reinstall: pip would otherwise take the checkout's editable install of the same version, seen through
+    # outer.pth, as already satisfying the wheel
+    subprocess.run([bin_dir / "python", "-m", "pip", "install", "--no-deps", "--force-reinstall", "--quiet", str(wheel)], check=True)
     workdir = tmp_path / "empty"
     write_scifact_slice(workdir / "data", train_queries=5, test_queries=10, extra_docs=40)
     config = {"dataset": {"path": "data"}, "evaluate": {"splits": ["test"]}, "score": {"bootstrap_samples": 100},
