@@ -80,11 +80,21 @@ def test_progress_bars_become_periodic_lines_and_noise_is_dropped():
     for step in range(0, 101, 10):
         now[0] = step  # seconds
         stream.write(f"\rtrain: {step}%   ")
+        if step == 50:
+            stream.write("2026 INFO stages.ml.watch: dev nDCG@10 = 0.5\n")  # a log line while the bar is drawn
     stream.write("\n")
     stream.write("2026 INFO stages: wrote it\n")
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
-    assert lines == ["train: 0%", "train: 30%", "train: 60%", "train: 90%", "train: 100%", "2026 INFO stages: wrote it"]
+    assert lines == [
+        "train: 0%",
+        "train: 30%",
+        "2026 INFO stages.ml.watch: dev nDCG@10 = 0.5",
+        "train: 60%",
+        "train: 90%",
+        "train: 100%",
+        "2026 INFO stages: wrote it",
+    ]
 
 
 def test_tqdm_through_the_line_stream_writes_no_carriage_returns():

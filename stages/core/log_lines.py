@@ -13,7 +13,9 @@ import time
 from typing import Callable, TextIO
 
 PROGRESS_SECONDS = 30.0
-NOISE = re.compile(r"^\s*(Loading weights|Loading checkpoint shards)")
+NOISE = re.compile(r"^\s*(Loading weights|Loading checkpoint shards|Writing model shards)")
+ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+"""Terminal control sequences (tqdm moves the cursor for nested bars)."""
 QUIET_LOGGERS = ("faiss", "faiss.loader")
 """Loggers that chatter at INFO (e.g. "Loading faiss with AVX2 support"): only their warnings are kept."""
 
@@ -25,25 +27,29 @@ class LineStream:
     def __init__(self, raw: TextIO, interval: float = PROGRESS_SECONDS, clock: Callable[[], float] = time.monotonic):
         self.raw, self.interval, self.clock = raw, interval, clock
         self.pending = ""  # the text since the last line end or carriage return
+        self.redrawn = False  # whether ``pending`` is a progress bar's state (it came after a carriage return)
         self.shown = -math.inf  # when a progress line was last written
 
     def write(self, text: str) -> int:
+        if self.redrawn and not text.startswith(("\r", "\n")):
+            self.pending, self.redrawn = "", False  # another writer (a log line) while a bar is drawn: it redraws
         for piece in re.split(r"(\r|\n)", text):
             if piece == "\n":
                 self._line(self.pending)
-                self.pending = ""
+                self.pending, self.redrawn = "", False
             elif piece == "\r":
                 if self.pending.strip() and self.clock() - self.shown >= self.interval:
                     self._line(self.pending)
                     self.shown = self.clock()
-                self.pending = ""
+                self.pending, self.redrawn = "", True
             else:
                 self.pending += piece
         return len(text)
 
     def _line(self, line: str) -> None:
-        if not NOISE.match(line):
-            self.raw.write(line.rstrip() + "\n")
+        line = ESCAPES.sub("", line).rstrip()
+        if line and not NOISE.match(line):
+            self.raw.write(line + "\n")
             self.raw.flush()
 
     def finish(self) -> None:
@@ -72,4 +78,9 @@ def line_by_line_stderr() -> None:
     if isinstance(sys.stderr, LineStream) or sys.stderr.isatty():
         return
     sys.stderr = LineStream(sys.stderr)
-    atexit.register(sys.stderr.finish)
+
+
+@atexit.register
+def _finish_stderr() -> None:
+    if isinstance(sys.stderr, LineStream):
+        sys.stderr.finish()
