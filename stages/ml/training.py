@@ -17,6 +17,10 @@ is wrapped in DDP, and ``batch_loss`` returns the rank's share of the global bat
 backward pass runs on share * world_size, so that DDP's averaging leaves every rank with the gradient of the global
 loss, exactly as one process on the whole batch. Rank 0 alone logs, shows progress and writes checkpoints and the
 artifact; the checkpoint holds every rank's RNG state, and every rank resumes from it.
+
+Watching (`stages.ml.watch`): with a trainer's ``evaluate`` and ``eval_every`` > 0 the model is measured on dev every
+``eval_every`` steps and at the end, and the best model by dev (kept in the checkpoint) is the one written; the log's
+rows also go to TensorBoard event files in ``<out_dir>/tensorboard`` when ``tensorboard`` is installed.
 """
 
 from __future__ import annotations
