@@ -65,7 +65,8 @@ training device (`stages.ml.search`: the flat matrix, or the PQ codes, resident 
 Outputs: model/ (the query encoder; evaluate with `retrieve`, inputs index = the same index, model = this artifact),
 train_log.parquet (per step also train_mrr, train_recall and the encode / search / loss+backward seconds; on CUDA the
 encode and search seconds are the device's, between timing events, and loss_seconds the rest of the host's step time,
-so only their means add up), loss.png, summary.json.
+so only their means add up; with ``eval_every`` > 0 also ``dev_<measure>`` at the evaluated steps, and model/ is the best
+model by dev: `stages.dev_eval`), loss.png, summary.json, tensorboard/ (when ``tensorboard`` is installed).
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ import torch.nn.functional as F
 from .ml import distributed
 from .core.errors import ArtifactError, ConfigError, DataError
 from .core.tables import read_qrels, read_queries, write_table
+from .dev_eval import frozen_index_measure
 from .ml.encoder_spec import EncoderSpec
+from .ml.watch import DevEvaluation
 from .ml.training import (
     TRAIN_LOG,
     TrainConfig,
@@ -107,7 +110,7 @@ SHARD_INPUT = re.compile(r"shard_\d+")
 
 
 @dataclass
-class AdoreParams(EncoderSpec, TrainConfig):
+class AdoreParams(DevEvaluation, EncoderSpec, TrainConfig):
     epochs: int = 6
     """Passes over the training queries (the config's default; ADORE's steps are cheap)."""
     top_k: int = 200
@@ -587,8 +590,13 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
         documents.scoring,
         params.metric,
     )
+    evaluate = None
+    if params.eval_every > 0:  # cheap: the dev queries searched in the frozen index
+        evaluate = frozen_index_measure(
+            inputs["prepared"], params.eval_measure, documents.searcher, doc_ids, params.query_max_length
+        )
     summary: dict[str, Any] = train(
-        encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size
+        encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size, evaluate=evaluate
     )
     if not distributed.is_main():
         return summary  # only rank 0 wrote the log

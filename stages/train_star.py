@@ -41,7 +41,9 @@ the plain inner product.
 Inputs: ``prepared`` (train split), ``negatives`` (a mine_negatives artifact; star and static), optional ``init`` (an
 artifact with model/, e.g. the warm-up model, which the paper initialises STAR from; otherwise ``model``), optional
 ``tokens`` (the corpus's `tokenize` artifact: its ids instead of tokenizing documents here).
-Outputs: model/, train_log.parquet, loss.png, summary.json.
+With ``eval_every`` > 0 (off in the CPU default: each evaluation re-encodes the corpus) the dev split is evaluated while
+training (`stages.dev_eval`) and model/ is the best model by dev (the step and value in summary.json's ``dev``).
+Outputs: model/, train_log.parquet, loss.png, summary.json, tensorboard/ (when ``tensorboard`` is installed).
 """
 
 from __future__ import annotations
@@ -60,10 +62,12 @@ import torch.nn.functional as F
 
 from .ml import distributed
 from .core.errors import ConfigError, DataError
+from .dev_eval import reencoded_corpus_measure
 from .mine_negatives import read_negatives
 from .ml.encoder_spec import EncoderSpec
 from .ml.models import TokenCache, prefetched
 from .ml.negative_samplers import SAMPLERS, NegativeSampler
+from .ml.watch import DevEvaluation
 from .core.tables import read_corpus, read_qrels, read_queries, read_tokens
 from .tokenize import TOKENS, check_tokens
 from .ml.training import (
@@ -84,7 +88,7 @@ TRAIN_SPLIT = "train"
 
 
 @dataclass
-class StarParams(EncoderSpec, TrainConfig):
+class StarParams(DevEvaluation, EncoderSpec, TrainConfig):
     negatives: str = "star"
     """star (static hard + random in-batch), static (hard only), inbatch (Inbatch-Neg), randneg (Rand-Neg)."""
     hard_negatives_per_query: int = 1
@@ -611,9 +615,13 @@ def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, wo
         negatives_per_query(params),
     )
     tokens = Path(inputs["tokens"]) if "tokens" in inputs else None
+    evaluate = None
+    if params.eval_every > 0:  # each evaluation encodes the corpus
+        lengths = (params.query_max_length, params.doc_max_length)
+        evaluate = reencoded_corpus_measure(inputs["prepared"], params.eval_measure, *lengths)
     with step_losses(encoder, data, params, steps_per_epoch, device, tokens) as step_loss:
         summary: dict[str, Any] = train(
-            encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size
+            encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size, evaluate=evaluate
         )
     items = {"queries": summary["steps"] * size, "steps": summary["steps"]}
     head = {"mode": params.negatives, "train_queries": len(data.query_texts), "init": str(init), "items": items}

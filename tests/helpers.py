@@ -69,6 +69,8 @@ def killed_then_resumed(stage: str, params: Any, inputs: Mapping[str, Path], res
     resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step 2" in resumed.stderr
+    assert "\r" not in resumed.stderr and "train:" in resumed.stderr  # the bar as lines (stages.core.log_lines)
+    assert "Loading weights" not in resumed.stderr
     return out, work
 
 

@@ -396,7 +396,10 @@ def test_params_are_checked(prepared, flat_index, tiny_model_dir, tmp_path):
 
 
 def test_cli_run_resumes_to_the_same_weights_and_retrieve_uses_it(prepared, flat_index, tiny_model_dir, tmp_path):
-    params = tiny_params(tiny_model_dir, max_steps=6, checkpoint_every=2, warmup_fraction=0.3, metric="ndcg")
+    """Killed and resumed with dev evaluation on: the best model by dev (kept in the checkpoint) is written."""
+    params = tiny_params(
+        tiny_model_dir, max_steps=6, checkpoint_every=2, warmup_fraction=0.3, metric="ndcg", eval_every=2
+    )
     inputs = {"prepared": prepared, "index": flat_index}
     straight = tmp_path / "straight"
     straight.mkdir()
@@ -411,6 +414,11 @@ def test_cli_run_resumes_to_the_same_weights_and_retrieve_uses_it(prepared, flat
         assert log[column].notna().all() and (log[column] >= 0).all(), column
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_step"] == 2 and summary["scoring"] == "flat"
+    dev = log.set_index("step")["dev_nDCG@10"]
+    assert dev.dropna().index.tolist() == [2, 4, 6] and dev.dropna().between(0, 1).all()
+    assert dev.tolist() == pytest.approx(pd.read_parquet(straight / "train_log.parquet")["dev_nDCG@10"].tolist(), nan_ok=True)
+    best = dev.idxmax()
+    assert summary["dev"] == {"measure": "nDCG@10", "best_step": best, "best_value": pytest.approx(dev[best])}
     assert {"encode_seconds_mean", "search_seconds_mean", "loss_seconds_mean", "search_share"} <= summary.keys()
     assert (out / "loss.png").is_file()
 

@@ -235,6 +235,14 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(prepared, neg
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 2
 
 
+def test_dev_evaluation_re_encodes_the_corpus_and_keeps_the_best(prepared, negatives, tiny_model_dir, tmp_path):
+    params = tiny_params(tiny_model_dir, max_steps=4, eval_every=2, eval_measure="MRR@10")
+    summary = train_star(params, {"prepared": prepared, "negatives": negatives}, tmp_path)
+    dev = pd.read_parquet(tmp_path / "train_log.parquet").set_index("step")["dev_MRR@10"].dropna()
+    assert dev.index.tolist() == [2, 4] and dev.between(0, 1).all()
+    assert summary["dev"] == {"measure": "MRR@10", "best_step": dev.idxmax(), "best_value": pytest.approx(dev.max())}
+
+
 @pytest.mark.parametrize("changes", [{}, {"loss": "softmax", "hard_negatives_per_query": 2}])
 def test_packed_inputs_give_the_padded_loss(changes, prepared, negatives, tiny_model_dir):
     """The packed host side (ids without padding, lengths on the host) through Encoder.forward_packed gives the padded

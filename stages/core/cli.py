@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from .. import PACKAGE
 from .errors import ConfigError, PipelineError
+from .log_lines import line_by_line_stderr
 from .resources import Meter
 from .store import artifact_lock, made_already, write_artifact
 
@@ -60,6 +61,7 @@ def parse_stage_args(stage: str, params_cls: type, argv: list[str] | None = None
 
 
 def setup_logging() -> None:
+    line_by_line_stderr()  # before the handler takes sys.stderr
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 

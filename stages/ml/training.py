@@ -17,6 +17,10 @@ is wrapped in DDP, and ``batch_loss`` returns the rank's share of the global bat
 backward pass runs on share * world_size, so that DDP's averaging leaves every rank with the gradient of the global
 loss, exactly as one process on the whole batch. Rank 0 alone logs, shows progress and writes checkpoints and the
 artifact; the checkpoint holds every rank's RNG state, and every rank resumes from it.
+
+Watching (`stages.ml.watch`): with a trainer's ``evaluate`` and ``eval_every`` > 0 the model is measured on dev every
+``eval_every`` steps and at the end, and the best model by dev (kept in the checkpoint) is the one written; the log's
+rows also go to TensorBoard event files in ``<out_dir>/tensorboard`` when ``tensorboard`` is installed.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from . import distributed
 from ..core.errors import ArtifactError, ConfigError
 from .models import MODEL_SUBDIR, Encoder, load_encoder, save_encoder
 from ..core.tables import write_table
+from .watch import BestByDev, DevMeasure, EventLog, dev_column
 
 log = logging.getLogger("stages.ml.training")
 
@@ -238,6 +243,7 @@ def save_checkpoint(
     step: int,
     rows: list[dict[str, float]],
     shape: dict[str, int],
+    best: BestByDev | None = None,
 ) -> None:
     """Everything needed to continue after ``step`` completed steps, written atomically (temp file + rename).
 
@@ -254,6 +260,9 @@ def save_checkpoint(
     tensors.update(optimizer_tensors | rng_tensors | _log_tensors(rows))
     meta = {"step": step, "shape": shape, "optimizer": optimizer_meta, "rng": rng_meta}
     meta["scheduler"] = scheduler.state_dict()
+    if best is not None:
+        best_tensors, meta["best"] = best.state()
+        tensors.update(best_tensors)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
     with open(tmp, "rb") as handle:
@@ -267,8 +276,9 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     shape: dict[str, int],
+    best: BestByDev | None = None,
 ) -> tuple[int, list[dict[str, float]]]:
-    """Restore a checkpoint in place; returns (completed steps, log rows so far)."""
+    """Restore a checkpoint in place (``best`` too); returns (completed steps, log rows so far)."""
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads(handle.metadata()["state"])
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -282,6 +292,8 @@ def load_checkpoint(
     _load_optimizer_state(optimizer, tensors, meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
     _set_rng_state(tensors, meta["rng"])
+    if best is not None:
+        best.load_state(tensors, meta.get("best"))
     return meta["step"], _log_rows(tensors)
 
 
@@ -314,6 +326,7 @@ def train(
     out_dir: Path,
     work_dir: Path | None = None,
     queries_per_step: int | None = None,
+    evaluate: DevMeasure | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (already on its device) and write model/, train_log.parquet and loss.png into ``out_dir``.
 
@@ -321,6 +334,8 @@ def train(
     DDP wrapper) and returns the loss and extra values to log; with several processes, this rank's share of the
     loss and the extras of the whole global batch (see the module docstring).
     With ``work_dir`` a checkpoint is written there every ``checkpoint_every`` steps and resumed from when present.
+    With ``evaluate`` and ``config.eval_every`` > 0 (`stages.ml.watch.DevEvaluation`), the model is evaluated on dev
+    every that many steps and at the end (the log's ``dev_<measure>`` column), and the best model by dev is written.
     Returns the summary (steps, seconds, queries per second, final loss, peak GPU memory); ``queries_per_step``
     (default ``batch_size``) is for the throughput.
     """
@@ -340,10 +355,12 @@ def train(
     checkpoint = Path(work_dir) / CHECKPOINT if work_dir is not None else None
     every = config.checkpoint_every if checkpoint is not None else 0
     start, rows = 0, []
+    eval_every = getattr(config, "eval_every", 0) if evaluate is not None else 0
+    best = BestByDev(config.eval_measure) if eval_every > 0 else None
     if distributed.rank() > 0:
         torch.manual_seed(config.seed + distributed.rank())  # dropout draws of its own
     if checkpoint is not None and checkpoint.is_file():
-        start, rows = load_checkpoint(checkpoint, model, optimizer, scheduler, shape)
+        start, rows = load_checkpoint(checkpoint, model, optimizer, scheduler, shape, best)
         log.info("resuming from step %d (of %d) with %s", start, total, checkpoint)
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     autocast = config.bf16 and device.type == "cuda"
@@ -351,6 +368,8 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
     trained = distributed.wrap(model)
     world = distributed.world_size()
+    events = EventLog(out_dir, enabled=distributed.is_main())
+    events.add(rows)
     model.train()
     progress = tqdm(
         range(start, total), initial=start, total=total, desc="train", unit="step", disable=not distributed.is_main()
@@ -372,22 +391,45 @@ def train(
         window.add({"step": step + 1, "epoch": epoch, "loss": global_loss, "lr": lr, "grad_norm": grad_norm} | extras)
         done = step + 1
         checkpoint_due = every > 0 and done % every == 0 and done < total
-        if done % log_every == 0 or done == total or checkpoint_due or done == stop_after:
-            rows += window.flush()  # raises on a non-finite loss, before any checkpoint of it
+        eval_due = best is not None and (done % eval_every == 0 or done == total)
+        if done % log_every == 0 or done == total or checkpoint_due or eval_due or done == stop_after:
+            flushed = window.flush()  # raises on a non-finite loss, before any checkpoint of it
+            if eval_due:
+                flushed[-1][dev_column(best.measure)] = evaluate_on_dev(model, evaluate, best, done)
+                window.since = time.perf_counter()  # the steps' seconds leave the evaluation out
+            rows += flushed
+            events.add(flushed)
         if checkpoint_due:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, done, rows, shape)
+            save_checkpoint(checkpoint, model, optimizer, scheduler, done, rows, shape, best)
         if done == stop_after:
             distributed.barrier()  # let rank 0 finish its checkpoint
             log.warning("%s=%d: stopping abruptly after step %d", STOP_AFTER_ENV, stop_after, done)
             os._exit(STOPPED_EXIT_CODE)
     progress.close()
+    events.close()
 
     frame = pd.DataFrame(rows)
+    if best is not None:
+        best.restore_into(model)
     if distributed.is_main():
         save_encoder(model, Path(out_dir) / MODEL_SUBDIR, max_seq_length=config.doc_max_length)
         write_table(frame, Path(out_dir) / TRAIN_LOG)
         plot_losses(frame, Path(out_dir) / LOSS_PLOT)
-    return summarise(frame, queries_per_step or config.batch_size, device, resumed_from=start)
+    summary = summarise(frame, queries_per_step or config.batch_size, device, resumed_from=start)
+    return summary | ({"dev": best.summary()} if best is not None else {})
+
+
+def evaluate_on_dev(model: torch.nn.Module, evaluate: DevMeasure, best: BestByDev, step: int) -> float:
+    """``evaluate(model)`` in eval mode, offered to ``best``; the model is left in training mode."""
+    began = time.perf_counter()
+    model.eval()
+    try:
+        value = float(evaluate(model))
+    finally:
+        model.train()
+    best.offer(model, step, value)
+    log.info("dev evaluation at step %d took %.1f s", step, time.perf_counter() - began)
+    return value
 
 
 class PendingRows:

@@ -30,6 +30,8 @@ for stage in STAGES.values():
             inputs=stage_input_json(stage.name),
         log:
             f"results/logs/{stage.name}/{{key}}.log",
+        message:
+            f"{stage.name} {{wildcards.key}}, log: {{log}}"
         benchmark:
             f"results/benchmarks/{stage.name}/{{key}}.tsv"
         threads: stage.threads
