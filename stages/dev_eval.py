@@ -16,10 +16,11 @@ import pandas as pd
 import torch
 
 from .core.errors import ConfigError
-from .core.tables import qrels_dict, read_corpus, read_qrels, read_queries, run_from_topk
+from .core.tables import qrels_dict, read_corpus, read_qrels, read_queries, read_tokens, run_from_topk
 from .ml.search import FlatTorchSearcher
 from .ml.watch import DevMeasure
 from .score import MEASURES, evaluate
+from .tokenize import TOKENS
 
 log = logging.getLogger("stages.dev_eval")
 
@@ -53,6 +54,12 @@ class DevQueries:
         return cls(queries["query_id"].tolist(), queries["text"].tolist(), qrels)
 
 
+def token_rows(ids: np.ndarray, offsets: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [start, stop) of a tokens file read whole (`read_tokens`): their ids one after another, tokens per row."""
+    bounds = offsets[start : stop + 1]
+    return ids[bounds[0] : bounds[-1]], np.diff(bounds)
+
+
 def measure_run(dev: DevQueries, searcher, doc_ids, embeddings: np.ndarray, measure: str) -> float:
     """The mean of ``measure`` over the dev queries for their top-k under ``searcher``."""
     scores, indices = searcher.search(embeddings, min(CUTOFFS.get(measure, 10), searcher.ntotal))
@@ -76,16 +83,29 @@ def frozen_index_measure(
     return dev_measure
 
 
-def reencoded_corpus_measure(prepared: Path, measure: str, query_max_length: int, doc_max_length: int) -> DevMeasure:
-    """STAR: the corpus re-encoded by the model (a flat index), then the dev queries searched in it."""
-    from .ml.models import document_texts
+def reencoded_corpus_measure(
+    prepared: Path, measure: str, query_max_length: int, doc_max_length: int, tokens: Path | None = None
+) -> DevMeasure:
+    """STAR: the corpus re-encoded by the model (a flat index), then the dev queries searched in it. With ``tokens``
+    (the corpus's `tokenize` artifact, checked by the trainer) its ids are encoded, never the texts tokenized again."""
+    from .ml.models import TOKENIZE_CHUNK, document_texts
 
     dev = DevQueries.read(prepared, measure)
-    corpus = read_corpus(prepared)
-    doc_ids, texts = corpus["doc_id"].tolist(), document_texts(corpus)
+    if tokens is not None:
+        doc_ids, ids, offsets = read_tokens(tokens / TOKENS)
+    else:
+        corpus = read_corpus(prepared)
+        doc_ids, texts = corpus["doc_id"].tolist(), document_texts(corpus)
+
+    def corpus_embeddings(encoder) -> np.ndarray:  # autocast: bf16 on CUDA
+        if tokens is None:
+            return encoder.encode(texts, doc_max_length, progress=False)
+        starts = range(0, len(doc_ids), TOKENIZE_CHUNK)
+        chunks = ((s, *token_rows(ids, offsets, s, s + TOKENIZE_CHUNK)) for s in starts)
+        return encoder.encode_tokens(chunks, len(doc_ids), progress=False)[0]
 
     def dev_measure(encoder: torch.nn.Module) -> float:
-        documents = encoder.encode(texts, doc_max_length, progress=False)  # autocast: bf16 on CUDA
+        documents = corpus_embeddings(encoder)
         searcher = FlatTorchSearcher(documents, encoder.device)
         return measure_run(dev, searcher, doc_ids, query_embeddings(encoder, dev, query_max_length), measure)
 

@@ -618,7 +618,7 @@ def train_star(params: StarParams, inputs: Mapping[str, Path], out_dir: Path, wo
     evaluate = None
     if params.eval_every > 0:  # each evaluation encodes the corpus
         lengths = (params.query_max_length, params.doc_max_length)
-        evaluate = reencoded_corpus_measure(inputs["prepared"], params.eval_measure, *lengths)
+        evaluate = reencoded_corpus_measure(inputs["prepared"], params.eval_measure, *lengths, tokens)
     with step_losses(encoder, data, params, steps_per_epoch, device, tokens) as step_loss:
         summary: dict[str, Any] = train(
             encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size, evaluate=evaluate

@@ -241,6 +241,15 @@ def test_dev_evaluation_re_encodes_the_corpus_and_keeps_the_best(prepared, negat
     dev = pd.read_parquet(tmp_path / "train_log.parquet").set_index("step")["dev_MRR@10"].dropna()
     assert dev.index.tolist() == [2, 4] and dev.between(0, 1).all()
     assert summary["dev"] == {"measure": "MRR@10", "best_step": dev.idxmax(), "best_value": pytest.approx(dev.max())}
+    # with the corpus's tokenize artifact its ids are encoded instead of the texts: the same dev values
+    from stages import tokenize
+
+    tokens, made = tmp_path / "tokens", {"model": str(tiny_model_dir), "max_length": 32}
+    argv = ["--no-check-key", "--params", json.dumps(made), "--inputs", json.dumps({"prepared": str(prepared)})]
+    assert tokenize.main([str(tokens), *argv]) == 0
+    train_star(params, {"prepared": prepared, "negatives": negatives, "tokens": tokens}, tmp_path / "ids")
+    from_ids = pd.read_parquet(tmp_path / "ids" / "train_log.parquet").set_index("step")["dev_MRR@10"].dropna()
+    assert from_ids.tolist() == pytest.approx(dev.tolist(), abs=1e-6)
 
 
 @pytest.mark.parametrize("changes", [{}, {"loss": "softmax", "hard_negatives_per_query": 2}])
