@@ -47,6 +47,7 @@ import gc
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,7 @@ from stages.core.model_source import resolve_model  # noqa: E402
 from stages.ml.models import load_encoder  # noqa: E402
 from stages.ml.search import FlatTorchSearcher, PQTorchSearcher  # noqa: E402
 from stages.train_warmup import WarmupParams  # noqa: E402
+from stages.ml.graphed import GRAPHS_ENV, FixedShapeStep  # noqa: E402
 from stages.ml.training import TRAIN_LOG, batch_shape, initial_encoder, train  # noqa: E402
 
 SPEC_PEAK = 989e12  # H100/H200 SXM dense bf16, the spec sheet
@@ -108,7 +110,10 @@ INCLUDES = {
         "CUDA), search of the top_k over the index (FrozenDocuments over FlatTorchSearcher / PQTorchSearcher on "
         "the device), rank_pairs and swap_weights on the device, scores of the retrieved documents and the "
         "positives (flat vectors / decoded PQ centroids), lambda_loss, CUDA-event intervals for its clocks, then "
-        "the loop as for STAR. The document vectors are random unit vectors made on the device, not read from an "
+        "the loop as for STAR. On CUDA the loop replays that step (train_adore.fixed_shape_step: every query padded "
+        "to the longest of all) captured once in a CUDA graph (stages.ml.graphed), with clipping and AdamW inside; "
+        "stage_eager is the same steps from the same weights with the graph off (HARDNEG_CUDA_GRAPHS=0). The "
+        "document vectors are random unit vectors made on the device, not read from an "
         "index artifact"
     ),
 }
@@ -396,6 +401,15 @@ class StepRecorder:
 
         return timed
 
+    def fixed(self, step):
+        """A `FixedShapeStep` whose host side (called once per replayed step) is stamped as `closure` stamps."""
+        def batch_index(epoch, batch):
+            edge = len(self.stamps) in self.edges
+            self.stamps.append(clock(self.device) if edge else time.perf_counter())
+            return step.batch_index(epoch, batch)
+
+        return FixedShapeStep(step.batch_size, batch_index, step.loss_at)
+
     @contextmanager
     def observe_tokenize(self):
         """Every tokenize call of STAR's host side (`train_star.host_tokenizer`): its shape and time, in call
@@ -451,7 +465,8 @@ def stage_run(
     with tempfile.TemporaryDirectory() as out, observing[0], observing[1]:
         began = time.perf_counter()
         with step_losses() as step_loss:
-            summary = train(encoder, params, steps_per_epoch, recorder.closure(step_loss), Path(out))
+            fixed = recorder.fixed(step_loss.fixed_shape) if getattr(step_loss, "fixed_shape", None) else None
+            summary = train(encoder, params, steps_per_epoch, recorder.closure(step_loss), Path(out), fixed_shape=fixed)
         total = time.perf_counter() - began
         logged = pd.read_parquet(Path(out) / TRAIN_LOG)
     chosen = slice(warmup, warmup + timed)
@@ -463,14 +478,15 @@ def stage_run(
         "host_pretokenize_s": recorder.pretokenize_s,  # STAR: every text of the run, before step 1 (not timed)
         "outside_steps_s": round(total - float(np.diff(recorder.stamps).sum()) - float(logged["seconds"].iloc[-1]), 3),
         "peak_gpu_memory_gib": summary.get("peak_gpu_memory_gib"),  # ADORE: with the resident index
+        "cuda_graph": summary.get("cuda_graph"),
         # STAR: each step's (queries, documents) tokenize calls; ADORE tokenizes every query once, before step 1
         "shapes": [recorder.shapes[2 * i : 2 * i + 2] for i in range(steps)][chosen] if star else None,
     }
     if star:
         result["host_pair_masks_s_per_step"] = float(np.sum(recorder.pair_masks_s)) / steps
-    else:
+    elif recorder.extras[chosen]:  # eager steps: batch_loss's own (device) clocks; a graph's steps have none
         extras = pd.DataFrame([{k: float(v) for k, v in row.items()} for row in recorder.extras[chosen]])
-        result["encode_s_median"] = float(extras["encode_seconds"].median())  # batch_loss's own (device) clocks
+        result["encode_s_median"] = float(extras["encode_seconds"].median())
         result["search_s_median"] = float(extras["search_seconds"].median())
     return result
 
@@ -588,9 +604,20 @@ def run_config(config: Config, args, texts: Texts, cache: dict, device: torch.de
                 queries = train_adore.batch_queries(len(data.query_texts), params, epoch, batch)
                 return train_adore.batch_loss(model, data, params, queries, documents, device)
 
+            data.resident = train_adore.ResidentQueries.build(data, encoder.tokenizer, params.query_max_length, device)
+            step_loss.fixed_shape = train_adore.fixed_shape_step(data, params, documents, device)
             yield step_loss
 
+    weights = {name: value.detach().clone() for name, value in encoder.state_dict().items()} if not star else None
     stage = stage_run(encoder, params, steps_per_epoch, step_losses, args.warmup_steps, args.steps, device, star)
+    eager = None
+    if not star and stage.get("cuda_graph"):  # the same steps without the graph, from the same weights
+        encoder.load_state_dict(weights)
+        os.environ[GRAPHS_ENV] = "0"
+        try:
+            eager = stage_run(encoder, params, steps_per_epoch, step_losses, args.warmup_steps, args.steps, device, star)
+        finally:
+            del os.environ[GRAPHS_ENV]
     shapes = stage.pop("shapes")
     same = shapes == [shape_of(b) for b in batches[timed]] if star else None
     result = {
@@ -611,6 +638,10 @@ def run_config(config: Config, args, texts: Texts, cache: dict, device: torch.de
         "bare": {**rates(bare.pop("window_s"), tokens, size), **bare},
         "stage": {**rates(stage.pop("window_s"), tokens, size), **stage},
     }
+    if eager is not None:
+        eager.pop("shapes")
+        result["stage_eager"] = {**rates(eager.pop("window_s"), tokens, size), **eager}
+        result["graph_over_eager_step_time"] = round(result["stage"]["step_s"] / result["stage_eager"]["step_s"], 4)
     if not star:
         searcher = documents.searcher
         result["index"] = {

@@ -89,6 +89,7 @@ from .core.errors import ArtifactError, ConfigError, DataError
 from .core.tables import read_qrels, read_queries, write_table
 from .dev_eval import frozen_index_measure
 from .ml.encoder_spec import EncoderSpec
+from .ml.graphed import FixedShapeStep
 from .ml.watch import DevEvaluation
 from .ml.training import (
     TRAIN_LOG,
@@ -458,35 +459,74 @@ def batch_loss(
     batch_size = len(queries)
     local = np.asarray(queries, dtype=np.int64)[distributed.local_slice(batch_size)]
     resident = resident_queries(data, distributed.unwrap(encoder).tokenizer, params.query_max_length, device)
-    began = _mark(device)
-    index = _to_device(local, device)
+    widths = (int(resident.tokens.host_lengths[local].max()), int(resident.positives.counts[local].max()))
+    marks = [_mark(device)]
+    share = batch_size if distributed.active() else None
+    loss, extras = device_loss(encoder, resident, params, documents, _to_device(local, device), widths, share, marks)
+    if distributed.active():  # a sync, as all_sum takes and gives floats
+        extras["train_mrr"], extras["train_recall"] = distributed.all_sum(
+            [float(extras["train_mrr"]), float(extras["train_recall"])]
+        )
+    return loss, {
+        "train_mrr": extras["train_mrr"] / batch_size,
+        "train_recall": extras["train_recall"] / batch_size,
+        "encode_seconds": Interval(marks[0], marks[1]),
+        "search_seconds": Interval(marks[1], marks[2]),
+    }
+
+
+def device_loss(
+    encoder: torch.nn.Module,
+    resident: ResidentQueries,
+    params: AdoreParams,
+    documents: FrozenDocuments,
+    index: torch.Tensor,
+    widths: tuple[int, int],
+    share: int | None = None,
+    marks: list | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The device side of a step: the LambdaLoss of the queries ``index`` (on the device) and their summed
+    reciprocal ranks and hits. ``widths``: the columns of the queries' tokens and positives to use (the batch's widest,
+    or every query's widest for shapes that never change); ``share``: see `lambda_loss`. With ``marks``, the moments
+    after the encoding and after the search are appended to it (`_mark`)."""
     # padded, not packed: at 32 short queries the packed forward's extra kernels cost more than the padding
     # (H200: 37 vs 26 ms a step, docs/results/train-throughput-h200)
-    input_ids, attention_mask = resident.tokens.take(index, int(resident.tokens.host_lengths[local].max()))
+    input_ids, attention_mask = resident.tokens.take(index, widths[0])
     embeddings = encoder(input_ids, attention_mask)
-    encoded = _mark(device)
-    with torch.autocast(device.type, enabled=False):
+    if marks is not None:
+        marks.append(_mark(index.device))
+    with torch.autocast(index.device.type, enabled=False):
         retrieved = documents.search(embeddings, min(params.top_k, documents.ntotal))
-        searched = _mark(device)
-        pairs = rank_pairs(retrieved, *resident.positives.take(index, int(resident.positives.counts[local].max())))
+        if marks is not None:
+            marks.append(_mark(index.device))
+        pairs = rank_pairs(retrieved, *resident.positives.take(index, widths[1]))
         weights = swap_weights(pairs, params.metric, params.metric_cutoff).float()
         real = pairs.valid[:, :, None] & pairs.negative[:, None, :]
         retrieved_scores = documents.scores(embeddings, retrieved) / params.temperature
         positive_scores = documents.scores(embeddings, pairs.positive_rows)
-        share = batch_size if distributed.active() else None
         loss = lambda_loss(retrieved_scores, positive_scores / params.temperature, weights, real, share)
     first = pairs.positive_ranks.amin(dim=1)
     found = first <= retrieved.shape[1]
-    reciprocal_ranks = torch.where(found, 1.0 / first, 0.0).sum()
-    hits = found.sum().to(first.dtype)
-    if distributed.active():  # a sync, as all_sum takes and gives floats
-        reciprocal_ranks, hits = distributed.all_sum([float(reciprocal_ranks), float(hits)])
-    return loss, {
-        "train_mrr": reciprocal_ranks / batch_size,
-        "train_recall": hits / batch_size,
-        "encode_seconds": Interval(began, encoded),
-        "search_seconds": Interval(encoded, searched),
-    }
+    return loss, {"train_mrr": torch.where(found, 1.0 / first, 0.0).sum(), "train_recall": found.sum().to(first.dtype)}
+
+
+def fixed_shape_step(
+    data: TrainingData, params: AdoreParams, documents: FrozenDocuments, device: torch.device
+) -> FixedShapeStep:
+    """The same step with the same shapes every time (every query padded to the longest query and the most
+    positives of all), for `stages.ml.training.train` to capture in a CUDA graph (`stages.ml.graphed`)."""
+    resident = data.resident
+    widths = (int(resident.tokens.host_lengths.max()), int(resident.positives.counts.max()))
+    size, _ = batch_shape(params.batch_size, len(data.query_texts))
+
+    def loss_at(model: torch.nn.Module, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, sums = device_loss(model, resident, params, documents, index, widths)
+        return loss, {name: value / size for name, value in sums.items()}
+
+    def batch_index(epoch: int, batch: int) -> np.ndarray:
+        return np.asarray(batch_queries(len(data.query_texts), params, epoch, batch), dtype=np.int64)
+
+    return FixedShapeStep(size, batch_index, loss_at)
 
 
 def uncompressed_embeddings(inputs: Mapping[str, Path], doc_ids: list[str], device: torch.device) -> torch.Tensor:
@@ -548,11 +588,17 @@ def frozen_documents(
 
 
 def add_loss_seconds(out_dir: Path) -> pd.DataFrame:
-    """Add loss_seconds (the step's loss + backward + optimiser step) to the written log and return it."""
+    """Add loss_seconds (the step's loss + backward + optimiser step) to the written log and return it; a log of
+    replayed CUDA graph steps has no inner clocks and is returned as it is."""
     frame = pd.read_parquet(Path(out_dir) / TRAIN_LOG)
-    frame["loss_seconds"] = frame["seconds"] - frame["encode_seconds"] - frame["search_seconds"]
-    write_table(frame, Path(out_dir) / TRAIN_LOG)
+    if "encode_seconds" in frame:
+        frame["loss_seconds"] = frame["seconds"] - frame["encode_seconds"] - frame["search_seconds"]
+        write_table(frame, Path(out_dir) / TRAIN_LOG)
     return frame
+
+
+def finite(value: float, digits: int) -> float | None:
+    return round(float(value), digits) if np.isfinite(value) else None
 
 
 def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, work_dir: Path | None = None) -> dict:
@@ -596,12 +642,14 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
             inputs["prepared"], params.eval_measure, documents.searcher, doc_ids, params.query_max_length
         )
     summary: dict[str, Any] = train(
-        encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size, evaluate=evaluate
+        encoder, params, steps_per_epoch, step_loss, out_dir, work_dir, queries_per_step=size, evaluate=evaluate,
+        fixed_shape=fixed_shape_step(data, params, documents, device),
     )
     if not distributed.is_main():
         return summary  # only rank 0 wrote the log
     frame = add_loss_seconds(out_dir)
-    step = frame[["seconds", "encode_seconds", "search_seconds", "loss_seconds"]].mean()
+    clocks = ["seconds", "encode_seconds", "search_seconds", "loss_seconds"]
+    step = frame.reindex(columns=clocks).mean()  # a CUDA graph's steps have no inner clocks: NaN
     return {
         "items": {"queries": summary["steps"] * size, "steps": summary["steps"]},
         "train_queries": len(data.query_texts),
@@ -609,10 +657,10 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
         "documents": documents.ntotal,
         "scoring": documents.scoring,
         "search_kernel": getattr(documents.searcher, "kernel", "matmul"),
-        "encode_seconds_mean": round(float(step["encode_seconds"]), 5),
-        "search_seconds_mean": round(float(step["search_seconds"]), 5),
-        "loss_seconds_mean": round(float(step["loss_seconds"]), 5),
-        "search_share": round(float(step["search_seconds"] / step["seconds"]), 4) if step["seconds"] else None,
+        "encode_seconds_mean": finite(step["encode_seconds"], 5),
+        "search_seconds_mean": finite(step["search_seconds"], 5),
+        "loss_seconds_mean": finite(step["loss_seconds"], 5),
+        "search_share": finite(step["search_seconds"] / step["seconds"], 4) if step["seconds"] else None,
         "final_train_mrr": float(frame["train_mrr"].tail(max(1, len(frame) // 10)).mean()),
         **summary,
     }

@@ -359,6 +359,29 @@ def test_batch_loss_is_lazy_and_equals_the_per_query_reference(prepared, flat_in
     assert data.resident is resident  # built once, then only indexed
 
 
+def test_the_fixed_shape_step_gives_the_batch_loss(prepared, flat_index, tiny_model_dir):
+    """The step a CUDA graph captures (every query padded to the longest of all, every positive list to the most)
+    computes what the eager step computes on the batch's own widths."""
+    from stages.ml.models import load_encoder
+    from stages.train_adore import fixed_shape_step
+
+    params = tiny_params(tiny_model_dir, batch_size=6, top_k=15, metric_cutoff=7, query_max_length=64)
+    device = torch.device("cpu")
+    documents, doc_ids = frozen_documents(params, {"index": flat_index}, device)
+    data = load_training_data(prepared, doc_ids)
+    encoder = load_encoder(tiny_model_dir).eval()
+    loss, extras = batch_loss(encoder, data, params, batch_queries(len(data.query_texts), params, 1, 2), documents, device)
+    step = fixed_shape_step(data, params, documents, device)
+    index = step.batch_index(1, 2)
+    assert index.tolist() == batch_queries(len(data.query_texts), params, 1, 2) and index.dtype == np.int64
+    fixed_loss, fixed_extras = step.loss_at(encoder, torch.from_numpy(index))
+    assert data.resident.tokens.ids.shape[1] > int(data.resident.tokens.host_lengths[index].min())  # padding used
+    assert float(fixed_loss) == pytest.approx(float(loss), rel=1e-5)
+    assert set(fixed_extras) == {"train_mrr", "train_recall"}
+    for key in fixed_extras:
+        assert float(fixed_extras[key]) == pytest.approx(float(extras[key]))
+
+
 def test_pq_scoring_reconstructed_scores_what_the_index_ranks_by(prepared, pq_index, tiny_model_dir, tmp_path):
     params = tiny_params(tiny_model_dir)
     documents, _ = frozen_documents(params, {"index": pq_index}, torch.device("cpu"))

@@ -44,6 +44,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import distributed
+from .graphed import FixedShapeStep, GraphedStep, graphs_wanted
 from ..core.errors import ArtifactError, ConfigError
 from .models import MODEL_SUBDIR, Encoder, load_encoder, save_encoder
 from ..core.tables import write_table
@@ -327,6 +328,7 @@ def train(
     work_dir: Path | None = None,
     queries_per_step: int | None = None,
     evaluate: DevMeasure | None = None,
+    fixed_shape: FixedShapeStep | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (already on its device) and write model/, train_log.parquet and loss.png into ``out_dir``.
 
@@ -336,8 +338,10 @@ def train(
     With ``work_dir`` a checkpoint is written there every ``checkpoint_every`` steps and resumed from when present.
     With ``evaluate`` and ``config.eval_every`` > 0 (`stages.ml.watch.DevEvaluation`), the model is evaluated on dev
     every that many steps and at the end (the log's ``dev_<measure>`` column), and the best model by dev is written.
-    Returns the summary (steps, seconds, queries per second, final loss, peak GPU memory); ``queries_per_step``
-    (default ``batch_size``) is for the throughput.
+    With ``fixed_shape`` (the same step with shapes that never change), one process on CUDA captures the step in a
+    CUDA graph and replays it (`stages.ml.graphed`); ``batch_loss`` then serves only where capturing fails.
+    Returns the summary (steps, seconds, queries per second, final loss, peak GPU memory, whether a CUDA graph ran);
+    ``queries_per_step`` (default ``batch_size``) is for the throughput.
     """
     if distributed.requested() and not distributed.active():
         raise ConfigError(
@@ -376,17 +380,24 @@ def train(
     )
     log_every = LOG_EVERY if device.type == "cuda" else 1
     window = PendingRows(progress)
+    graphed = None
+    if fixed_shape is not None and start < total and graphs_wanted(device) and world == 1 and not config.gradient_checkpointing:
+        graphed = capture(model, optimizer, fixed_shape, config, autocast)
     for step in progress:
         epoch, batch = divmod(step, steps_per_epoch)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, extras = batch_loss(trained, epoch, batch)
-        global_loss = distributed.global_sum(loss)
-        optimizer.zero_grad(set_to_none=True)
-        (loss * world if world > 1 else loss).backward()  # DDP averages the ranks' gradients
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip if config.grad_clip > 0 else math.inf)
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        if graphed is not None:
+            extras = graphed.run(fixed_shape.batch_index(epoch, batch))
+            global_loss, grad_norm = extras.pop("loss"), extras.pop("grad_norm")
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss, extras = batch_loss(trained, epoch, batch)
+            global_loss = distributed.global_sum(loss)
+            optimizer.zero_grad(set_to_none=True)
+            (loss * world if world > 1 else loss).backward()  # DDP averages the ranks' gradients
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip if config.grad_clip > 0 else math.inf)
+            optimizer.step()
         scheduler.step()
         window.add({"step": step + 1, "epoch": epoch, "loss": global_loss, "lr": lr, "grad_norm": grad_norm} | extras)
         done = step + 1
@@ -416,7 +427,26 @@ def train(
         write_table(frame, Path(out_dir) / TRAIN_LOG)
         plot_losses(frame, Path(out_dir) / LOSS_PLOT)
     summary = summarise(frame, queries_per_step or config.batch_size, device, resumed_from=start)
+    summary["cuda_graph"] = graphed is not None
     return summary | ({"dev": best.summary()} if best is not None else {})
+
+
+def capture(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    fixed_shape: FixedShapeStep,
+    config: TrainConfig,
+    autocast: bool,
+) -> GraphedStep | None:
+    """The step captured in a CUDA graph, or None (logged) where capturing fails: training then runs eagerly."""
+    began = time.perf_counter()
+    try:
+        graphed = GraphedStep(model, optimizer, fixed_shape, config.grad_clip, autocast)
+    except RuntimeError as error:
+        log.warning("could not capture the training step in a CUDA graph (%s); training eagerly", error)
+        return None
+    log.info("captured the training step in a CUDA graph in %.1f s; each step replays it", time.perf_counter() - began)
+    return graphed
 
 
 def evaluate_on_dev(model: torch.nn.Module, evaluate: DevMeasure, best: BestByDev, step: int) -> float:
