@@ -25,6 +25,7 @@ from .report_costs import TOTAL_GPU
 SIGNIFICANCE = 0.05
 SPLIT_COLORS = {"train": "tab:green", "dev": "tab:blue", "test": "tab:orange"}
 INDEX_COLORS = {"flat": "tab:blue", "pq": "tab:red"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 UNSMOOTHED_BELOW = 30
 """Logs with fewer steps are drawn as they are: a running mean over a handful of points hides more than it shows."""
 
@@ -220,17 +221,20 @@ def plot_efficiency(frame: pd.DataFrame, measures: list[str], path: Path) -> boo
     chosen = [column for column in frame if f"{column} by seed" in frame and column != TOTAL_GPU]
     fig = figure(5.0 * len(chosen), 4.2)
     seconds = frame[TOTAL_GPU]
+    from matplotlib import colormaps
+
+    colours = colormaps["tab20"].colors
     for axes, measure in zip(panels(fig, len(chosen)), chosen):
         for number, row in enumerate(frame.to_dict("records")):
             one = frame.iloc[[number]]
-            axes.errorbar(
-                seconds.iloc[[number]], one[measure], fmt="o", capsize=3, color=f"C{number % 10}", label=row["variant"],
+            axes.errorbar(  # colour and marker together keep up to 140 variants apart
+                seconds.iloc[[number]], one[measure], fmt=MARKERS[number % len(MARKERS)], capsize=3,
+                color=colours[number % len(colours)], label=row["variant"],
                 xerr=seed_range(seconds.iloc[[number]], one[f"{TOTAL_GPU} by seed"]),
                 yerr=seed_range(one[measure], one[f"{measure} by seed"]),
             )  # fmt: skip
-        axes.set_xscale("symlog", linthresh=max(1.0, float(seconds[seconds > 0].min())))
-        axes.set_xlim(left=0)
-        axes.set_xlabel("total GPU seconds (shared warm-up and BM25 counted in full)")
+        axes.set_xlim(left=-0.02 * float(seconds.max()))  # CPU-only variants (0 s) stay whole on the edge
+        axes.set_xlabel("GPU seconds (shared warm-up and BM25 in full)")
         axes.set_title(f"{measure} on {frame['split'].iloc[0]}")
         axes.grid(alpha=0.3)
     fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
