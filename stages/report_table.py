@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from html import escape
+from pathlib import Path
 
 import pandas as pd
 
@@ -139,3 +140,31 @@ def efficiency_markdown(frame: pd.DataFrame, measures: list[str]) -> str:
         lines.append("| " + " | ".join([row["variant"], str(row["seeds"]), *quality, total, *costs]) + " |")
     note = "mean over seeds ± std over seeds (measures: mean over queries); " + ACCOUNTING
     return "\n".join(lines + ["", note, ""])
+
+
+def console_summary(report_dir: Path, measure: str = "nDCG@10") -> str:
+    """What a run prints at its end: ``measure`` per variant and split, with its 95% interval, and where the report
+    is. Reads the report's results.csv."""
+    frame = pd.read_csv(Path(report_dir) / "results.csv")
+    splits = list(dict.fromkeys(frame["split"]))
+    lines = [f"{measure} (95% bootstrap interval over queries)", ""]
+    header = ["variant"] + splits
+    rows = []
+    for variant, group in frame.groupby("variant", sort=False):
+        by_split = group.set_index("split")
+        reference = bool(group["reference"].iloc[0])
+        cells = [f"{variant} (reference)" if reference else str(variant)]
+        for split in splits:
+            if split not in by_split.index:
+                cells.append("-")
+                continue
+            row = by_split.loc[split]
+            low, high = row[f"{measure} ci95 low"], row[f"{measure} ci95 high"]
+            interval = f" [{low:.3f}, {high:.3f}]" if pd.notna(low) else ""
+            cells.append(f"{row[measure]:.4f}{interval}")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    for cells in [header] + rows:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip())
+    lines += ["", f"full table: {Path(report_dir) / 'results.md'}  (plots beside it)"]
+    return "\n".join(lines)

@@ -216,3 +216,20 @@ def test_the_efficiency_table_and_plot_put_quality_against_gpu_seconds(inputs, t
 def test_no_gpu_seconds_no_efficiency_plot(inputs, tmp_path):
     summary = report(params(), inputs, tmp_path)
     assert "efficiency.png" not in summary["plots"] and (tmp_path / "efficiency.md").is_file()
+
+
+def test_console_summary_lists_each_variant_by_split_with_its_interval(tmp_path):
+    from stages.report_table import console_summary
+
+    rows = [
+        ("bm25", False, "dev", 0.77, 0.70, 0.84), ("bm25", False, "test", 0.69, 0.64, 0.73),
+        ("star", True, "dev", 0.75, 0.68, 0.82), ("star", True, "test", 0.65, float("nan"), float("nan")),
+    ]
+    pd.DataFrame(rows, columns=["variant", "reference", "split", "nDCG@10", "nDCG@10 ci95 low", "nDCG@10 ci95 high"]).to_csv(
+        tmp_path / "results.csv", index=False
+    )
+    lines = console_summary(tmp_path).splitlines()
+    assert lines[2].split() == ["variant", "dev", "test"]
+    assert lines[3].split() == ["bm25", "0.7700", "[0.700,", "0.840]", "0.6900", "[0.640,", "0.730]"]
+    assert lines[4].split() == ["star", "(reference)", "0.7500", "[0.680,", "0.820]", "0.6500"]
+    assert lines[-1].startswith(f"full table: {tmp_path / 'results.md'}")
