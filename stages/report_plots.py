@@ -39,14 +39,18 @@ def figure(width: float, height: float):
     return fig
 
 
-def grid(count: int) -> tuple[int, int]:
-    """Rows and columns of ``count`` panels: at most 3 a row, 2 x 2 for 4."""
-    columns = 2 if count == 4 else min(3, count)
+WIDE = 8
+"""Variants above which a panel takes a whole row (side by side, 19 variants made a 45-inch-wide figure)."""
+
+
+def grid(count: int, wide: bool = False) -> tuple[int, int]:
+    """Rows and columns of ``count`` panels: at most 3 a row, 2 x 2 for 4; one a row when ``wide``."""
+    columns = 1 if wide else 2 if count == 4 else min(3, count)
     return math.ceil(count / columns), columns
 
 
-def panels(fig, count: int) -> list:
-    rows, columns = grid(count)
+def panels(fig, count: int, wide: bool = False) -> list:
+    rows, columns = grid(count, wide)
     return [fig.add_subplot(rows, columns, i + 1) for i in range(count)]
 
 
@@ -107,9 +111,10 @@ def plot_metrics(table: pd.DataFrame, measures: list[str], path: Path) -> None:
     splits = list(dict.fromkeys(table["split"]))
     colors = [SPLIT_COLORS.get(split, f"C{i}") for i, split in enumerate(splits)]
     groups = [(split, color, table[table["split"] == split]) for split, color in zip(splits, colors)]
-    rows, columns = grid(len(measures))
+    wide = len(labels) > WIDE
+    rows, columns = grid(len(measures), wide)
     fig = figure(columns * (1.6 + 0.5 * len(labels) * len(splits) ** 0.5), 3.3 * rows + 0.7)
-    for axes, measure in zip(panels(fig, len(measures)), measures):
+    for axes, measure in zip(panels(fig, len(measures), wide), measures):
         draw_intervals(axes, groups, measure, list(labels.values()))
     handles, names = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside upper right", ncols=len(splits), fontsize=8)
@@ -184,7 +189,10 @@ def plot_losses(rows: list[dict], inputs: Mapping[str, Path], path: Path) -> lis
     logs = training_logs(rows, inputs)
     if not logs:
         return []
-    color = {label: f"C{i}" for i, (label, _, _) in enumerate(logs)}
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(logs) <= 10 else "tab20"].colors  # one colour per run, never repeated
+    color = {label: palette[i % len(palette)] for i, (label, _, _) in enumerate(logs)}
     series = [(kind, "loss", "training loss") for kind in dict.fromkeys(kind for _, kind, _ in logs)]
     if any("train_mrr" in frame for *_, frame in logs):
         series.append((None, "train_mrr", "ADORE train MRR (batch queries)"))
