@@ -410,7 +410,8 @@ class Chain:
         method = self.experiment["method"]
         export = METHODS[method].export
         if export is None:
-            raise ConfigError(f"experiments[{self.index}] ({self.experiment['name']}): {method} has no encoder to export")
+            name = self.experiment["name"]
+            raise ConfigError(f"experiments[{self.index}] ({name}): {method} has no encoder to export")
         inputs: dict[str, Node | RawFile] = export(self)
         encoder_section = self.encoder()
         params = {
