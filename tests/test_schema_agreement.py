@@ -21,6 +21,7 @@ from stages.encode import EncodeParams
 from stages.index import IndexParams
 from stages.mine_negatives import MineParams
 from stages.pipeline.ance import AnceSettings
+from stages.pipeline.methods import METHODS
 from stages.ml.models import POOLINGS
 from stages.prepare import HubPrepareParams, PrepareParams
 from stages.report import ReportParams
@@ -104,6 +105,11 @@ ENUMS = [
 @pytest.mark.parametrize("section, name, values", ENUMS, ids=[f"{s}.{n}" for s, n, _ in ENUMS])
 def test_enums_agree(section, name, values):
     assert sorted(map(str, SECTIONS[section]["properties"][name]["enum"])) == sorted(map(str, values))
+
+
+def test_methods_agree():
+    """The schema's experiment methods are the plan's registry (`stages.pipeline.methods.METHODS`)."""
+    assert sorted(SECTIONS["experiments"]["items"]["properties"]["method"]["enum"]) == sorted(METHODS)
 
 
 def test_measures_agree():

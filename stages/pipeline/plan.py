@@ -19,15 +19,13 @@ from ..core.hub_source import HUB_FORMATS, locate
 from ..ml.index_kinds import KINDS
 from ..core.model_source import ModelSource, check_model_folder, locate_model, position_limit
 from ..ml.negative_samplers import SAMPLERS
-from .ance import ance_rounds
 from .costs import cost_nodes
+from .methods import DOCUMENT_ENCODERS, METHODS
 from ..core.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
 from ..core.workflow_files import workflow_root
 
 SCHEMA = workflow_root() / "workflow" / "schemas" / "config.schema.yaml"
 RESULTS = Path("results")
-UNTRAINED = ("bm25", "zeroshot")
-DOCUMENT_ENCODERS = ("zeroshot", "warmup", "star", "ance")
 NOT_OVERRIDABLE = {"dataset", "evaluate", "experiments"}
 # (section, preset) -> the values it sets, over the section's own
 PRESETS = {
@@ -38,7 +36,7 @@ FLOAT_LITERAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 def instances(experiment: Mapping[str, Any], seeds: list[int]) -> list[tuple[str, int | None]]:
     """(name, seed) of each run of an experiment: trained methods once per seed, as ``<name>/seed-<seed>``."""
-    if experiment["method"] in UNTRAINED:
+    if not METHODS[experiment["method"]].trained:
         return [(experiment["name"], None)]
     return [(f"{experiment['name']}/seed-{seed}", seed) for seed in experiment.get("seeds", seeds)]
 
@@ -372,8 +370,8 @@ class Plan:
         dense = [e["name"] for e in self.config["experiments"] if e["method"] in DOCUMENT_ENCODERS]
         if not found or found[0][1]["method"] not in DOCUMENT_ENCODERS:
             raise ConfigError(
-                f"experiments[{index}] ({experiment['name']}): adore needs 'documents' naming a zeroshot, warmup, "
-                f"star or ance experiment; got {name!r}",
+                f"experiments[{index}] ({experiment['name']}): adore needs 'documents' naming a "
+                f"{', '.join(DOCUMENT_ENCODERS[:-1])} or {DOCUMENT_ENCODERS[-1]} experiment; got {name!r}",
                 fix=f"set documents to one of {dense}",
             )
         return found[0]
@@ -388,7 +386,7 @@ class Plan:
                     f"evaluate.splits names {split!r}, which the dataset does not have",
                     fix=f"use some of {sorted(available)} (dev exists when dataset.dev_fraction > 0)",
                 )
-        if any(e["method"] not in UNTRAINED for e in self.config["experiments"]) and "train" not in available:
+        if any(METHODS[e["method"]].trained for e in self.config["experiments"]) and "train" not in available:
             raise ConfigError("trained methods need a 'train' split", fix="add train to dataset.splits")
 
 
@@ -410,17 +408,11 @@ class Chain:
         """The experiment's retriever as one sentence-transformers model (ADORE: its own query route), with its scores
         for the model card."""
         method = self.experiment["method"]
-        if method == "bm25":
-            raise ConfigError(f"experiments[{self.index}] ({self.experiment['name']}): bm25 has no encoder to export")
-        inputs: dict[str, Node | RawFile] = {}
-        if method == "adore":
-            _, adore = self.adore()
-            inputs["queries"] = adore
-            encoder = adore.inputs.get("init")  # the encoder that filled the index; none: the base encoder
-        else:
-            encoder = self.document_encoder()
-        if encoder is not None:
-            inputs["documents"] = encoder
+        export = METHODS[method].export
+        if export is None:
+            name = self.experiment["name"]
+            raise ConfigError(f"experiments[{self.index}] ({name}): {method} has no encoder to export")
+        inputs: dict[str, Node | RawFile] = export(self)
         encoder_section = self.encoder()
         params = {
             "name": self.experiment["name"],
@@ -441,14 +433,7 @@ class Chain:
 
     def run(self, split: str, top_k: int | None = None) -> Node:
         """The experiment's run over a split (top_k: override, for mining)."""
-        method = self.experiment["method"]
-        if method == "bm25":
-            return self.bm25(split, top_k)
-        if method == "adore":
-            index, query_encoder = self.adore()
-            return self.retrieve(split, index, query_encoder, top_k)
-        encoder = self.document_encoder()
-        return self.retrieve(split, self.index_of(self.shards(encoder)), encoder, top_k)
+        return METHODS[self.experiment["method"]].run(self, split, top_k)
 
     def bm25(self, split: str, top_k: int | None = None) -> Node:
         section = self.section("bm25")
@@ -499,7 +484,7 @@ class Chain:
         """(the index, the ADORE query encoder): documents from the ``documents`` experiment's encoder (same seed),
         indexed with this experiment's index section, so that ``index.kind: pq`` gives ADORE on PQ."""
         base = self.plan.documents_experiment(self.index, self.experiment)
-        base_chain = Chain(self.plan, *base, None if base[1]["method"] in UNTRAINED else self.seed)
+        base_chain = Chain(self.plan, *base, self.seed if METHODS[base[1]["method"]].trained else None)
         encoder = base_chain.document_encoder()
         shards = base_chain.shards(encoder)
         self.roles.update({role: node for role, node in base_chain.roles.items() if role != "prepare"})
@@ -512,17 +497,12 @@ class Chain:
         return index, self.add("adore", "train_adore", params, inputs)
 
     def document_encoder(self) -> Node | None:
-        """The trained encoder of a warmup/star/ance experiment (ANCE: its last round's); None for the base encoder (zeroshot)."""
+        """The method's trained document encoder (`methods.METHODS`); None for the base encoder (zeroshot)."""
         method = self.experiment["method"]
-        if method == "zeroshot":
-            return None
-        if method == "warmup":
-            return self.warmup()
-        if method == "star":
-            return self.star()
-        if method == "ance":
-            return ance_rounds(self)[-1]
-        raise ConfigError(f"experiments[{self.index}]: method {method!r} has no document encoder")
+        build = METHODS[method].document_encoder
+        if build is None:
+            raise ConfigError(f"experiments[{self.index}]: method {method!r} has no document encoder")
+        return build(self)
 
     def train_params(self, section: str) -> dict[str, Any]:
         encoder = self.encoder()
