@@ -166,7 +166,8 @@ def report(params: ReportParams, inputs: Mapping[str, Path], out_dir: Path) -> d
     (out_dir / "efficiency.md").write_text(efficiency_markdown(efficiency, params.measures))
     listed = [column for column in efficiency if column.endswith(" by seed")]
     efficiency.drop(columns=listed).to_csv(out_dir / "efficiency.csv", index=False, float_format="%.6g")
-    if plot_efficiency(efficiency, params.measures, out_dir / "efficiency.png"):
+    devices = ", ".join(sorted({d for d in table.get("device", pd.Series(dtype=str)).dropna() if d and d != "-"}))
+    if plot_efficiency(efficiency, params.measures, out_dir / "efficiency.png", devices):
         plots.append("efficiency.png")
     log.info("report:\n%s", (out_dir / "results.md").read_text())
     return {"variants": int(table["variant"].nunique()), "plots": plots}

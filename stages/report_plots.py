@@ -222,8 +222,9 @@ def seed_range(means: pd.Series, by_seed: pd.Series) -> np.ndarray:
     return np.vstack([means.to_numpy() - low, high - means.to_numpy()])
 
 
-def plot_efficiency(frame: pd.DataFrame, measures: list[str], path: Path) -> bool:
-    """Quality against total GPU seconds; False (nothing drawn) when no variant used a GPU."""
+def plot_efficiency(frame: pd.DataFrame, measures: list[str], path: Path, devices: str = "") -> bool:
+    """Quality against total GPU seconds; False (nothing drawn) when no variant used a GPU. ``devices``: what the
+    trainers ran on ('cpu': the GPU stages' seconds were spent on the CPU, and the axis says so)."""
     if not (frame[TOTAL_GPU] > 0).any():
         return False
     chosen = [column for column in frame if f"{column} by seed" in frame and column != TOTAL_GPU]
@@ -231,7 +232,7 @@ def plot_efficiency(frame: pd.DataFrame, measures: list[str], path: Path) -> boo
     seconds = frame[TOTAL_GPU]
     from matplotlib import colormaps
 
-    colours = colormaps["tab20"].colors
+    colours = colormaps["tab10" if len(frame) <= 10 else "tab20"].colors
     for axes, measure in zip(panels(fig, len(chosen)), chosen):
         for number, row in enumerate(frame.to_dict("records")):
             one = frame.iloc[[number]]
@@ -242,7 +243,8 @@ def plot_efficiency(frame: pd.DataFrame, measures: list[str], path: Path) -> boo
                 yerr=seed_range(one[measure], one[f"{measure} by seed"]),
             )  # fmt: skip
         axes.set_xlim(left=-0.02 * float(seconds.max()))  # CPU-only variants (0 s) stay whole on the edge
-        axes.set_xlabel("GPU seconds (shared warm-up and BM25 in full)")
+        where = " (on the CPU here)" if devices == "cpu" else ""
+        axes.set_xlabel(f"seconds of the GPU stages{where}; shared warm-up and BM25 in full", fontsize=8)
         axes.set_title(f"{measure} on {frame['split'].iloc[0]}")
         axes.grid(alpha=0.3)
     fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
