@@ -16,15 +16,12 @@ CUDA generator, whose offset advances at every replay.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
-
-log = logging.getLogger("stages.ml.graphed")
 
 GRAPHS_ENV = "HARDNEG_CUDA_GRAPHS"
 """Set to 0 to train every step eagerly (to compare, or to debug a model that cannot be captured)."""
