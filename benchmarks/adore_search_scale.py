@@ -103,7 +103,8 @@ def search_latency(args: argparse.Namespace, generator: torch.Generator) -> dict
 
 def adore_steps(args: argparse.Namespace, generator: torch.Generator) -> dict:
     from stages.ml.models import load_encoder
-    from stages.train_adore import AdoreParams, FrozenDocuments, TrainingData, batch_loss
+    from stages.train_adore import AdoreParams, TrainingData, batch_loss
+    from stages.ml.frozen_documents import FrozenDocuments
 
     encoder = load_encoder(args.model).cuda().train()
     dim = encoder.dim

@@ -28,7 +28,8 @@ import pandas as pd
 import pyarrow as pa
 
 from stages.mine_negatives import MineParams, mine
-from stages.core.tables import QRELS, RunWriter, run_table_from_topk
+from stages.core.tables import RunWriter, run_table_from_topk
+from stages.core.artifacts import QRELS
 
 MS_MARCO_PASSAGES = 8_841_823
 

@@ -8,8 +8,8 @@ For each configuration (a trainer, a loss, a batch size) two runs over the same 
   `batch_queries`, then `Encoder.tokenize`, exactly the calls of the stage's ``batch_loss``), built and moved to the
   device before the clock starts: the ceiling for these shapes and this padding.
 - stage: the stage's own training loop, `stages.ml.training.train` (it makes AdamW and the scheduler, wraps and runs the
-  loop), with the per-step closure that `train_star.train_star` / `train_adore.train_adore` build
-  (`train_star.step_losses`: the host side of each step prepared ahead on a thread; `batch_queries` +
+  loop), with the per-step closure that `star_training.train_star` / `train_adore.train_adore` build
+  (`star_training.step_losses`: the host side of each step prepared ahead on a thread; `batch_queries` +
   `train_adore.batch_loss`) and the encoder set up as those stages set it up (`training.initial_encoder`:
   seed, load, move). The loop body is not a callable of its own, so the smallest unit that holds a whole step is
   `train` run for warm-up + timed + 1 steps.
@@ -69,13 +69,16 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # its sibling benchmarks, 
 from encode_throughput import flops, non_embedding_parameters  # noqa: E402
 
 from stages.ml import distributed, training  # noqa: E402
-from stages import train_adore, train_star
+from stages import train_adore
+from stages.ml import star_training
+from stages.ml.frozen_documents import FrozenDocuments
 from stages.core.model_source import resolve_model  # noqa: E402
 from stages.ml.models import load_encoder  # noqa: E402
 from stages.ml.search import FlatTorchSearcher, PQTorchSearcher  # noqa: E402
 from stages.train_warmup import WarmupParams  # noqa: E402
 from stages.ml.graphed import GRAPHS_ENV, FixedShapeStep  # noqa: E402
-from stages.ml.training import TRAIN_LOG, batch_shape, initial_encoder, train  # noqa: E402
+from stages.ml.training import batch_shape, initial_encoder, train  # noqa: E402
+from stages.core.artifacts import TRAIN_LOG
 
 SPEC_PEAK = 989e12  # H100/H200 SXM dense bf16, the spec sheet
 SCIFACT = ROOT / "resources" / "scifact"
@@ -94,7 +97,7 @@ INCLUDES = {
         "torch.cuda.synchronize() before and after"
     ),
     "stage_star": (
-        "one iteration of stages.ml.training.train's loop with train_star.step_losses' closure: the step's host side "
+        "one iteration of stages.ml.training.train's loop with star_training.step_losses' closure: the step's host side "
         "(sample_batch, vectorised pair_masks, token ids gathered from the TokenCache filled before step 1, packed "
         "without padding where the flash kernel runs, loss_index, pinned) comes from the Prefetcher's thread, "
         "prepared while the device runs earlier steps; non-blocking copies, two forward passes of the Encoder "
@@ -205,7 +208,7 @@ def make_texts(passages: int, queries: int, seed: int) -> Texts:
         return scifact_texts(passages, queries, seed)
 
 
-def star_data(texts: Texts, seed: int) -> train_star.TrainingData:
+def star_data(texts: Texts, seed: int) -> star_training.TrainingData:
     """train_star's TrainingData: passage i has id str(i); each query's 'mined' negatives are 200 random passages."""
     rng = np.random.default_rng([seed, 7])
     drawn = rng.integers(0, len(texts.passages), (len(texts.queries), MINED_DEPTH))
@@ -213,7 +216,7 @@ def star_data(texts: Texts, seed: int) -> train_star.TrainingData:
     for row, positives in zip(drawn.tolist(), texts.positives):
         judged = set(positives)
         mined.append([str(p) for p in row if p not in judged])
-    return train_star.TrainingData(
+    return star_training.TrainingData(
         query_texts=list(texts.queries),
         positives=[[str(p) for p in positives] for positives in texts.positives],
         judged=[{str(p) for p in positives} for positives in texts.positives],
@@ -247,28 +250,28 @@ def random_units(rows: int, dim: int, dtype: torch.dtype, device: torch.device, 
 
 
 def frozen_documents(kind: str, rows: int, dim: int, pq_m: int, device: torch.device, seed: int):
-    """`train_adore.FrozenDocuments` over ``rows`` random documents: flat (unit vectors) or PQ (random codes)."""
+    """`FrozenDocuments` over ``rows`` random documents: flat (unit vectors) or PQ (random codes)."""
     if kind == "flat":
         searcher = FlatTorchSearcher(torch.empty((0, dim)), device=device)
         searcher.matrix = random_units(rows, dim, searcher.dtype, device, seed)  # made on the device, no copy
-        return train_adore.FrozenDocuments(searcher, "flat")
+        return FrozenDocuments(searcher, "flat")
     if dim % pq_m:
         raise SystemExit(f"--pq-m {pq_m} does not divide the model's dimension {dim}")
     generator = torch.Generator(device=device).manual_seed(seed)
     codes = torch.randint(0, 256, (rows, pq_m), dtype=torch.uint8, device=device, generator=generator)
     centroids = torch.randn((pq_m, 256, dim // pq_m), device=device, generator=generator) / math.sqrt(dim)
-    return train_adore.FrozenDocuments(PQTorchSearcher(codes, centroids, device=device), "reconstructed")
+    return FrozenDocuments(PQTorchSearcher(codes, centroids, device=device), "reconstructed")
 
 
 # --- token batches, as the stages build them -----------------------------------------------------------------------
 
 
-def star_tokens(encoder, data: train_star.TrainingData, params, steps_per_epoch: int, step: int) -> list[dict]:
-    """The tokens of one STAR step: the calls of `train_star.batch_loss` (one process), in its order."""
+def star_tokens(encoder, data: star_training.TrainingData, params, steps_per_epoch: int, step: int) -> list[dict]:
+    """The tokens of one STAR step: the calls of `star_training.batch_loss` (one process), in its order."""
     epoch, index = divmod(step, steps_per_epoch)
-    batch = train_star.sample_batch(data, params, epoch, index)
+    batch = star_training.sample_batch(data, params, epoch, index)
     rows = distributed.local_slice(len(batch.queries))
-    part = train_star.rank_part(batch, rows, train_star.negatives_per_query(params))
+    part = star_training.rank_part(batch, rows, star_training.negatives_per_query(params))
     queries = encoder.tokenize([data.query_texts[q] for q in part.queries], params.query_max_length)
     docs = encoder.tokenize([data.doc_text[d] for d in part.doc_ids], params.doc_max_length)
     return [queries, docs]
@@ -376,7 +379,7 @@ def bare_run(model_path: str, kind: str, batches: list[list[dict]], warmup: int,
 class StepRecorder:
     """Wraps a stage's per-step closure: a synchronised timestamp at the start of each call (so consecutive stamps
     bound one whole loop iteration), the extras it returns, and the tokens and time of the encoder's tokenize calls
-    and of `train_star.pair_masks` (observed, not changed)."""
+    and of `star_training.pair_masks` (observed, not changed)."""
 
     def __init__(self, device: torch.device, edges: tuple[int, int]):
         self.device = device
@@ -412,10 +415,10 @@ class StepRecorder:
 
     @contextmanager
     def observe_tokenize(self):
-        """Every tokenize call of STAR's host side (`train_star.host_tokenizer`): its shape and time, in call
+        """Every tokenize call of STAR's host side (`star_training.host_tokenizer`): its shape and time, in call
         order: the prefetch thread tokenizes the steps ahead of the device, in step order (queries, then documents,
         of each step)."""
-        original = train_star.host_tokenizer
+        original = star_training.host_tokenizer
 
         def host_tokenizer(*args):
             began = time.perf_counter()
@@ -431,15 +434,15 @@ class StepRecorder:
 
             return observed
 
-        train_star.host_tokenizer = host_tokenizer
+        star_training.host_tokenizer = host_tokenizer
         try:
             yield
         finally:
-            train_star.host_tokenizer = original
+            star_training.host_tokenizer = original
 
     @contextmanager
     def observe_pair_masks(self):
-        original = train_star.pair_masks
+        original = star_training.pair_masks
 
         def pair_masks(*args, **kwargs):
             began = time.perf_counter()
@@ -448,11 +451,11 @@ class StepRecorder:
             finally:
                 self.pair_masks_s.append(time.perf_counter() - began)
 
-        train_star.pair_masks = pair_masks
+        star_training.pair_masks = pair_masks
         try:
             yield
         finally:
-            train_star.pair_masks = original
+            star_training.pair_masks = original
 
 
 def stage_run(
@@ -556,7 +559,7 @@ def run_config(config: Config, args, texts: Texts, cache: dict, device: torch.de
     )
     star = config.stage != "train_adore"
     if star:
-        params_class = WarmupParams if config.stage == "train_warmup" else train_star.StarParams
+        params_class = WarmupParams if config.stage == "train_warmup" else star_training.StarParams
         params = params_class(**common, **config.options)
         if "star_data" not in cache:
             cache["star_data"] = star_data(texts, args.seed)
@@ -595,8 +598,8 @@ def run_config(config: Config, args, texts: Texts, cache: dict, device: torch.de
     release(device)
 
     if star:
-        def step_losses():  # train_star.train_star's closure: the host side of each step prepared ahead
-            return train_star.step_losses(encoder, data, params, steps_per_epoch, device)
+        def step_losses():  # star_training.train_star's closure: the host side of each step prepared ahead
+            return star_training.step_losses(encoder, data, params, steps_per_epoch, device)
     else:
         @contextmanager
         def step_losses():  # as train_adore.train_adore builds it

@@ -24,7 +24,7 @@ from typing import Mapping
 import numpy as np
 import scipy.sparse as sp
 
-from .bm25_index import Bm25Index, load_index, tokenize
+from .ml.lexical import Bm25Index, load_index, tokenize
 from .core.cli import run_stage
 from .core.errors import ConfigError
 from .core.resources import available_threads

@@ -21,12 +21,12 @@ from .core.cli import run_stage
 from .core.errors import ConfigError
 from .ml.encoder_spec import EncoderSpec
 from .core.tables import iter_token_chunks, read_corpus, read_queries, write_embeddings
-from .tokenize import TOKENS, check_tokens
+from .ml.models import check_tokens
+from .core.artifacts import EMBEDDINGS, TOKENS
 
 VERSION = 1
 log = logging.getLogger("stages.encode")
 
-EMBEDDINGS = "embeddings.parquet"
 WHAT = ("corpus", "queries")
 DTYPES = ("float16", "float32")
 

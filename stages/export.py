@@ -55,7 +55,7 @@ def export(params: ExportParams, inputs: Mapping[str, Path], out_dir: Path) -> d
     from sentence_transformers.base.modules import Router
 
     from .export_card import model_card
-    from .ml.models import MODEL_SUBDIR
+    from .core.artifacts import MODEL_SUBDIR
 
     out_dir = Path(out_dir)
     documents = str(Path(inputs["documents"]) / MODEL_SUBDIR) if "documents" in inputs else params.model

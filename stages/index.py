@@ -10,7 +10,6 @@ readers go by), summary.json (ntotal, dim, kind, bytes, seconds).
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -23,17 +22,13 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .core.cli import run_stage
-from .encode import EMBEDDINGS
-from .core.errors import ArtifactError, ConfigError, DataError
+from .core.errors import ConfigError, DataError
 from .ml.index_kinds import KINDS, IndexKind, write_kind
-from .ml.search import DOC_IDS_FILE, INDEX_FILE
-from .core.tables import iter_embeddings, write_table
+from .core.artifacts import DOC_IDS_FILE, INDEX_FILE, shard_files
+from .core.tables import embedding_dim, iter_embeddings, write_table
 
 VERSION = 1
 log = logging.getLogger("stages.index")
-
-SHARD_INPUT = re.compile(r"shard_(\d+)")
-
 
 @dataclass
 class IndexParams:
@@ -49,31 +44,6 @@ class IndexParams:
     """Most vectors sampled to train PQ / OPQ."""
     seed: int = 0
     """Seeds the training sample and faiss k-means."""
-
-
-def shard_files(inputs: Mapping[str, Path]) -> list[Path]:
-    """embeddings.parquet of the ``shard_<n>`` inputs, ordered by n; the numbers must be 0..count-1."""
-    numbered = {}
-    for name, path in inputs.items():
-        match = SHARD_INPUT.fullmatch(name)
-        if match:
-            numbered[int(match.group(1))] = Path(path) / EMBEDDINGS
-    if sorted(numbered) != list(range(len(numbered))) or not numbered:
-        raise ConfigError(
-            f"index inputs must be shard_0 .. shard_<n-1>; got {sorted(inputs)}", fix="name every encode shard input"
-        )
-    files = [numbered[n] for n in range(len(numbered))]
-    for file in files:
-        if not file.is_file():
-            raise ArtifactError(f"no {EMBEDDINGS}: not an encode artifact", path=file.parent)
-    return files
-
-
-def embedding_dim(files: list[Path]) -> int:
-    dims = {pq.ParquetFile(f).schema_arrow.field("embedding").type.list_size for f in files}
-    if len(dims) != 1:
-        raise ArtifactError(f"the shards have different dimensions {sorted(dims)}", path=files[0].parent)
-    return dims.pop()
 
 
 def count_rows(files: list[Path]) -> int:

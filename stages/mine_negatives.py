@@ -23,15 +23,14 @@ import pyarrow.parquet as pq
 
 from .core.cli import run_stage
 from .core.errors import ArtifactError, ConfigError, DataError
-from .core.tables import RUN_PARQUET, read_qrels
+from .core.artifacts import NEGATIVES, RUN_PARQUET
+from .core.tables import NEGATIVES_SCHEMA, read_qrels
 
 VERSION = 1
 BATCH_ROWS = 1 << 22
 """Run rows read at a time."""
 log = logging.getLogger("stages.mine_negatives")
 
-NEGATIVES = "negatives.parquet"
-NEGATIVES_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_ids", pa.list_(pa.string()))])
 
 
 @dataclass
@@ -159,15 +158,6 @@ def format_summary(summary: Mapping[str, object]) -> str:
     width = max(map(len, summary))
     lines = [f"  {name.replace('_', ' '):<{width}}  {value}" for name, value in summary.items()]
     return "Hard negative mining summary:\n" + "\n".join(lines)
-
-
-def read_negatives(artifact: Path) -> dict[str, list[str]]:
-    """query_id -> negative doc ids in rank order, from a `mine_negatives` artifact."""
-    path = Path(artifact) / NEGATIVES
-    if not path.is_file():
-        raise ArtifactError("missing negatives table", path=path, fix="pass a mine_negatives artifact as 'negatives'")
-    table = pq.read_table(path)
-    return dict(zip(table.column("query_id").to_pylist(), table.column("doc_ids").to_pylist()))
 
 
 def main(argv: list[str] | None = None) -> int:

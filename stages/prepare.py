@@ -31,8 +31,10 @@ from .core.cli import run_stage
 from .core.dataset_records import CHUNK, first_duplicate, judgments_frame, normalise_id, queries_frame, text_field
 from .core.errors import ConfigError, DataError
 from .core.hub_source import HUB_FORMATS
-from .mine_negatives import NEGATIVES, NEGATIVES_SCHEMA
-from .core.tables import CORPUS, QRELS, QUERIES, write_table
+from .core.artifacts import NEGATIVES
+from .core.tables import NEGATIVES_SCHEMA
+from .core.tables import write_table
+from .core.artifacts import CORPUS, QRELS, QUERIES
 
 VERSION = 2
 log = logging.getLogger("stages.prepare")

@@ -13,61 +13,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-import pandas as pd
 
 from .core.cli import run_stage
-from .core.errors import ConfigError, DataError
+from .core.errors import DataError
+from .ml.measures import check, evaluate
 from .ml.stats import query_interval
-from .core.tables import qrels_dict, read_qrels, read_run, write_table
+from .core.artifacts import PER_QUERY
+from .core.tables import read_qrels, read_run, write_table
 
 VERSION = 2
 log = logging.getLogger("stages.score")
 
-# Report names -> ir-measures measure names (binary measures take the relevance level).
-MEASURES = {"nDCG@10": "nDCG@10", "MRR@10": "RR{rel}@10", "R@100": "R{rel}@100", "R@1000": "R{rel}@1000", "MAP": "AP{rel}"}
-
-
 @dataclass
 class ScoreParams:
     split: str = "test"
-    measures: list[str] = field(default_factory=lambda: list(MEASURES))
-    """Any of nDCG@10, MRR@10, R@100, R@1000, MAP."""
+    measures: list[str] = field(default_factory=lambda: ["nDCG@10", "MRR@10", "R@100", "R@1000", "MAP"])
+    """Names of the measures registry (`stages.ml.measures`)."""
     relevance_level: int = 1
     """Lowest judgment that counts as relevant for binary measures (graded judgments are kept for nDCG)."""
     bootstrap_samples: int = 1000
     seed: int = 0
 
 
-def ir_measure(name: str, relevance_level: int):
-    import ir_measures
-
-    if name not in MEASURES:
-        raise ConfigError(f"unknown measure {name!r}", fix=f"use some of {list(MEASURES)}")
-    rel = f"(rel={relevance_level})" if relevance_level != 1 else ""
-    return ir_measures.parse_measure(MEASURES[name].format(rel=rel))
-
-
-def evaluate(run: pd.DataFrame, qrels: pd.DataFrame, measures: list[str], relevance_level: int) -> pd.DataFrame:
-    """Per-query values (query_id, measure, value) for every judged query.
-
-    Every measure sees the order the run states (its rank column): the scores given to ir-measures are minus the
-    rank, since its backends re-sort by score and break ties by doc id."""
-    import ir_measures
-
-    judged = qrels_dict(qrels)
-    ranked: dict[str, dict[str, float]] = {}
-    columns = (run[name].tolist() for name in ("query_id", "doc_id", "rank"))  # lists: 3x faster than itertuples
-    for query_id, doc_id, rank in zip(*columns):
-        ranked.setdefault(query_id, {})[doc_id] = -float(rank)
-    objects = {name: ir_measure(name, relevance_level) for name in measures}
-    names = {str(measure): name for name, measure in objects.items()}
-    values = {(q, name): 0.0 for q in judged for name in measures}
-    for metric in ir_measures.iter_calc(list(objects.values()), judged, ranked):
-        values[(metric.query_id, names[str(metric.measure)])] = float(metric.value)
-    return pd.DataFrame([(q, m, v) for (q, m), v in values.items()], columns=["query_id", "measure", "value"])
-
-
 def score(params: ScoreParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
+    for name in params.measures:
+        check(name)
     qrels = read_qrels(inputs["prepared"], params.split)
     if qrels.empty:
         raise DataError(f"no judgments for split {params.split!r}", path=inputs["prepared"])
@@ -84,7 +54,7 @@ def score(params: ScoreParams, inputs: Mapping[str, Path], out_dir: Path) -> dic
         log.info("%s = %.4f [%.4f, %.4f]", name, values.mean(), low, high)
     result = {"split": params.split, "queries": int(per_query["query_id"].nunique()), "metrics": metrics}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_table(per_query, out_dir / "per_query.parquet")
+    write_table(per_query, out_dir / PER_QUERY)
     return {"split": params.split, "queries": result["queries"], "items": {"queries": result["queries"]}}
 
 

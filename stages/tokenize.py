@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import multiprocessing
 import os
@@ -41,12 +40,12 @@ from tqdm.auto import tqdm
 from .core.cli import run_stage
 from .core.errors import ArtifactError, ConfigError
 from .core.resources import available_threads
-from .core.tables import CORPUS, TOKENS_SCHEMA, token_rows
+from .core.tables import TOKENS_SCHEMA, token_rows
+from .core.artifacts import CORPUS, TOKENS
 
 VERSION = 1
 log = logging.getLogger("stages.tokenize")
 
-TOKENS = "tokens.parquet"
 CHUNK = 16384  # documents read and written at a time (a row group of the output)
 TASK = 2048  # documents a worker process tokenizes at a time
 
@@ -59,23 +58,6 @@ class TokenizeParams:
     """Whose tokenizer: 'bundled', a local model folder or a Hub id (the config's base encoder)."""
     max_length: int = 256
     """Truncation in tokens (the encoder's doc_max_length)."""
-
-
-def check_tokens(artifact: Path, encoder, max_length: int, rows: int) -> None:
-    """The `tokenize` artifact holds this encoder's tokenization of the corpus's ``rows`` rows at this length."""
-    from .ml.models import tokenizer_fingerprint
-
-    summary = json.loads((artifact / "summary.json").read_text())
-    mine = {"tokenizer": tokenizer_fingerprint(encoder.tokenizer), "max_length": max_length}
-    theirs = {key: summary[key] for key in mine}
-    if mine != theirs or summary["rows"] != rows:
-        raise ArtifactError(
-            f"the tokens input does not fit this encoder: it has {theirs} for {summary['rows']} rows, the encoder "
-            f"needs {mine} for {rows}",
-            path=artifact,
-            fix="tokenize with the encoder's own tokenizer and doc_max_length (the plan does this unless an "
-            "experiment's encoder has a tokenizer of its own)",
-        )
 
 
 def tokenize(params: TokenizeParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:

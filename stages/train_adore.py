@@ -13,38 +13,18 @@ STAR model that encoded the documents), learns. Each step:
 4. loss: RankNet over (positive, negative) pairs, ``softplus(s_neg - s_pos)``, each pair weighted by |delta metric|,
    the change of the query's metric if the two swapped places in the current ranking (LambdaLoss).
 
-The current ranking is the search order of step 2 (ranks 1..top_k); negatives are the retrieved documents not judged
-relevant (relevance < 1). A judged positive outside the top-k has a rank beyond top_k; since ``metric_cutoff <=
-top_k`` (checked), its own gain is 0 in either metric, so where exactly beyond top_k it sits never matters: swapping
-it with the negative at rank r is worth what the positive would gain by entering at r (and what the query's other
-positives lose, for MRR). Every judged positive takes part, retrieved or not, so a positive that fell out of the
-top-k still pulls. The paper's code appends the positives only when none was retrieved, and otherwise drops the
-unretrieved ones.
-
-Metrics (``metric``, cut at ``metric_cutoff``; the paper's code: MRR with cut 200 for passages):
-
-- ``mrr``: the reciprocal rank of the first positive, 0 beyond the cutoff. With f the first positive's rank and f2 the
-  second's, swapping positive p with the negative at rank r changes it by 1/r - 1/f when r < f (p becomes first),
-  by 1/f - 1/min(r, f2) when p is the first positive and r > f, else not at all. With one positive per query
-  (nearly all of MS MARCO) this is |1/r_p - 1/r|, the weight of the paper's code; with several positives that code
-  sums the reciprocal ranks of all of them, while this is MRR's own delta.
-- ``ndcg``: nDCG with linear gain (the relevance grade, as trec_eval) and discount 1/log2(1 + rank), 0 beyond the
-  cutoff, over the ideal DCG of the query's judged positives: |delta| = gain_p * |disc(r_p) - disc(r)| / IDCG.
-
-Pairs of two positives are not used. Normalisation as in the paper's code: per query, the sum of the weighted pair
-losses over the number of (positive, negative) pairs, then the mean over the batch's queries. The weights are not
-normalised away (no division by their sum), so a query whose ranking is already good, with small deltas, contributes
-less, which is the point of LambdaLoss. (As we read the released adore/train.py, it applies the logistic loss to both
-orientations of each pair, one of them with the positive's score first; this follows RankNet as the paper states it.)
+The loss and its metrics (MRR or nDCG, cut at ``metric_cutoff``) are `stages.ml.lambda_loss`. Every judged
+positive takes part, retrieved or not, so a positive that fell out of the top-k still pulls. The paper's code appends
+the positives only when none was retrieved, and otherwise drops the unretrieved ones. (As we read the released
+adore/train.py, it applies the logistic loss to both orientations of each pair, one of them with the positive's score
+first; this follows RankNet as the paper states it.)
 
 Why a temperature: as for `train_star`, a normalising model (MiniLM) gives cosines in [-1, 1], where the logistic loss
 saturates early with weak gradients; dividing by 0.05 restores a useful range. Use 1 for a plain inner product model
 (the paper's RoBERTa).
 
-The index artifact records its kind (`stages.ml.index_kinds`), whose torch searcher searches and scores. PQ indexes
-(lossy kinds; ``pq_scoring``): the search always runs over the codes; the loss scores with ``reconstructed`` vectors
-(the decoded centroids, with the query through the OPQ rotation: exactly the scores inference ranks by) or
-``uncompressed`` ones (the original embeddings from the ``shard_*`` inputs, what the paper's code did).
+The index and the vectors the loss scores with (flat; PQ with ``pq_scoring`` reconstructed or uncompressed) are
+`stages.ml.frozen_documents`.
 
 Several processes (torchrun, see `stages.ml.distributed`): each rank holds its own copy of the index on its device and
 takes its slice of the global batch's queries; its loss is its share of the global loss (the sum of its queries'
@@ -66,13 +46,12 @@ Outputs: model/ (the query encoder; evaluate with `retrieve`, inputs index = the
 train_log.parquet (per step also train_mrr, train_recall and the encode / search / loss+backward seconds; on CUDA the
 encode and search seconds are the device's, between timing events, and loss_seconds the rest of the host's step time,
 so only their means add up; with ``eval_every`` > 0 also ``dev_<measure>`` at the evaluated steps, and model/ is the best
-model by dev: `stages.dev_eval`), loss.png, summary.json, tensorboard/ (when ``tensorboard`` is installed).
+model by dev: `stages.ml.dev_eval`), loss.png, summary.json, tensorboard/ (when ``tensorboard`` is installed).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -82,32 +61,23 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from .ml import distributed
-from .core.errors import ArtifactError, ConfigError, DataError
+from .core.artifacts import TRAIN_LOG, TRAIN_SPLIT
+from .core.errors import ConfigError, DataError
 from .core.tables import read_qrels, read_queries, write_table
-from .dev_eval import frozen_index_measure
+from .ml import distributed
+from .ml.dev_eval import frozen_index_measure
 from .ml.encoder_spec import EncoderSpec
+from .ml.frozen_documents import PQ_SCORING, FrozenDocuments, frozen_documents
 from .ml.graphed import FixedShapeStep
+from .ml.lambda_loss import METRICS, lambda_loss, rank_pairs, swap_weights, weight_dtype
+from .ml.timing import Interval, mark
+from .ml.training import TrainConfig, batch_shape, epoch_order, initial_encoder, pick_device, train
 from .ml.watch import DevEvaluation
-from .ml.training import (
-    TRAIN_LOG,
-    TrainConfig,
-    batch_shape,
-    epoch_order,
-    initial_encoder,
-    pick_device,
-    train,
-)
 
 VERSION = 1
 log = logging.getLogger("stages.train_adore")
 
-TRAIN_SPLIT = "train"
-METRICS = ("mrr", "ndcg")
-PQ_SCORING = ("reconstructed", "uncompressed")
-SHARD_INPUT = re.compile(r"shard_\d+")
 
 
 @dataclass
@@ -137,12 +107,6 @@ class TrainingData:
     resident: ResidentQueries | None = field(default=None, repr=False)
     """Built by `train_adore` before training; `batch_loss` builds it on its first call when missing (or made for
     another tokenizer, query_max_length or device)."""
-
-
-def weight_dtype(device: torch.device) -> torch.dtype:
-    """The float type of the gains, ranks and weights: float64 on the CPU (as numpy computed them), float32 elsewhere
-    (the weights are float32 in the loss either way; ranks up to 2**24 are exact in float32)."""
-    return torch.float64 if device.type == "cpu" else torch.float32
 
 
 @dataclass
@@ -246,53 +210,6 @@ def resident_queries(data: TrainingData, tokenizer: Any, max_length: int, device
     return data.resident
 
 
-@dataclass
-class Pairs:
-    """One batch's retrieval as tensors on the training device: the retrieved rows and the positives with their
-    ranks."""
-
-    retrieved: torch.Tensor
-    """(B, k) int64 index rows in search order (rank = column + 1)."""
-    negative: torch.Tensor
-    """(B, k) bool: whether the retrieved document is not judged relevant."""
-    positive_rows: torch.Tensor
-    """(B, P) int64 index rows of the judged positives (padded with 0)."""
-    positive_gains: torch.Tensor
-    """(B, P) float: their relevance grades (0 where padded)."""
-    positive_ranks: torch.Tensor
-    """(B, P) float (the gains' type): their ranks: column + 1 of the retrieved list, else top_k + 1 + their
-    position among the query's positives (padding: inf)."""
-    valid: torch.Tensor
-    """(B, P) bool: which positive slots are real."""
-
-
-class FrozenDocuments:
-    """The fixed document side: the searcher over the index and the vectors the loss scores with."""
-
-    def __init__(self, searcher: Any, scoring: str, uncompressed: torch.Tensor | None = None):
-        self.searcher = searcher
-        """The index kind's torch searcher (`stages.ml.index_kinds`): its ``scores`` are what the search ranks by."""
-        self.scoring = scoring
-        """For the log: flat (the index's vectors), reconstructed (decoded PQ) or uncompressed (the encode shards)."""
-        self.uncompressed = uncompressed
-
-    @property
-    def ntotal(self) -> int:
-        return self.searcher.ntotal
-
-    def search(self, queries: torch.Tensor, k: int) -> torch.Tensor:
-        """(B, k) int64 rows of the top-k documents; no gradient."""
-        with torch.no_grad():
-            return self.searcher.topk(queries.detach(), k)[1]
-
-    def scores(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """(B, n) float32 scores of query b with the documents ``rows[b]``: the searcher's, or inner products with
-        the uncompressed embeddings; gradient flows to the queries."""
-        if self.uncompressed is None:
-            return self.searcher.scores(queries, rows)
-        return torch.einsum("bd,bnd->bn", queries.float(), self.uncompressed[rows].float())
-
-
 def check_params(params: AdoreParams) -> None:
     if params.metric not in METRICS:
         raise ConfigError(f"unknown metric {params.metric!r}", fix=f"use one of {list(METRICS)}")
@@ -340,98 +257,6 @@ def batch_queries(count: int, params: AdoreParams, epoch: int, batch: int) -> li
     return epoch_order(count, params.seed, epoch)[batch * size : (batch + 1) * size].tolist()
 
 
-def rank_pairs(
-    retrieved: torch.Tensor, positive_rows: torch.Tensor, positive_gains: torch.Tensor, valid: torch.Tensor
-) -> Pairs:
-    """The ranks of each query's positives in its retrieved list (beyond it: top_k + 1 + their position among the
-    query's positives), all queries at once on the tensors' device: (B, k) retrieved rows, (B, P) padded positives."""
-    k = retrieved.shape[1]
-    hit = (retrieved[:, :, None] == positive_rows[:, None, :]) & valid[:, None, :]  # (B, k, P)
-    columns = torch.arange(k, device=retrieved.device)[None, :, None]
-    first_hit = torch.where(hit, columns, k).amin(dim=1)  # (B, P): k where not retrieved
-    position = torch.arange(positive_rows.shape[1], device=retrieved.device)[None, :]
-    ranks = torch.where(first_hit < k, first_hit + 1, k + 1 + position).to(positive_gains.dtype)
-    ranks = torch.where(valid, ranks, torch.inf)
-    return Pairs(retrieved, ~hit.any(dim=2), positive_rows, positive_gains, ranks, valid)
-
-
-def swap_weights(pairs: Pairs, metric: str, cutoff: int) -> torch.Tensor:
-    """(B, P, k), in the ranks' float type: |delta metric| of swapping positive p with retrieved document n; 0 unless
-    (p, n) is a real (positive, negative) pair. See the module docstring for the formulas."""
-    ranks = pairs.positive_ranks
-    k = pairs.retrieved.shape[1]
-    rank_n = torch.arange(1, k + 1, dtype=ranks.dtype, device=ranks.device)[None, None, :]
-    rank_p = ranks[:, :, None]
-    if metric == "mrr":
-        def reciprocal(rank: torch.Tensor) -> torch.Tensor:
-            return torch.where(rank <= cutoff, 1.0 / rank, 0.0)
-
-        ordered = torch.sort(ranks, dim=1).values
-        first = ordered[:, :1, None]
-        second = ordered[:, 1:2, None] if ordered.shape[1] > 1 else torch.full_like(first, torch.inf)
-        weights = torch.where(
-            rank_n < first,
-            reciprocal(rank_n) - reciprocal(first),
-            torch.where(rank_p == first, reciprocal(first) - reciprocal(torch.minimum(rank_n, second)), 0.0),
-        )
-    else:
-        def discount(rank: torch.Tensor) -> torch.Tensor:
-            return torch.where(rank <= cutoff, 1.0 / torch.log2(rank + 1.0), 0.0)
-
-        ideal_gains = torch.sort(pairs.positive_gains, dim=1, descending=True).values[:, :cutoff]
-        positions = torch.arange(1, ideal_gains.shape[1] + 1, dtype=ranks.dtype, device=ranks.device)
-        ideal = (ideal_gains * discount(positions)).sum(dim=1)
-        gain = pairs.positive_gains[:, :, None]
-        weights = gain * torch.abs(discount(rank_p) - discount(rank_n)) / ideal.clamp(min=1e-12)[:, None, None]
-    real = pairs.valid[:, :, None] & pairs.negative[:, None, :]
-    return torch.where(real, torch.abs(weights), 0.0)
-
-
-def lambda_loss(
-    retrieved_scores: torch.Tensor,
-    positive_scores: torch.Tensor,
-    weights: torch.Tensor,
-    real: torch.Tensor,
-    batch_size: int | None = None,
-) -> torch.Tensor:
-    """Mean over queries of (sum over real pairs of weight * softplus(s_neg - s_pos)) / (real pairs of the query).
-
-    ``retrieved_scores`` (B, k), ``positive_scores`` (B, P), ``weights`` and ``real`` (B, P, k). With ``batch_size``
-    (the global batch, of which these B queries are one rank's part), the sum over the B queries / ``batch_size``."""
-    pair_losses = F.softplus(retrieved_scores[:, None, :] - positive_scores[:, :, None])
-    per_query = (weights * pair_losses * real).sum(dim=(1, 2)) / real.sum(dim=(1, 2)).clamp(min=1)
-    return per_query.mean() if batch_size is None else per_query.sum() / batch_size
-
-
-class Interval:
-    """Seconds between two `_mark` s, read only when converted with ``float()`` (the training loop does, later), so
-    that taking them does not wait for the device. On CUDA the device's time between two timing events (reading
-    waits for the second one), elsewhere the host's between two ``time.perf_counter()`` values."""
-
-    __slots__ = ("start", "end")
-
-    def __init__(self, start: float | torch.cuda.Event, end: float | torch.cuda.Event):
-        self.start, self.end = start, end
-
-    def __float__(self) -> float:
-        if isinstance(self.start, torch.cuda.Event):
-            self.end.synchronize()
-            return self.start.elapsed_time(self.end) / 1000.0
-        return self.end - self.start
-
-    def __repr__(self) -> str:
-        return f"Interval({float(self):.6f} s)"
-
-
-def _mark(device: torch.device) -> float | torch.cuda.Event:
-    """A point in time that costs no sync: a timing event queued on the current CUDA stream, else the host clock."""
-    if device.type == "cuda":
-        event = torch.cuda.Event(enable_timing=True)
-        event.record(torch.cuda.current_stream(device))
-        return event
-    return time.perf_counter()
-
-
 def _to_device(index: np.ndarray, device: torch.device) -> torch.Tensor:
     """A small int64 index array on ``device``; on CUDA through pinned memory, without waiting for the copy."""
     tensor = torch.from_numpy(index)
@@ -460,7 +285,7 @@ def batch_loss(
     local = np.asarray(queries, dtype=np.int64)[distributed.local_slice(batch_size)]
     resident = resident_queries(data, distributed.unwrap(encoder).tokenizer, params.query_max_length, device)
     widths = (int(resident.tokens.host_lengths[local].max()), int(resident.positives.counts[local].max()))
-    marks = [_mark(device)]
+    marks = [mark(device)]
     share = batch_size if distributed.active() else None
     loss, extras = device_loss(encoder, resident, params, documents, _to_device(local, device), widths, share, marks)
     if distributed.active():  # a sync, as all_sum takes and gives floats
@@ -488,17 +313,17 @@ def device_loss(
     """The device side of a step: the LambdaLoss of the queries ``index`` (on the device) and their summed
     reciprocal ranks and hits. ``widths``: the columns of the queries' tokens and positives to use (the batch's widest,
     or every query's widest for shapes that never change); ``share``: see `lambda_loss`. With ``marks``, the moments
-    after the encoding and after the search are appended to it (`_mark`)."""
+    after the encoding and after the search are appended to it (`mark`)."""
     # padded, not packed: at 32 short queries the packed forward's extra kernels cost more than the padding
     # (H200: 37 vs 26 ms a step, docs/results/train-throughput-h200)
     input_ids, attention_mask = resident.tokens.take(index, widths[0])
     embeddings = encoder(input_ids, attention_mask)
     if marks is not None:
-        marks.append(_mark(index.device))
+        marks.append(mark(index.device))
     with torch.autocast(index.device.type, enabled=False):
         retrieved = documents.search(embeddings, min(params.top_k, documents.ntotal))
         if marks is not None:
-            marks.append(_mark(index.device))
+            marks.append(mark(index.device))
         pairs = rank_pairs(retrieved, *resident.positives.take(index, widths[1]))
         weights = swap_weights(pairs, params.metric, params.metric_cutoff).float()
         real = pairs.valid[:, :, None] & pairs.negative[:, None, :]
@@ -529,64 +354,6 @@ def fixed_shape_step(
     return FixedShapeStep(size, batch_index, loss_at)
 
 
-def uncompressed_embeddings(inputs: Mapping[str, Path], doc_ids: list[str], device: torch.device) -> torch.Tensor:
-    """The shard inputs' embeddings in index row order, on ``device`` (float16 on CUDA, float32 elsewhere)."""
-    from .index import embedding_dim, shard_files
-    from .core.tables import iter_embeddings
-
-    files = shard_files({name: path for name, path in inputs.items() if SHARD_INPUT.fullmatch(name)})
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    matrix = torch.empty((len(doc_ids), embedding_dim(files)), dtype=dtype, device=device)
-    row_of: dict[str, int] | None = None
-    offset, filled = 0, 0
-    for ids, batch in iter_embeddings(files):
-        if row_of is None and ids == doc_ids[offset : offset + len(ids)]:
-            rows = torch.arange(offset, offset + len(ids))  # the index was built from these shards in this order
-        else:
-            row_of = row_of or {doc: row for row, doc in enumerate(doc_ids)}
-            rows = torch.tensor([row_of.get(doc, -1) for doc in ids])
-            rows = rows[rows >= 0]
-            batch = batch[[doc in row_of for doc in ids]]
-        matrix[rows.to(device)] = torch.tensor(batch, dtype=dtype).to(device)  # a copy: arrow buffers are read-only
-        offset, filled = offset + len(ids), filled + len(rows)
-    if filled != len(doc_ids):
-        raise ArtifactError(
-            f"the shard inputs hold embeddings of {filled} of the index's {len(doc_ids)} documents",
-            path=files[0].parent,
-            fix="pass the encode shards the index was built from",
-        )
-    return matrix
-
-
-def frozen_documents(
-    params: AdoreParams, inputs: Mapping[str, Path], device: torch.device
-) -> tuple[FrozenDocuments, list[str]]:
-    """FrozenDocuments over the index input on ``device`` (its recorded kind's torch searcher), and its doc ids."""
-    from .ml.index_kinds import open_index
-
-    kind, index, doc_ids = open_index(inputs["index"])
-    if kind.torch_searcher is None:
-        raise ConfigError(
-            f"ADORE searches its index in torch, and a {kind.name} index has no torch searcher",
-            path=inputs["index"],
-            fix="train on an index of another kind",
-        )
-    searcher = kind.torch_searcher(index, doc_ids, device)
-    scoring = params.pq_scoring if kind.lossy else "flat"
-    shards = sorted(name for name in inputs if SHARD_INPUT.fullmatch(name))
-    if not kind.scores_with_shards(params.pq_scoring):
-        if shards:
-            log.info("%s index, %s scoring: the shard inputs are not needed and ignored", kind.name, scoring)
-        return FrozenDocuments(searcher, scoring), doc_ids
-    if not shards:
-        raise ConfigError(
-            "pq_scoring 'uncompressed' scores with the original document embeddings, but no shard inputs were given",
-            path=inputs["index"],
-            fix="pass the index's encode artifacts as inputs shard_0 .. shard_<n-1>, or use pq_scoring 'reconstructed'",
-        )
-    return FrozenDocuments(searcher, "uncompressed", uncompressed_embeddings(inputs, doc_ids, device)), doc_ids
-
-
 def add_loss_seconds(out_dir: Path) -> pd.DataFrame:
     """Add loss_seconds (the step's loss + backward + optimiser step) to the written log and return it; a log of
     replayed CUDA graph steps has no inner clocks and is returned as it is."""
@@ -604,7 +371,7 @@ def finite(value: float, digits: int) -> float | None:
 def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, work_dir: Path | None = None) -> dict:
     check_params(params)
     device = pick_device()
-    documents, doc_ids = frozen_documents(params, inputs, device)
+    documents, doc_ids = frozen_documents(params.pq_scoring, inputs, device)
     data = load_training_data(inputs["prepared"], doc_ids)
     encoder, init = initial_encoder(params, inputs, device)
     dims = {"index": documents.searcher.dim}

@@ -1,6 +1,6 @@
 """Stage `train_warmup`: the paper's warm-up model, from which STAR starts and mines its static hard negatives.
 
-It is the `train_star` trainer (same params, same loop) run with ``negatives = "star"`` on negatives mined from a
+It is the STAR trainer of `train_star` (`stages.ml.star_training`: same params, same loop) run with ``negatives = "star"`` on negatives mined from a
 BM25 run, initialised from the base model (no ``init`` input): BM25 hard negatives plus random in-batch negatives,
 as ANCE's warm-up, which the paper reuses. A stage of its own so that its artifacts and config section are distinct.
 
@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from .ml.distributed import run_stage
-from .train_star import StarParams, train_star
+from .ml.star_training import StarParams, train_star
 
 VERSION = 1
 

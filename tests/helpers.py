@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from stages.encode import EMBEDDINGS
+from stages.core.artifacts import EMBEDDINGS
 from stages.index import IndexParams, build_index
-from stages.ml.search import INDEX_FILE
+from stages.core.artifacts import INDEX_FILE
 from stages.core.tables import write_embeddings
 from stages.ml.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE
 

@@ -12,7 +12,7 @@ from test_workflow import ENV, ROOT, write_config
 
 from stages.pipeline.plan import Node, Plan, load_config
 from stages.pipeline.run_plan import ordered, run_node
-from stages.train_star import train_star
+from stages.ml.star_training import train_star
 
 WEIGHTS = "model/model.safetensors"
 

@@ -21,13 +21,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from stages.ml import distributed
-from stages.train_adore import AdoreParams, batch_queries, frozen_documents
+from stages.train_adore import AdoreParams, batch_queries
+from stages.ml.frozen_documents import frozen_documents
 from stages.train_adore import batch_loss as adore_batch_loss
 from stages.train_adore import load_training_data as adore_training_data
-from stages.train_star import Batch, StarParams, gathered_columns, rank_part, sample_batch, train_star
-from stages.train_star import batch_loss as star_batch_loss
-from stages.train_star import load_training_data as star_training_data
-from stages.ml.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE, TRAIN_LOG
+from stages.ml.star_training import Batch, StarParams, gathered_columns, rank_part, sample_batch, train_star
+from stages.ml.star_training import batch_loss as star_batch_loss
+from stages.ml.star_training import load_training_data as star_training_data
+from stages.ml.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE
+from stages.core.artifacts import TRAIN_LOG
 from test_train_star import tiny_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +90,7 @@ def adore_step(model: str, prepared: str, index: str) -> dict[str, torch.Tensor]
     from stages.ml.models import load_encoder
 
     params = AdoreParams(model=model, batch_size=5, query_max_length=16, top_k=20, metric_cutoff=10, seed=5)
-    documents, doc_ids = frozen_documents(params, {"index": Path(index)}, CPU)
+    documents, doc_ids = frozen_documents(params.pq_scoring, {"index": Path(index)}, CPU)
     data = adore_training_data(Path(prepared), doc_ids)
     queries = batch_queries(len(data.query_texts), params, 0, 0)
     trained = distributed.wrap(load_encoder(model))

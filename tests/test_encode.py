@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.encode import EMBEDDINGS, EncodeParams, encode, main, shard_range
+from stages.encode import EncodeParams, encode, main, shard_range
+from stages.core.artifacts import EMBEDDINGS
 from stages.core.errors import ConfigError
 from stages.ml.models import load_encoder, save_encoder
 from stages.core.tables import read_corpus, read_embeddings, read_queries

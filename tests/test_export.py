@@ -16,7 +16,8 @@ import yaml
 
 from stages.export import ExportParams, export, push_to_hub, upload_files
 from stages.export_card import CITATION, measure_type
-from stages.ml.models import MODEL_SUBDIR, document_texts, load_encoder, save_encoder
+from stages.ml.models import document_texts, load_encoder, save_encoder
+from stages.core.artifacts import MODEL_SUBDIR
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"

@@ -19,7 +19,7 @@ from ir_datasets.formats import TrecQrels, TsvDocs, TsvQueries
 from ir_datasets.util import Download, RequestsDownload
 
 from stages.core.errors import ConfigError, DataError
-from stages.mine_negatives import read_negatives
+from stages.core.tables import read_negatives
 from stages.pipeline.plan import Plan, load_config
 from stages.prepare import main as prepare_main
 from stages.prepare import HubPrepareParams, prepare

@@ -8,7 +8,8 @@ import pytest
 from helpers import clustered, index_artifact
 from stages.core.errors import ConfigError
 from stages.index import IndexParams, build_index
-from stages.ml.search import INDEX_FILE, faiss_search, flat_vectors, load_index
+from stages.ml.search import faiss_search, flat_vectors, load_index
+from stages.core.artifacts import INDEX_FILE
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import torch
 from helpers import clustered, index_artifact
 
 from stages.core.errors import ArtifactError, ConfigError
-from stages.ml.index_kinds import KIND_FILE, KINDS, IndexKind, build_flat, open_index, recorded_kind, searcher_for
-from stages.train_adore import AdoreParams, frozen_documents
+from stages.ml.index_kinds import KINDS, IndexKind, build_flat, open_index, recorded_kind, searcher_for
+from stages.core.artifacts import KIND_FILE
+from stages.ml.frozen_documents import frozen_documents
 
 # params each kind needs on 32-dim vectors (a kind without an entry builds with the defaults)
 KIND_PARAMS = {"pq": {"pq_m": 8, "pq_bits": 6, "train_size": 2000, "seed": 3}}
@@ -63,7 +64,7 @@ def test_searchers_go_by_the_record_not_the_faiss_class(flat_artifact, tmp_path,
     with pytest.raises(ConfigError, match="a toy index has no torch searcher"):
         searcher_for(artifact, "torch")
     with pytest.raises(ConfigError, match="ADORE searches its index in torch"):
-        frozen_documents(AdoreParams(), {"index": artifact}, torch.device("cpu"))
+        frozen_documents("reconstructed", {"index": artifact}, torch.device("cpu"))
 
 
 def test_older_artifacts_read_the_kind_from_summary_json_else_fail_clearly(flat_artifact, tmp_path):

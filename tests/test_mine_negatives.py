@@ -13,7 +13,9 @@ import pytest
 from stages.bm25 import Bm25Params, bm25_run
 from stages.bm25_index import Bm25IndexParams, build_index
 from stages.core.errors import ConfigError, DataError
-from stages.mine_negatives import NEGATIVES, NEGATIVES_SCHEMA, MineParams, main, mine, read_negatives
+from stages.mine_negatives import MineParams, main, mine
+from stages.core.artifacts import NEGATIVES
+from stages.core.tables import NEGATIVES_SCHEMA, read_negatives
 from stages.core.tables import RUN_SCHEMA, read_qrels, read_run, write_run, write_table
 
 

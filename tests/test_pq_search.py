@@ -10,15 +10,8 @@ import torch
 
 from stages.core.errors import ConfigError
 from stages.ml.index_kinds import searcher_for, write_kind
-from stages.ml.search import (
-    DOC_IDS_FILE,
-    INDEX_FILE,
-    PQTorchSearcher,
-    faiss_search,
-    pq_codes,
-    pq_parts,
-    reconstructed_vectors,
-)
+from stages.ml.search import PQTorchSearcher, faiss_search, pq_codes, pq_parts, reconstructed_vectors
+from stages.core.artifacts import DOC_IDS_FILE, INDEX_FILE
 from stages.core.tables import write_table
 
 DIM, M = 32, 8

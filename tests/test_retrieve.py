@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.encode import EMBEDDINGS, EncodeParams, encode
+from stages.encode import EncodeParams, encode
+from stages.core.artifacts import EMBEDDINGS
 from stages.core.errors import ConfigError
 from stages.index import IndexParams, build_index
 from stages.retrieve import RetrieveParams, query_batch, retrieve
-from stages.score import evaluate
-from stages.core.tables import RUN_TREC, read_corpus, read_qrels, read_queries, read_run, write_embeddings, write_run
+from stages.ml.measures import evaluate
+from stages.core.tables import read_corpus, read_qrels, read_queries, read_run, write_embeddings, write_run
+from stages.core.artifacts import RUN_TREC
 
 TOP_K = 50
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import encode, report, score, train_adore, train_star
+from stages import encode, report
+from stages.ml import frozen_documents, lambda_loss, measures, star_loss
 from stages.core import hub_source
 from stages.ml import index_kinds, negative_samplers
 from stages.bm25 import Bm25Params
@@ -28,7 +29,7 @@ from stages.report import ReportParams
 from stages.retrieve import RetrieveParams
 from stages.score import ScoreParams
 from stages.train_adore import AdoreParams
-from stages.train_star import StarParams
+from stages.ml.star_training import StarParams
 from stages.train_warmup import WarmupParams
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parent.parent / "workflow/schemas/config.schema.yaml").read_text())
@@ -93,10 +94,10 @@ ENUMS = [
     ("retrieve", "backend", list(index_kinds.BACKENDS)),
     ("star", "negatives", list(negative_samplers.SAMPLERS)),
     ("warmup", "negatives", list(negative_samplers.SAMPLERS)),
-    ("star", "loss", list(train_star.LOSSES)),
-    ("warmup", "loss", list(train_star.LOSSES)),
-    ("adore", "metric", list(train_adore.METRICS)),
-    ("adore", "pq_scoring", list(train_adore.PQ_SCORING)),
+    ("star", "loss", list(star_loss.LOSSES)),
+    ("warmup", "loss", list(star_loss.LOSSES)),
+    ("adore", "metric", list(lambda_loss.METRICS)),
+    ("adore", "pq_scoring", list(frozen_documents.PQ_SCORING)),
     ("dataset", "format", ["beir", "msmarco", *hub_source.HUB_FORMATS]),
     ("dataset", "layout", list(hub_source.LAYOUTS)),
 ]
@@ -113,5 +114,5 @@ def test_methods_agree():
 
 
 def test_measures_agree():
-    assert set(SECTIONS["score"]["properties"]["measures"]["default"]) <= set(score.MEASURES)
+    assert set(SECTIONS["score"]["properties"]["measures"]["default"]) <= set(measures.NAMED)
     assert SECTIONS["report"]["properties"]["measures"]["default"] == report.TABLE_MEASURES

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.score import ScoreParams, evaluate, score
+from stages.score import ScoreParams, score
+from stages.ml.measures import evaluate
 from stages.ml.stats import bootstrap_ci, compare, paired_randomization_test
 from stages.core.tables import write_run
 

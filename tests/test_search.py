@@ -9,7 +9,8 @@ import pytest
 
 from stages.core.errors import ArtifactError, ConfigError
 from stages.ml.index_kinds import searcher_for, write_kind
-from stages.ml.search import DOC_IDS_FILE, INDEX_FILE, FlatTorchSearcher, faiss_search, load_index
+from stages.ml.search import FlatTorchSearcher, faiss_search, load_index
+from stages.core.artifacts import DOC_IDS_FILE, INDEX_FILE
 from stages.core.tables import write_table
 
 

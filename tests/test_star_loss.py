@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.train_star import loss_index, pair_masks, star_loss
+from stages.ml.star_loss import loss_index, pair_masks, star_loss
 
 # Three queries, one negative each. Columns: positives a, b, c of q0, q1, q2; then negatives n0 (q0), a (q1), n2 (q2).
 # q0 is judged relevant to c too, so c (q2's positive) and a (q1's negative, q0's positive) are not q0's negatives.

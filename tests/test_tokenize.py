@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 from stages import tokenize
 from stages.ml.models import document_texts, load_tokenizer, token_chunk
 from stages.core.resources import available_threads
-from stages.core.tables import CORPUS, read_corpus
+from stages.core.tables import read_corpus
+from stages.core.artifacts import CORPUS
 
 
 def run_cli(prepared: Path, out: Path, max_length: int = 64) -> dict:

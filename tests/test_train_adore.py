@@ -16,27 +16,17 @@ import pytest
 import torch
 from helpers import assert_same_weights, killed_then_resumed, model_tensors, tensors_under, tiny_training
 
-from stages.encode import EMBEDDINGS, EncodeParams, encode
+from stages.encode import EncodeParams, encode
+from stages.core.artifacts import EMBEDDINGS
 from stages.core.errors import ConfigError
 from stages.index import IndexParams, build_index
 from stages.retrieve import RetrieveParams, retrieve
 from stages.ml.search import faiss_search, load_index
 from stages.core.tables import read_embeddings, read_run
-from stages.train_adore import (
-    AdoreParams,
-    Interval,
-    Positives,
-    QueryTokens,
-    TrainingData,
-    batch_loss,
-    batch_queries,
-    frozen_documents,
-    lambda_loss,
-    load_training_data,
-    rank_pairs,
-    swap_weights,
-    train_adore,
-)
+from stages.train_adore import AdoreParams, Positives, QueryTokens, TrainingData, batch_loss, batch_queries, load_training_data, train_adore
+from stages.ml.timing import Interval
+from stages.ml.frozen_documents import frozen_documents
+from stages.ml.lambda_loss import lambda_loss, rank_pairs, swap_weights
 
 
 # --- weights, by hand and by brute force ---------------------------------------------------------------------------
@@ -295,7 +285,7 @@ def test_only_the_query_encoder_learns(prepared, flat_index, tiny_model_dir, tmp
     from stages.ml.models import load_encoder
 
     params = tiny_params(tiny_model_dir)
-    documents, doc_ids = frozen_documents(params, {"index": flat_index}, torch.device("cpu"))
+    documents, doc_ids = frozen_documents(params.pq_scoring, {"index": flat_index}, torch.device("cpu"))
     data = load_training_data(prepared, doc_ids)
     encoder = load_encoder(tiny_model_dir)
     frozen = documents.searcher.matrix.clone()
@@ -320,7 +310,7 @@ def test_batch_loss_is_lazy_and_equals_the_per_query_reference(prepared, flat_in
 
     params = tiny_params(tiny_model_dir, metric=metric, batch_size=6, top_k=15, metric_cutoff=7)
     device = torch.device("cpu")
-    documents, doc_ids = frozen_documents(params, {"index": flat_index}, device)
+    documents, doc_ids = frozen_documents(params.pq_scoring, {"index": flat_index}, device)
     loaded = load_training_data(prepared, doc_ids)
     data = TrainingData(loaded.query_texts, loaded.positive_rows, loaded.positive_gains)  # nothing resident yet
     encoder = load_encoder(tiny_model_dir).eval()  # no dropout: the reference below sees the same embeddings
@@ -367,7 +357,7 @@ def test_the_fixed_shape_step_gives_the_batch_loss(prepared, flat_index, tiny_mo
 
     params = tiny_params(tiny_model_dir, batch_size=6, top_k=15, metric_cutoff=7, query_max_length=64)
     device = torch.device("cpu")
-    documents, doc_ids = frozen_documents(params, {"index": flat_index}, device)
+    documents, doc_ids = frozen_documents(params.pq_scoring, {"index": flat_index}, device)
     data = load_training_data(prepared, doc_ids)
     encoder = load_encoder(tiny_model_dir).eval()
     loss, extras = batch_loss(encoder, data, params, batch_queries(len(data.query_texts), params, 1, 2), documents, device)
@@ -384,7 +374,7 @@ def test_the_fixed_shape_step_gives_the_batch_loss(prepared, flat_index, tiny_mo
 
 def test_pq_scoring_reconstructed_scores_what_the_index_ranks_by(prepared, pq_index, tiny_model_dir, tmp_path):
     params = tiny_params(tiny_model_dir)
-    documents, _ = frozen_documents(params, {"index": pq_index}, torch.device("cpu"))
+    documents, _ = frozen_documents(params.pq_scoring, {"index": pq_index}, torch.device("cpu"))
     assert documents.scoring == "reconstructed"
     queries = torch.randn(3, 32)
     index, _ = load_index(pq_index)
@@ -400,7 +390,7 @@ def test_pq_scoring_uncompressed_needs_the_shards(prepared, pq_index, encoded, t
     with pytest.raises(ConfigError, match="no shard inputs were given") as error:
         train_adore(params, {"prepared": prepared, "index": pq_index}, tmp_path)
     assert "shard_0" in error.value.fix and "reconstructed" in error.value.fix
-    documents, doc_ids = frozen_documents(params, {"index": pq_index, "shard_0": encoded}, torch.device("cpu"))
+    documents, doc_ids = frozen_documents(params.pq_scoring, {"index": pq_index, "shard_0": encoded}, torch.device("cpu"))
     ids, vectors = read_embeddings([encoded / EMBEDDINGS])
     assert ids == doc_ids and torch.equal(documents.uncompressed, torch.from_numpy(vectors))
     summary = train_adore(params, {"prepared": prepared, "index": pq_index, "shard_0": encoded}, tmp_path)
@@ -468,7 +458,7 @@ def test_missing_shards_error_reads_well_through_the_cli(prepared, pq_index, tin
 
 
 def test_flat_scores_are_what_the_search_ranks_by(flat_index):
-    documents, _ = frozen_documents(tiny_params("unused"), {"index": flat_index}, torch.device("cpu"))
+    documents, _ = frozen_documents(tiny_params("unused").pq_scoring, {"index": flat_index}, torch.device("cpu"))
     queries = torch.randn(2, 32, requires_grad=True)
     rows = documents.search(queries, 5)
     scores = documents.scores(queries, rows)

@@ -14,21 +14,12 @@ import pytest
 import torch
 from helpers import assert_same_weights, killed_then_resumed, tiny_training
 
-from stages import train_star as train_star_module
+from stages.ml import star_training as train_star_module
 from stages.bm25 import Bm25Params, bm25_run
 from stages.bm25_index import Bm25IndexParams, build_index
 from stages.core.errors import ConfigError
 from stages.mine_negatives import MineParams, mine
-from stages.train_star import (
-    StarParams,
-    StepInputs,
-    batch_loss,
-    inputs_loss,
-    load_training_data,
-    prepare_inputs,
-    sample_batch,
-    train_star,
-)
+from stages.ml.star_training import StarParams, StepInputs, batch_loss, inputs_loss, load_training_data, prepare_inputs, sample_batch, train_star
 from stages.ml.training import CHECKPOINT
 
 

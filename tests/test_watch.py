@@ -13,10 +13,13 @@ from tqdm import tqdm
 
 from stages.core.log_lines import LineStream
 from stages.core.errors import ConfigError
-from stages.dev_eval import DevQueries
-from stages.ml.models import MODEL_SUBDIR, load_encoder
-from stages.ml.training import TRAIN_LOG, TrainConfig, train
-from stages.ml.watch import TENSORBOARD_DIR, DevEvaluation
+from stages.ml.dev_eval import DevQueries
+from stages.ml.models import load_encoder
+from stages.core.artifacts import MODEL_SUBDIR
+from stages.ml.training import TrainConfig, train
+from stages.core.artifacts import TRAIN_LOG
+from stages.ml.watch import DevEvaluation
+from stages.core.artifacts import TENSORBOARD_DIR
 
 
 @dataclass
@@ -68,8 +71,9 @@ def test_tensorboard_events_beside_the_train_log(tiny_model_dir, tmp_path):
 
 def test_dev_evaluation_needs_judged_dev_queries(prepared, tmp_path):
     assert DevQueries.read(prepared, "MRR@10").query_ids  # the fixture carves a dev split from train
-    with pytest.raises(ConfigError, match="eval_measure"):
-        DevQueries.read(prepared, "P@5")
+    assert DevQueries.read(prepared, "P@5").query_ids  # any ir-measures measure averaged over queries
+    with pytest.raises(ConfigError, match="unknown measure 'nosuch@5'"):
+        DevQueries.read(prepared, "nosuch@5")
 
 
 def test_progress_bars_become_periodic_lines_and_noise_is_dropped():

@@ -26,10 +26,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from .artifacts import MANIFEST
 from .errors import ArtifactError
 
 KEY_LENGTH = 16
-MANIFEST = "manifest.json"
 # Files that tools put into artifact directories after they are written; never part of an artifact.
 FOREIGN_FILES = {".snakemake_timestamp"}
 PACKAGES = ("torch", "transformers", "faiss-cpu", "bm25s", "ir-measures", "pyarrow", "pandas", "numpy")

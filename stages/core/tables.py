@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .artifacts import CORPUS, NEGATIVES, QRELS, QUERIES, RUN_PARQUET, RUN_TREC
 from .errors import ArtifactError, DataError
 from .resources import available_threads
 
-CORPUS, QUERIES, QRELS = "corpus.parquet", "queries.parquet", "qrels.parquet"
-RUN_PARQUET, RUN_TREC = "run.parquet", "run.trec"
+NEGATIVES_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_ids", pa.list_(pa.string()))])
 RUN_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("rank", pa.int32()), ("score", pa.float32())])
 
 
@@ -250,6 +250,13 @@ def write_embeddings(path: Path, ids: list[str], embeddings: np.ndarray, dtype: 
     pq.write_table(table, path, compression="none", row_group_size=65536)
 
 
+def embedding_dim(files: list[Path]) -> int:
+    dims = {pq.ParquetFile(f).schema_arrow.field("embedding").type.list_size for f in files}
+    if len(dims) != 1:
+        raise ArtifactError(f"the shards have different dimensions {sorted(dims)}", path=files[0].parent)
+    return dims.pop()
+
+
 def iter_embeddings(paths: Iterable[Path], batch_rows: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
     """Stream (ids, float32 matrix) batches from embedding files, never holding more than one batch."""
     for path in paths:
@@ -288,6 +295,12 @@ def read_tokens(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return table.column("id").to_pylist(), column.values.to_numpy()[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
+def token_slice(ids: np.ndarray, offsets: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [start, stop) of a tokens file read whole (`read_tokens`): their ids one after another, tokens per row."""
+    bounds = offsets[start : stop + 1]
+    return ids[bounds[0] : bounds[-1]], np.diff(bounds)
+
+
 def iter_token_chunks(path: Path, start: int, stop: int, chunk_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Rows [start, stop) of a tokens file as (first row counted from ``start``, the rows' ids one after another
     (int32, as stored), tokens per row), ``chunk_rows`` rows at a time."""
@@ -307,3 +320,12 @@ def iter_token_chunks(path: Path, start: int, stop: int, chunk_rows: int) -> Ite
         offsets = column.offsets.to_numpy()
         lengths = np.diff(offsets).astype(np.int64)
         yield first, column.values.to_numpy()[offsets[0] : offsets[-1]], lengths
+
+
+def read_negatives(artifact: Path) -> dict[str, list[str]]:
+    """query_id -> negative doc ids in rank order, from a `mine_negatives` artifact."""
+    path = Path(artifact) / NEGATIVES
+    if not path.is_file():
+        raise ArtifactError("missing negatives table", path=path, fix="pass a mine_negatives artifact as 'negatives'")
+    table = pq.read_table(path)
+    return dict(zip(table.column("query_id").to_pylist(), table.column("doc_ids").to_pylist()))

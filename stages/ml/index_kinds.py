@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.artifacts import KIND_FILE, SUMMARY
 from ..core.errors import ArtifactError, ConfigError
 
 log = logging.getLogger("stages.ml.index_kinds")
 
-KIND_FILE = "kind.json"
 BACKENDS = ("auto", "faiss", "faiss-gpu", "torch")
 
 
@@ -114,7 +114,7 @@ def recorded_kind(artifact_dir: Path) -> IndexKind:
     """The kind an index artifact records: kind.json; an artifact made before kind.json existed has it only in its
     summary.json (the stage's returned "kind"), which is read then."""
     artifact_dir = Path(artifact_dir)
-    record, summary = artifact_dir / KIND_FILE, artifact_dir / "summary.json"
+    record, summary = artifact_dir / KIND_FILE, artifact_dir / SUMMARY
     if record.is_file():
         name = json.loads(record.read_text()).get("kind")
     elif summary.is_file():

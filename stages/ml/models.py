@@ -22,13 +22,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..core.artifacts import MODEL_SUBDIR, SUMMARY
 from ..core.errors import ArtifactError, ConfigError
 from ..core.model_source import resolve_model
 
 log = logging.getLogger("stages.ml.models")
 
 ENCODER_JSON = "encoder.json"
-MODEL_SUBDIR = "model"
 """Training artifacts keep their encoder in this subfolder."""
 POOLINGS = ("mean", "cls")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -525,3 +525,18 @@ def save_encoder(encoder: Encoder, out_dir: Path, max_seq_length: int = 256) -> 
 
 def write_json(path: Path, value) -> None:
     Path(path).write_text(json.dumps(value, indent=2) + "\n")
+
+
+def check_tokens(artifact: Path, encoder, max_length: int, rows: int) -> None:
+    """The `tokenize` artifact holds this encoder's tokenization of the corpus's ``rows`` rows at this length."""
+    summary = json.loads((artifact / SUMMARY).read_text())
+    mine = {"tokenizer": tokenizer_fingerprint(encoder.tokenizer), "max_length": max_length}
+    theirs = {key: summary[key] for key in mine}
+    if mine != theirs or summary["rows"] != rows:
+        raise ArtifactError(
+            f"the tokens input does not fit this encoder: it has {theirs} for {summary['rows']} rows, the encoder "
+            f"needs {mine} for {rows}",
+            path=artifact,
+            fix="tokenize with the encoder's own tokenizer and doc_max_length (the plan does this unless an "
+            "experiment's encoder has a tokenizer of its own)",
+        )

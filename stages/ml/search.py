@@ -20,11 +20,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from ..core.artifacts import DOC_IDS_FILE, INDEX_FILE
 from ..core.errors import ArtifactError, ConfigError
 
 log = logging.getLogger("stages.ml.search")
 
-INDEX_FILE, DOC_IDS_FILE = "index.faiss", "doc_ids.parquet"
 
 
 class FlatTorchSearcher:

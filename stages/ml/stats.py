@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..core.artifacts import PER_QUERY
 from ..core.errors import DataError, PipelineError
 
-PER_QUERY = "per_query.parquet"
 DESCRIPTION = """Paired randomization test between two `score` artifacts scored on the same queries: prints, as JSON,
 the mean of each on one measure, their difference and the two-sided p-value."""
 EXAMPLE = """example:

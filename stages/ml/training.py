@@ -46,14 +46,14 @@ from tqdm.auto import tqdm
 from . import distributed
 from .graphed import FixedShapeStep, GraphedStep, graphs_wanted
 from ..core.errors import ArtifactError, ConfigError
-from .models import MODEL_SUBDIR, Encoder, load_encoder, save_encoder
+from .models import Encoder, load_encoder, save_encoder
+from ..core.artifacts import LOSS_PLOT, MODEL_SUBDIR, TRAIN_LOG
 from ..core.tables import write_table
 from .watch import BestByDev, DevMeasure, EventLog, dev_column
 
 log = logging.getLogger("stages.ml.training")
 
 CHECKPOINT = "checkpoint.safetensors"
-TRAIN_LOG, LOSS_PLOT = "train_log.parquet", "loss.png"
 # Test hook: exit abruptly (as if killed) right after this step, to exercise resuming.
 STOP_AFTER_ENV = "HARDNEG_STOP_AFTER_STEP"
 STOPPED_EXIT_CODE = 75

@@ -11,9 +11,10 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.artifacts import TENSORBOARD_DIR
+
 log = logging.getLogger("stages.ml.watch")
 
-TENSORBOARD_DIR = "tensorboard"
 DevMeasure = Callable[[torch.nn.Module], float]
 """The dev measure of a model (higher is better), e.g. nDCG@10 of the dev queries."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..core.errors import PipelineError
 from ..core.store import verify_command
-from ..core.tables import RUN_TREC
+from ..core.artifacts import RUN_TREC
 from ..core.workflow_files import workflow_root
 from .compare import DEFAULT_MEASURES, Judgments, compare, render, run_tag
 from .plan import Plan, load_configs

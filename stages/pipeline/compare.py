@@ -12,10 +12,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.errors import DataError
-from ..core.tables import QRELS, RUN_PARQUET, read_qrels, read_run
-from ..ml.stats import PER_QUERY, PERMUTATIONS, bootstrap_ci, check_measure, holm, paired_randomization_test
+from ..core.tables import read_qrels, read_run
+from ..core.artifacts import QRELS, RUN_PARQUET
+from ..ml.stats import PERMUTATIONS, bootstrap_ci, check_measure, holm, paired_randomization_test
+from ..core.artifacts import PER_QUERY
 from ..ml.stats import paired_values, read_scores
-from ..score import evaluate
+from ..ml.measures import evaluate
 
 DEFAULT_MEASURES = ["nDCG@10", "MRR@10", "R@100"]
 SUPERSCRIPTS = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ᵃᵇᶜᵈᵉᶠᵍʰⁱʲᵏˡᵐⁿᵒᵖqʳˢᵗᵘᵛʷˣʸᶻ")

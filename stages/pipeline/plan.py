@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..core.artifacts import shard_inputs
 from ..core.dataset_source import dataset_files
 from ..core.errors import ConfigError
 from ..core.hub_source import HUB_FORMATS, locate
@@ -493,7 +494,7 @@ class Chain:
         inputs.update({"init": encoder} if encoder is not None else self.base_model_inputs())
         params = self.train_params("adore")
         if KINDS[index.params["kind"]].scores_with_shards(params["pq_scoring"]):
-            inputs.update({f"shard_{n}": node for n, node in enumerate(shards)})
+            inputs.update(shard_inputs(shards))
         return index, self.add("adore", "train_adore", params, inputs)
 
     def document_encoder(self) -> Node | None:
@@ -590,7 +591,7 @@ class Chain:
 
     def index_of(self, shards: list[Node], prefix: str = "", flat: bool = False) -> Node:
         """An index over the shards; ``flat`` forces exact search (mining negatives is not what PQ is for)."""
-        inputs = {f"shard_{n}": node for n, node in enumerate(shards)}
+        inputs = shard_inputs(shards)
         params = {**self.section("index"), **({"kind": "flat"} if flat else {})}
         return self.add(f"{prefix}index", "index", params, inputs)
 

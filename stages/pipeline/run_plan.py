@@ -30,7 +30,8 @@ from pathlib import Path
 from ..core.declarations import STAGES
 from ..core.errors import PipelineError
 from .plan import Node, Plan, load_configs
-from ..core.store import MANIFEST, write_pointers
+from ..core.store import write_pointers
+from ..core.artifacts import MANIFEST
 
 
 class StageFailed(Exception):

@@ -2,7 +2,7 @@
 
 The dev queries are encoded with the model being trained and searched (ADORE: its frozen index; STAR: a flat index of
 the corpus re-encoded with the current model, so each evaluation costs an encoding of the corpus), and the run is
-measured as the `score` stage measures it (`stages.score.evaluate`, ir-measures; unanswered queries count 0).
+measured as the `score` stage measures it (`stages.ml.measures.evaluate`; unanswered queries count 0).
 """
 
 from __future__ import annotations
@@ -15,18 +15,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core.errors import ConfigError
-from .core.tables import qrels_dict, read_corpus, read_qrels, read_queries, read_tokens, run_from_topk
-from .ml.search import FlatTorchSearcher
-from .ml.watch import DevMeasure
-from .score import MEASURES, evaluate
-from .tokenize import TOKENS
+from ..core.artifacts import DEV_SPLIT, TOKENS
+from ..core.errors import ConfigError
+from ..core.tables import qrels_dict, read_corpus, read_qrels, read_queries, read_tokens, run_from_topk, token_slice
+from . import measures
+from .search import FlatTorchSearcher
+from .watch import DevMeasure
 
-log = logging.getLogger("stages.dev_eval")
-
-DEV_SPLIT = "dev"
-CUTOFFS = {"R@100": 100, "R@1000": 1000, "MAP": 1000}
-"""Documents retrieved per dev query for a measure; 10 for the others (nDCG@10, MRR@10)."""
+log = logging.getLogger("stages.ml.dev_eval")
 
 
 @dataclass
@@ -39,8 +35,7 @@ class DevQueries:
 
     @classmethod
     def read(cls, prepared: Path, measure: str) -> DevQueries:
-        if measure not in MEASURES:
-            raise ConfigError(f"unknown eval_measure {measure!r}", fix=f"use one of {list(MEASURES)}")
+        measures.check(measure)
         qrels = read_qrels(prepared, DEV_SPLIT)
         queries = read_queries(prepared, DEV_SPLIT)
         queries = queries[queries["query_id"].isin(qrels_dict(qrels))]
@@ -54,17 +49,11 @@ class DevQueries:
         return cls(queries["query_id"].tolist(), queries["text"].tolist(), qrels)
 
 
-def token_rows(ids: np.ndarray, offsets: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows [start, stop) of a tokens file read whole (`read_tokens`): their ids one after another, tokens per row."""
-    bounds = offsets[start : stop + 1]
-    return ids[bounds[0] : bounds[-1]], np.diff(bounds)
-
-
 def measure_run(dev: DevQueries, searcher, doc_ids, embeddings: np.ndarray, measure: str) -> float:
     """The mean of ``measure`` over the dev queries for their top-k under ``searcher``."""
-    scores, indices = searcher.search(embeddings, min(CUTOFFS.get(measure, 10), searcher.ntotal))
+    scores, indices = searcher.search(embeddings, min(measures.depth(measure), searcher.ntotal))
     run = run_from_topk(dev.query_ids, np.asarray(doc_ids, dtype=object), indices, scores)
-    return float(evaluate(run, dev.qrels, [measure], relevance_level=1)["value"].mean())
+    return float(measures.evaluate(run, dev.qrels, [measure], relevance_level=1)["value"].mean())
 
 
 def query_embeddings(encoder, dev: DevQueries, max_length: int) -> np.ndarray:
@@ -88,7 +77,7 @@ def reencoded_corpus_measure(
 ) -> DevMeasure:
     """STAR: the corpus re-encoded by the model (a flat index), then the dev queries searched in it. With ``tokens``
     (the corpus's `tokenize` artifact, checked by the trainer) its ids are encoded, never the texts tokenized again."""
-    from .ml.models import TOKENIZE_CHUNK, document_texts
+    from .models import TOKENIZE_CHUNK, document_texts
 
     dev = DevQueries.read(prepared, measure)
     if tokens is not None:
@@ -101,7 +90,7 @@ def reencoded_corpus_measure(
         if tokens is None:
             return encoder.encode(texts, doc_max_length, progress=False)
         starts = range(0, len(doc_ids), TOKENIZE_CHUNK)
-        chunks = ((s, *token_rows(ids, offsets, s, s + TOKENIZE_CHUNK)) for s in starts)
+        chunks = ((s, *token_slice(ids, offsets, s, s + TOKENIZE_CHUNK)) for s in starts)
         return encoder.encode_tokens(chunks, len(doc_ids), progress=False)[0]
 
     def dev_measure(encoder: torch.nn.Module) -> float:
