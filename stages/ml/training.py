@@ -343,92 +343,139 @@ def train(
     Returns the summary (steps, seconds, queries per second, final loss, peak GPU memory, whether a CUDA graph ran);
     ``queries_per_step`` (default ``batch_size``) is for the throughput.
     """
-    if distributed.requested() and not distributed.active():
-        raise ConfigError(
-            "WORLD_SIZE > 1 but no process group: this stage was not started through stages.ml.distributed.run_stage",
-            fix="run it as one process, or have its main() call stages.ml.distributed.run_stage",
-        )
-    device = next(model.parameters()).device
-    total = total_steps(config, steps_per_epoch)
-    if config.gradient_checkpointing:
-        transformer = getattr(model, "model", model)
-        transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, total)
-    shape = {"total_steps": total, "steps_per_epoch": steps_per_epoch}
-    checkpoint = Path(work_dir) / CHECKPOINT if work_dir is not None else None
-    every = config.checkpoint_every if checkpoint is not None else 0
-    start, rows = 0, []
-    eval_every = getattr(config, "eval_every", 0) if evaluate is not None else 0
-    best = BestByDev(config.eval_measure) if eval_every > 0 else None
-    if distributed.rank() > 0:
-        torch.manual_seed(config.seed + distributed.rank())  # dropout draws of its own
-    if checkpoint is not None and checkpoint.is_file():
-        start, rows = load_checkpoint(checkpoint, model, optimizer, scheduler, shape, best)
-        log.info("resuming from step %d (of %d) with %s", start, total, checkpoint)
-    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
-    autocast = config.bf16 and device.type == "cuda"
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    run = TrainingRun.prepare(model, config, steps_per_epoch, work_dir, evaluate)
     trained = distributed.wrap(model)
-    world = distributed.world_size()
     events = EventLog(out_dir, enabled=distributed.is_main())
-    events.add(rows)
+    events.add(run.rows)
     model.train()
-    progress = tqdm(
-        range(start, total), initial=start, total=total, desc="train", unit="step", disable=not distributed.is_main()
-    )
-    log_every = LOG_EVERY if device.type == "cuda" else 1
+    progress = tqdm(range(run.start, run.total), initial=run.start, total=run.total, desc="train", unit="step",
+                    disable=not distributed.is_main())
+    log_every = LOG_EVERY if run.device.type == "cuda" else 1
     window = PendingRows(progress)
     graphed = None
-    if fixed_shape is not None and start < total and graphs_wanted(device) and world == 1 and not config.gradient_checkpointing:
-        graphed = capture(model, optimizer, fixed_shape, config, autocast)
+    one_process = distributed.world_size() == 1 and not config.gradient_checkpointing
+    if fixed_shape is not None and run.start < run.total and graphs_wanted(run.device) and one_process:
+        graphed = capture(model, run.optimizer, fixed_shape, config, run.autocast)
     for step in progress:
         epoch, batch = divmod(step, steps_per_epoch)
-        lr = scheduler.get_last_lr()[0]
+        lr = run.scheduler.get_last_lr()[0]
         if graphed is not None:
             extras = graphed.run(fixed_shape.batch_index(epoch, batch))
             global_loss, grad_norm = extras.pop("loss"), extras.pop("grad_norm")
         else:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss, extras = batch_loss(trained, epoch, batch)
-            global_loss = distributed.global_sum(loss)
-            optimizer.zero_grad(set_to_none=True)
-            (loss * world if world > 1 else loss).backward()  # DDP averages the ranks' gradients
-            parameters = [p for group in optimizer.param_groups for p in group["params"]]
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip if config.grad_clip > 0 else math.inf)
-            optimizer.step()
-        scheduler.step()
+            global_loss, grad_norm, extras = run.eager_step(trained, batch_loss, epoch, batch)
+        run.scheduler.step()
         window.add({"step": step + 1, "epoch": epoch, "loss": global_loss, "lr": lr, "grad_norm": grad_norm} | extras)
-        done = step + 1
-        checkpoint_due = every > 0 and done % every == 0 and done < total
-        eval_due = best is not None and (done % eval_every == 0 or done == total)
-        if done % log_every == 0 or done == total or checkpoint_due or eval_due or done == stop_after:
+        run.after_step(step + 1, window, events, log_every)
+    progress.close()
+    events.close()
+    return run.finish(out_dir, queries_per_step or config.batch_size) | {"cuda_graph": graphed is not None} \
+        | ({"dev": run.best.summary()} if run.best is not None else {})
+
+
+@dataclass
+class TrainingRun:
+    """One `train` call's state: the optimiser and schedule, where it resumed, the rows logged so far, the best model
+    by dev, and what happens after each step (log, evaluate, checkpoint, the test hook that stops abruptly)."""
+
+    model: torch.nn.Module
+    config: TrainConfig
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    total: int
+    shape: dict[str, int]
+    checkpoint: Path | None
+    start: int
+    rows: list[dict[str, float]]
+    evaluate: DevMeasure | None
+    best: BestByDev | None
+    stop_after: int
+    """`STOP_AFTER_ENV`: the step after which the process stops abruptly (tests of resuming); 0: never."""
+
+    @classmethod
+    def prepare(cls, model, config: TrainConfig, steps_per_epoch: int, work_dir: Path | None, evaluate) -> TrainingRun:
+        """Set up the optimiser and schedule, and resume from the work folder's checkpoint when there is one."""
+        if distributed.requested() and not distributed.active():
+            raise ConfigError(
+                "WORLD_SIZE > 1 but no process group: this stage was not started through "
+                "stages.ml.distributed.run_stage",
+                fix="run it as one process, or have its main() call stages.ml.distributed.run_stage",
+            )
+        device = next(model.parameters()).device
+        total = total_steps(config, steps_per_epoch)
+        if config.gradient_checkpointing:
+            transformer = getattr(model, "model", model)
+            transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        optimizer = make_optimizer(model, config)
+        scheduler = make_scheduler(optimizer, config, total)
+        shape = {"total_steps": total, "steps_per_epoch": steps_per_epoch}
+        checkpoint = Path(work_dir) / CHECKPOINT if work_dir is not None else None
+        start, rows = 0, []
+        eval_every = getattr(config, "eval_every", 0) if evaluate is not None else 0
+        best = BestByDev(config.eval_measure) if eval_every > 0 else None
+        if distributed.rank() > 0:
+            torch.manual_seed(config.seed + distributed.rank())  # dropout draws of its own
+        if checkpoint is not None and checkpoint.is_file():
+            start, rows = load_checkpoint(checkpoint, model, optimizer, scheduler, shape, best)
+            log.info("resuming from step %d (of %d) with %s", start, total, checkpoint)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+        state = (optimizer, scheduler, total, shape, checkpoint, start, rows, evaluate, best, stop_after)
+        return cls(model, config, device, *state)
+
+    @property
+    def autocast(self) -> bool:
+        return self.config.bf16 and self.device.type == "cuda"
+
+    def eager_step(self, trained: torch.nn.Module, batch_loss: BatchLoss, epoch: int, batch: int):
+        """Forward, backward, clipping and the optimiser step of one batch: (global loss, gradient norm, extras)."""
+        world = distributed.world_size()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss, extras = batch_loss(trained, epoch, batch)
+        global_loss = distributed.global_sum(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * world if world > 1 else loss).backward()  # DDP averages the ranks' gradients
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
+        self.optimizer.step()
+        return global_loss, grad_norm, extras
+
+    def after_step(self, done: int, window: PendingRows, events: EventLog, log_every: int) -> None:
+        """Read the logged values back when due, evaluate on dev, checkpoint, or stop abruptly (the test hook)."""
+        every = self.config.checkpoint_every if self.checkpoint is not None else 0
+        stop_after = self.stop_after
+        checkpoint_due = every > 0 and done % every == 0 and done < self.total
+        eval_every = getattr(self.config, "eval_every", 0)
+        eval_due = self.best is not None and (done % eval_every == 0 or done == self.total)
+        if done % log_every == 0 or done == self.total or checkpoint_due or eval_due or done == stop_after:
             flushed = window.flush()  # raises on a non-finite loss, before any checkpoint of it
             if eval_due:
-                flushed[-1][dev_column(best.measure)] = evaluate_on_dev(model, evaluate, best, done)
+                value = evaluate_on_dev(self.model, self.evaluate, self.best, done)
+                flushed[-1][dev_column(self.best.measure)] = value
                 window.since = time.perf_counter()  # the steps' seconds leave the evaluation out
-            rows += flushed
+            self.rows += flushed
             events.add(flushed)
         if checkpoint_due:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, done, rows, shape, best)
+            args = (self.model, self.optimizer, self.scheduler, done, self.rows, self.shape, self.best)
+            save_checkpoint(self.checkpoint, *args)
         if done == stop_after:
             distributed.barrier()  # let rank 0 finish its checkpoint
             log.warning("%s=%d: stopping abruptly after step %d", STOP_AFTER_ENV, stop_after, done)
             os._exit(STOPPED_EXIT_CODE)
-    progress.close()
-    events.close()
 
-    frame = pd.DataFrame(rows)
-    if best is not None:
-        best.restore_into(model)
-    if distributed.is_main():
-        save_encoder(model, Path(out_dir) / MODEL_SUBDIR, max_seq_length=config.doc_max_length)
-        write_table(frame, Path(out_dir) / TRAIN_LOG)
-        plot_losses(frame, Path(out_dir) / LOSS_PLOT)
-    summary = summarise(frame, queries_per_step or config.batch_size, device, resumed_from=start)
-    summary["cuda_graph"] = graphed is not None
-    return summary | ({"dev": best.summary()} if best is not None else {})
+    def finish(self, out_dir: Path, queries_per_step: int) -> dict[str, Any]:
+        """Write model/ (the best by dev, if evaluated), the log and its plot; the summary."""
+        frame = pd.DataFrame(self.rows)
+        if self.best is not None:
+            self.best.restore_into(self.model)
+        if distributed.is_main():
+            save_encoder(self.model, Path(out_dir) / MODEL_SUBDIR, max_seq_length=self.config.doc_max_length)
+            write_table(frame, Path(out_dir) / TRAIN_LOG)
+            plot_losses(frame, Path(out_dir) / LOSS_PLOT)
+        return summarise(frame, queries_per_step, self.device, resumed_from=self.start)
 
 
 def capture(
