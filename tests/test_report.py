@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from stages.core.errors import ConfigError
-from stages.report import ReportParams, aggregate, report
-from stages.report_plots import smoothing_window
-from stages.report_table import p_text
+from stages.report.stage import ReportParams, aggregate, report
+from stages.report.plots import smoothing_window
+from stages.report.table import p_text
 from stages.score import ScoreParams, score
 from stages.ml.stats import holm, p_floor, query_interval
 from stages.core.tables import write_run
@@ -168,7 +168,7 @@ def test_report_writes_table_and_plots(inputs, tmp_path):
 
 
 def test_loss_panels_by_loss_kind_with_train_mrr_and_dev_metrics(inputs, tmp_path):
-    from stages.report_plots import plot_losses
+    from stages.report.plots import plot_losses
 
     adore = train_artifact(tmp_path / "t3", 5.0, stage="train_adore", train_mrr=[0.1, 0.2, 0.3])
     rows = params().rows + [{"variant": "adore", "method": "adore", "seed": 1, "split": "test", "index": "flat",
@@ -219,7 +219,7 @@ def test_no_gpu_seconds_no_efficiency_plot(inputs, tmp_path):
 
 
 def test_console_summary_lists_each_variant_by_split_with_its_interval(tmp_path):
-    from stages.report_table import console_summary
+    from stages.report.table import console_summary
 
     rows = [
         ("bm25", False, "dev", 0.77, 0.70, 0.84), ("bm25", False, "test", 0.69, 0.64, 0.73),

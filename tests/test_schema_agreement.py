@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import encode, report, score, train_adore, train_star
+from stages import encode, score, train_adore, train_star
 from stages.core import hub_source
 from stages.ml import index_kinds, negative_samplers
 from stages.bm25 import Bm25Params
@@ -24,7 +24,7 @@ from stages.pipeline.ance import AnceSettings
 from stages.pipeline.methods import METHODS
 from stages.ml.models import POOLINGS
 from stages.prepare import HubPrepareParams, PrepareParams
-from stages.report import ReportParams
+from stages.report.stage import TABLE_MEASURES, ReportParams
 from stages.retrieve import RetrieveParams
 from stages.score import ScoreParams
 from stages.train_adore import AdoreParams
@@ -114,4 +114,4 @@ def test_methods_agree():
 
 def test_measures_agree():
     assert set(SECTIONS["score"]["properties"]["measures"]["default"]) <= set(score.MEASURES)
-    assert SECTIONS["report"]["properties"]["measures"]["default"] == report.TABLE_MEASURES
+    assert SECTIONS["report"]["properties"]["measures"]["default"] == TABLE_MEASURES

@@ -1,11 +1,11 @@
-"""The report's plots, from `report.aggregate`'s frame and the training logs.
+"""The report's plots, from `stage.aggregate`'s frame and the training logs.
 
 - metrics_by_variant.png: a panel per measure, each with its own axis; each split's mean with its 95% bootstrap
   interval, the seeds' means when there are several, and ``*`` where the Holm-corrected p against the reference < 0.05;
 - loss_curves.png: a panel per loss kind (STAR pairwise, STAR listwise, ADORE's LambdaLoss), ADORE's train MRR and any
   dev metric the training logs hold (``dev_*`` columns), against the step;
 - index_kinds.png: the first measure of the dense variants by index kind (flat, PQ), when there are PQ variants;
-- efficiency.png: a panel per measure of `report_table.efficiency_frame`, the measure against total GPU seconds, a
+- efficiency.png: a panel per measure of `table.efficiency_frame`, the measure against total GPU seconds, a
   point per variant with bars from its lowest to its highest seed on both axes.
 """
 
@@ -19,8 +19,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from .core.tables import _read
-from .report_costs import TOTAL_GPU
+from ..core.tables import _read
+from .costs import TOTAL_GPU
 
 SIGNIFICANCE = 0.05
 SPLIT_COLORS = {"train": "tab:green", "dev": "tab:blue", "test": "tab:orange"}
