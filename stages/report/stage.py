@@ -21,11 +21,11 @@ import pandas as pd
 
 from ..core.cli import run_stage
 from ..core.errors import ConfigError, DataError
+from ..core.tables import _read
+from ..ml.stats import holm, paired_randomization_test, query_interval, seed_averaged
 from .costs import COST_COLUMNS, TOTAL_GPU, run_costs
 from .plots import plot_efficiency, plot_index_kinds, plot_losses, plot_metrics
 from .table import csv_frame, efficiency_frame, efficiency_markdown, html, markdown
-from ..ml.stats import holm, paired_randomization_test, query_interval, seed_averaged
-from ..core.tables import _read
 
 log = logging.getLogger("stages.report")
 
