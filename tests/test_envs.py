@@ -46,15 +46,20 @@ PACKAGES = {
 }
 
 
+def module_sources(module: str) -> list[Path]:
+    """The files of stages.<module>: its .py file, or every module of a package (a package stage's own modules)."""
+    path = ROOT / "stages" / module
+    return [path.with_suffix(".py")] if path.with_suffix(".py").is_file() else sorted(path.rglob("*.py"))
+
+
 def third_party_imports(module: str, seen: set[str] | None = None) -> set[str]:
     """Top-level third-party imports of stages.<module>, following imports of other stages modules."""
     seen = seen if seen is not None else set()
     if module in seen:
         return set()
     seen.add(module)
-    tree = ast.parse((ROOT / "stages" / f"{module}.py").read_text())
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in (n for path in module_sources(module) for n in ast.walk(ast.parse(path.read_text()))):
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -100,7 +105,7 @@ def test_stage_declares_rule_resources_env_and_imports(stage):
     assert re.fullmatch(r"[a-z0-9]+_[a-z]+", stage.rule), "rules are named <stage>_<action>"
     assert stage.rule.startswith(stage.name.split("_")[0]), stage.rule
     assert stage.threads >= 1 and stage.mem_mb > 0 and stage.runtime > 0  # what a cluster profile sizes a job by
-    assert (ROOT / "stages" / f"{stage.name}.py").is_file()
+    assert module_sources(stage.name), f"no stages/{stage.name}.py nor stages/{stage.name}/"
     env_file = ROOT / "envs" / f"{stage.env}.yaml"
     assert env_file.is_file(), f"stage {stage.name}: env file {env_file} missing"
     listed = env_packages(env_file)

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from stages.export import ExportParams, export, push_to_hub, upload_files
-from stages.export_card import CITATION, measure_type
+from stages.export.stage import ExportParams, export, push_to_hub, upload_files
+from stages.export.card import CITATION, measure_type
 from stages.ml.models import document_texts, load_encoder, save_encoder
 from stages.core.artifacts import MODEL_SUBDIR
 
@@ -166,7 +166,7 @@ def test_the_schemas_export_section_states_the_params_defaults():
 
 def test_onnx_without_its_packages_says_how_to_install_them(tiny_model_dir, tmp_path, monkeypatch):
     from stages.core.errors import ConfigError
-    from stages.export import export_onnx
+    from stages.export.stage import export_onnx
 
     def missing(*args, **options):
         raise ModuleNotFoundError("No module named 'onnxscript'", name="onnxscript")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import sys
 from collections import Counter
 
 import pytest
@@ -11,6 +11,7 @@ import yaml
 
 from stages.core.errors import ConfigError
 from stages.pipeline.plan import Plan, load_config
+from stages.pipeline.run_plan import stage_entry
 
 EXPERIMENTS = [
     {"name": "bm25", "method": "bm25"},
@@ -34,7 +35,7 @@ def plan_for(tmp_path, scifact_slice, experiments=EXPERIMENTS, **sections) -> Pl
 
 
 def params_class(stage: str):
-    module = importlib.import_module(f"stages.{stage}")
+    module = sys.modules[stage_entry(stage).main.__module__]  # the stage module, or a package stage's that has main
     found = [v for k, v in vars(module).items() if k.endswith("Params") and v.__module__ == module.__name__]
     (cls,) = [c for c in found if not any(c is not other and issubclass(c, other) for other in found)]  # the base
     return cls

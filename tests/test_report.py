@@ -3,6 +3,7 @@ Holm-corrected p-values, the table's rules, and the plots' panels."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,9 +11,9 @@ import pandas as pd
 import pytest
 
 from stages.core.errors import ConfigError
-from stages.report import ReportParams, aggregate, report
-from stages.report_plots import smoothing_window
-from stages.report_table import p_text
+from stages.report.stage import ReportParams, aggregate, report
+from stages.report.plots import smoothing_window
+from stages.report.table import p_text
 from stages.score import ScoreParams, score
 from stages.ml.stats import holm, p_floor, query_interval
 from stages.core.tables import write_run
@@ -167,8 +168,29 @@ def test_report_writes_table_and_plots(inputs, tmp_path):
     assert records[0]["nDCG@10 std"] is None and records[1]["nDCG@10 by seed"] == pytest.approx(star_seeds)
 
 
+def test_the_index_kinds_plot_follows_the_registry(inputs, tmp_path, monkeypatch):
+    """Drawn when a variant's index kind is lossy (`index_kinds.KINDS`), whatever its name; such variants are named
+    by their kind on the axis."""
+    from stages.ml import index_kinds
+    from stages.report import plots
+
+    table = aggregate(params(), inputs)  # zeroshot on pq, star on flat
+    assert plots.variant_labels(table) == {"zeroshot": "zeroshot [PQ]", "star": "star (ref)"}
+    assert not plots.plot_index_kinds(table.assign(index="flat"), "nDCG@10", tmp_path / "flat.png")
+    third = {"ivfpq": dataclasses.replace(index_kinds.KINDS["pq"], name="ivfpq"),
+             "hnsw": dataclasses.replace(index_kinds.KINDS["flat"], name="hnsw")}  # fmt: skip
+    monkeypatch.setattr(plots, "KINDS", {**index_kinds.KINDS, **third})
+    exact = table.assign(index=table["index"].map({"pq": "hnsw", "flat": "flat"}))
+    assert not plots.plot_index_kinds(exact, "nDCG@10", tmp_path / "exact.png")  # no lossy kind: nothing to compare
+    lossy = table.assign(index=table["index"].map({"pq": "ivfpq", "flat": "flat"}))
+    assert plots.variant_labels(lossy)["zeroshot"] == "zeroshot [IVFPQ]"
+    assert plots.plot_index_kinds(lossy, "nDCG@10", tmp_path / "third.png") and (tmp_path / "third.png").is_file()
+    assert plots.registry_order(pd.Series(["ivfpq", "flat", "pq", "flat"])) == ["flat", "pq", "ivfpq"]
+    assert len({plots.index_color(kind) for kind in ["flat", "pq", "ivfpq", "hnsw"]}) == 4
+
+
 def test_loss_panels_by_loss_kind_with_train_mrr_and_dev_metrics(inputs, tmp_path):
-    from stages.report_plots import plot_losses
+    from stages.report.plots import plot_losses
 
     adore = train_artifact(tmp_path / "t3", 5.0, stage="train_adore", train_mrr=[0.1, 0.2, 0.3])
     rows = params().rows + [{"variant": "adore", "method": "adore", "seed": 1, "split": "test", "index": "flat",
@@ -219,7 +241,7 @@ def test_no_gpu_seconds_no_efficiency_plot(inputs, tmp_path):
 
 
 def test_console_summary_lists_each_variant_by_split_with_its_interval(tmp_path):
-    from stages.report_table import console_summary
+    from stages.report.table import console_summary
 
     rows = [
         ("bm25", False, "dev", 0.77, 0.70, 0.84), ("bm25", False, "test", 0.69, 0.64, 0.73),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import encode, report
+from stages import encode
 from stages.ml import frozen_documents, lambda_loss, measures, star_loss
 from stages.core import hub_source
 from stages.ml import index_kinds, negative_samplers
@@ -25,7 +25,7 @@ from stages.pipeline.ance import AnceSettings
 from stages.pipeline.methods import METHODS
 from stages.ml.models import POOLINGS
 from stages.prepare import HubPrepareParams, PrepareParams
-from stages.report import ReportParams
+from stages.report.stage import TABLE_MEASURES, ReportParams
 from stages.retrieve import RetrieveParams
 from stages.score import ScoreParams
 from stages.train_adore import AdoreParams
@@ -115,4 +115,4 @@ def test_methods_agree():
 
 def test_measures_agree():
     assert set(SECTIONS["score"]["properties"]["measures"]["default"]) <= set(measures.NAMED)
-    assert SECTIONS["report"]["properties"]["measures"]["default"] == report.TABLE_MEASURES
+    assert SECTIONS["report"]["properties"]["measures"]["default"] == TABLE_MEASURES

@@ -1,9 +1,10 @@
 """Content-addressed artifact store.
 
 Every stage writes to ``results/<stage>/<key>/`` where ``key`` is a short sha256 over the stage name, the stage's
-code version (``VERSION`` in ``stages/<stage>.py``), the canonical JSON of its parameters and the keys of its inputs
-(an upstream artifact's key, or a raw file's content hash). Outputs appear atomically: a stage writes into a
-temporary sibling directory that is renamed into place, with a ``manifest.json``, once everything is written.
+code version (``VERSION`` in ``stages/<stage>.py``, or ``stages/<stage>/__init__.py`` for a package), the canonical
+JSON of its parameters and the keys of its inputs (an upstream artifact's key, or a raw file's content hash). Outputs
+appear atomically: a stage writes into a temporary sibling directory that is renamed into place, with a
+``manifest.json``, once everything is written.
 
 CLI: ``python -m stages.core.store verify`` re-hashes artifacts (``stages.pipeline.prune`` removes what no config reaches).
 """
@@ -51,12 +52,20 @@ def artifact_key(stage: str, version: int, params: Mapping[str, Any], input_keys
     return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
 
 
+def stage_source(stage: str) -> Path:
+    """The file that holds a stage's ``VERSION``: ``stages/<stage>.py``, or ``stages/<stage>/__init__.py`` for a stage
+    that is a package."""
+    module = STAGES_DIR / f"{stage}.py"
+    return module if module.is_file() else STAGES_DIR / stage / "__init__.py"
+
+
 def stage_version(stage: str) -> int:
-    """The ``VERSION = N`` of ``stages/<stage>.py``, read without importing the module (imports can be slow)."""
-    source = (STAGES_DIR / f"{stage}.py").read_text()
-    match = re.search(r"^VERSION\s*=\s*(\d+)", source, re.MULTILINE)
+    """The ``VERSION = N`` of the stage's module or package (`stage_source`), read without importing it (imports can
+    be slow)."""
+    path = stage_source(stage)
+    match = re.search(r"^VERSION\s*=\s*(\d+)", path.read_text(), re.MULTILINE)
     if not match:
-        raise ArtifactError(f"stage module has no 'VERSION = <int>' line", path=STAGES_DIR / f"{stage}.py")
+        raise ArtifactError("stage module has no 'VERSION = <int>' line", path=path)
     return int(match.group(1))
 
 

@@ -3,7 +3,7 @@ encode and index included), the run and its score left out (evaluation is not tr
 
 Shared work is counted in full: the warm-up model and what it was built from (BM25, its negatives, the tokenized
 corpus) count towards every method built on it, and are flagged ``shared`` so the table can say how much of a total
-they are. The report reads each artifact's summary.json (`stages.report_costs`).
+they are. The report reads each artifact's summary.json (`stages.report.costs`).
 """
 
 from __future__ import annotations

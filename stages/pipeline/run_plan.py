@@ -88,8 +88,14 @@ def run_node(node: Node, results: Path, isolate: bool = False, train_gpus: int =
     return seconds
 
 
+def stage_entry(stage: str):
+    """What ``python -m stages.<stage>`` runs: the module, or a package stage's ``__main__`` (both have ``main``)."""
+    module = importlib.import_module(f"..{stage}", __package__)
+    return importlib.import_module(f"{module.__name__}.__main__") if hasattr(module, "__path__") else module
+
+
 def run_in_process(stage: str, argv: list[str], handle) -> int:
-    """``stages.<stage>.main(argv)`` with its output and logging going to ``handle``; an exception is a failure."""
+    """``main(argv)`` of `stage_entry` with its output and logging going to ``handle``; an exception is a failure."""
     root = logging.getLogger()
     saved = root.handlers[:]
     root.handlers = [logging.StreamHandler(handle)]
@@ -97,7 +103,7 @@ def run_in_process(stage: str, argv: list[str], handle) -> int:
     root.setLevel(logging.INFO)
     try:
         with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
-            return importlib.import_module(f"..{stage}", __package__).main(argv)
+            return stage_entry(stage).main(argv)
     except Exception:  # noqa: BLE001 - a stage's crash is reported with its traceback in its log
         traceback.print_exc(file=handle)
         return 1
@@ -110,7 +116,7 @@ def run_in_process(stage: str, argv: list[str], handle) -> int:
 
 def partial_report(plan: Plan, results: Path) -> None:
     """The report over the scores that exist, into ``results/report-partial`` (not a store artifact)."""
-    from ..report import ReportParams, report
+    from ..report.stage import ReportParams, report
 
     inputs = plan.report.input_paths(results)
     params = dict(plan.report.params)

@@ -20,7 +20,7 @@ PipelineError = importlib.import_module(f"{PACKAGE}.core.errors").PipelineError
 Plan = importlib.import_module(f"{PACKAGE}.pipeline.plan").Plan
 validate_config = importlib.import_module(f"{PACKAGE}.pipeline.plan").validate_config
 write_pointers = importlib.import_module(f"{PACKAGE}.core.store").write_pointers
-console_summary = importlib.import_module(f"{PACKAGE}.report_table").console_summary
+console_summary = importlib.import_module(f"{PACKAGE}.report.table").console_summary
 
 try:
     validate_config(config)  # readable messages first; then snakemake's validate fills the defaults

@@ -1,11 +1,12 @@
-"""The report's plots, from `report.aggregate`'s frame and the training logs.
+"""The report's plots, from `stage.aggregate`'s frame and the training logs.
 
 - metrics_by_variant.png: a panel per measure, each with its own axis; each split's mean with its 95% bootstrap
   interval, the seeds' means when there are several, and ``*`` where the Holm-corrected p against the reference < 0.05;
 - loss_curves.png: a panel per loss kind (STAR pairwise, STAR listwise, ADORE's LambdaLoss), ADORE's train MRR and any
   dev metric the training logs hold (``dev_*`` columns), against the step;
-- index_kinds.png: the first measure of the dense variants by index kind (flat, PQ), when there are PQ variants;
-- efficiency.png: a panel per measure of `report_table.efficiency_frame`, the measure against total GPU seconds, a
+- index_kinds.png: the first measure of the dense variants by index kind (flat, PQ, ...), when a variant's kind is
+  lossy (`index_kinds.KINDS`: it stores approximations of the embeddings);
+- efficiency.png: a panel per measure of `table.efficiency_frame`, the measure against total GPU seconds, a
   point per variant with bars from its lowest to its highest seed on both axes.
 """
 
@@ -19,12 +20,14 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from .core.tables import _read
-from .report_costs import TOTAL_GPU
+from ..core.tables import _read
+from ..ml.index_kinds import KINDS
+from .costs import TOTAL_GPU
 
 SIGNIFICANCE = 0.05
 SPLIT_COLORS = {"train": "tab:green", "dev": "tab:blue", "test": "tab:orange"}
-INDEX_COLORS = {"flat": "tab:blue", "pq": "tab:red"}
+INDEX_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:olive")
+"""Index kinds' colours, in the order of `index_kinds.KINDS` (flat blue, pq red)."""
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 UNSMOOTHED_BELOW = 30
 """Logs with fewer steps are drawn as they are: a running mean over a handful of points hides more than it shows."""
@@ -88,11 +91,28 @@ def draw_intervals(axes, groups: list[tuple[str, str, pd.DataFrame]], measure: s
     axes.grid(axis="y", alpha=0.3)
 
 
+def lossy(kind: str) -> bool:
+    """Whether index kind ``kind`` stores approximations of the embeddings (`index_kinds.KINDS`); '' (no index: BM25)
+    is not."""
+    return kind in KINDS and KINDS[kind].lossy
+
+
+def registry_order(kinds: pd.Series) -> list[str]:
+    """The index kinds of ``kinds`` once each, in the order of `index_kinds.KINDS` (a kind it does not know last)."""
+    names = list(KINDS)
+    return sorted(set(kinds), key=lambda kind: (names.index(kind) if kind in names else len(names), kind))
+
+
+def index_color(kind: str) -> str:
+    names = list(KINDS)
+    return INDEX_COLORS[names.index(kind) % len(INDEX_COLORS)] if kind in names else "gray"
+
+
 def variant_labels(table: pd.DataFrame) -> dict[str, str]:
-    """Tick labels: the reference marked, the index kind of PQ variants named."""
+    """Tick labels: the reference marked, the index kind of variants on a lossy kind named (``[PQ]``)."""
     labels = {}
     for row in table.drop_duplicates("variant").to_dict("records"):
-        mark = (" (ref)" if row["reference"] else "") + (" [PQ]" if row["index"] == "pq" else "")
+        mark = (" (ref)" if row["reference"] else "") + (f" [{row['index'].upper()}]" if lossy(row["index"]) else "")
         labels[row["variant"]] = row["variant"] + mark
     return labels
 
@@ -123,8 +143,9 @@ def plot_metrics(table: pd.DataFrame, measures: list[str], path: Path) -> None:
 
 
 def plot_index_kinds(table: pd.DataFrame, measure: str, path: Path) -> bool:
+    """The dense variants by index kind; False (nothing drawn) when none is on a lossy kind."""
     rows = table[table["index"] != ""]
-    if "pq" not in set(rows["index"]):
+    if not any(lossy(kind) for kind in rows["index"]):
         return False
     labels = variant_labels(rows)
     rows = rows.assign(variant=rows["variant"].map(labels))
@@ -132,12 +153,12 @@ def plot_index_kinds(table: pd.DataFrame, measure: str, path: Path) -> bool:
     fig = figure((1.2 + 0.6 * len(labels)) * len(splits), 3.6)
     for axes, split in zip([fig.add_subplot(1, len(splits), i + 1) for i in range(len(splits))], splits):
         chosen = rows[rows["split"] == split]
-        kinds = list(dict.fromkeys(chosen["index"]))
-        groups = [(kind, INDEX_COLORS.get(kind, "gray"), chosen[chosen["index"] == kind]) for kind in kinds]
+        kinds = registry_order(chosen["index"])
+        groups = [(kind, index_color(kind), chosen[chosen["index"] == kind]) for kind in kinds]
         draw_intervals(axes, groups, measure, list(labels.values()))
         axes.set_title(f"{measure} on {split}")
     axes.legend(fontsize=8)
-    fig.suptitle(f"flat vs PQ indexes: {note(rows)}", fontsize=9, x=0.01, ha="left")
+    fig.suptitle(f"{' vs '.join(registry_order(rows['index']))} indexes: {note(rows)}", fontsize=9, x=0.01, ha="left")
     fig.savefig(path, dpi=110)
     return True
 

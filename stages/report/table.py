@@ -1,4 +1,4 @@
-"""The report's results table as Markdown, HTML (for `snakemake --report`) and CSV, from `report.aggregate`'s frame.
+"""The report's results table as Markdown, HTML (for `snakemake --report`) and CSV, from `stage.aggregate`'s frame.
 
 A cell: the mean, ``± std`` over seeds only when there are several, the 95% bootstrap interval over queries, and the
 Holm-corrected p-value against the reference; a p-value whose test found no sign flip as extreme (the test's floor)
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .ml.stats import PERMUTATIONS, p_floor
-from .report_costs import ACCOUNTING, COST_COLUMNS, TOTAL_GPU
+from ..ml.stats import PERMUTATIONS, p_floor
+from .costs import ACCOUNTING, COST_COLUMNS, TOTAL_GPU
 
 EFFICIENCY_MEASURES = ["nDCG@10", "MRR@10"]
 

@@ -9,7 +9,7 @@ from typing import Mapping
 
 import yaml
 
-from .core.model_source import BUNDLED_NAMES
+from ..core.model_source import BUNDLED_NAMES
 
 BUNDLED_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DATASETS = {"scifact": {"id": "BeIR/scifact", "name": "SciFact (BEIR layout)", "license": "cc-by-nc-2.0"}}
@@ -45,7 +45,7 @@ alone), the BEIR / sentence-transformers convention the pipeline used to fill it
 
 
 def model_card(params, inputs: Mapping[str, Path], separate: bool) -> str:
-    """The card's text for an `export.ExportParams` and the stage's inputs (training and score artifacts)."""
+    """The card's text for an `stage.ExportParams` and the stage's inputs (training and score artifacts)."""
     dataset = DATASETS.get(params.dataset, {"id": params.dataset, "name": params.dataset, "license": "unknown"})
     license_ = dataset["license"] if params.dataset_license == "auto" else params.dataset_license
     metrics = split_metrics(inputs)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
-from .core.declarations import STAGES
+from ..core.declarations import STAGES
 
 TRAIN_GPU, OTHER_GPU, SHARED_GPU, TOTAL_GPU, CPU = (
     "GPU s train", "GPU s encode+retrieve", "GPU s shared", "GPU s total", "CPU s",

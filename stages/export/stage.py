@@ -1,29 +1,18 @@
-"""Stage `export`: the trained retriever as one sentence-transformers model, for use outside the pipeline.
-
-The artifact folder is the model: ``SentenceTransformer(folder)`` loads it, ``encode_query`` runs the query route
-(ADORE's query encoder, or the shared encoder truncated at query_max_length) and ``encode_document`` the document
-route (the encoder that filled the index), each giving the embeddings the pipeline computed (float32 safetensors,
-no pickles). README.md is its model card (`stages.export_card`). Optional: ``onnx/query.onnx`` and
-``onnx/document.onnx`` (torch.onnx), and an upload of the folder to the Hugging Face Hub.
-
-Inputs: optional ``documents`` (a training artifact with model/; otherwise ``model``, the base encoder), optional
-``queries`` (an ADORE artifact with model/), optional ``score_<split>`` (score artifacts: the card's metrics).
-"""
+"""The export stage's work: the trained encoders as one sentence-transformers model (a Router with a query and a
+document route), optionally as ONNX, its model card (`card`) and an upload to the Hugging Face Hub."""
 
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .core.cli import run_stage
-from .core.errors import ConfigError
-from .ml.encoder_spec import EncoderSpec
+from ..core.cli import run_stage
+from ..core.errors import ConfigError
+from ..ml.encoder_spec import EncoderSpec
 
-VERSION = 2
 ROUTES = ("query", "document")
 NOT_UPLOADED = {"manifest.json", "summary.json"}
 """The artifact's own records (host, paths): not part of the published model."""
@@ -43,7 +32,7 @@ class ExportParams(EncoderSpec):
     dataset: str = "scifact"
     """The training data's name (the dataset folder's), for the card."""
     dataset_license: str = "auto"
-    """An SPDX-style id for the card; auto: known for SciFact (`export_card.DATASET_LICENSES`), else 'unknown'."""
+    """An SPDX-style id for the card; auto: known for SciFact (`card.DATASETS`), else 'unknown'."""
     onnx: bool = False
     """Also write onnx/query.onnx and onnx/document.onnx (torch.onnx; needs the onnx and onnxscript packages)."""
     push_to_hub: str = ""
@@ -54,8 +43,8 @@ def export(params: ExportParams, inputs: Mapping[str, Path], out_dir: Path) -> d
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Router
 
-    from .export_card import model_card
-    from .core.artifacts import MODEL_SUBDIR
+    from .card import model_card
+    from ..core.artifacts import MODEL_SUBDIR
 
     out_dir = Path(out_dir)
     documents = str(Path(inputs["documents"]) / MODEL_SUBDIR) if "documents" in inputs else params.model
@@ -80,7 +69,7 @@ def route_modules(sources: Mapping[str, tuple[str, int]], params: ExportParams, 
     and length share their modules (stored once)."""
     from sentence_transformers import SentenceTransformer
 
-    from .ml.models import load_encoder, save_encoder
+    from ..ml.models import load_encoder, save_encoder
 
     made: dict[tuple[str, int], tuple] = {}
     for route, (source, length) in sources.items():
@@ -137,6 +126,3 @@ def push_to_hub(folder: Path, repo_id: str, api=None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     return run_stage("export", ExportParams, export, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

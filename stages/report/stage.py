@@ -1,25 +1,17 @@
-"""Stage `report`: the results table and plots of every experiment in the config.
+"""The report stage's work: `aggregate` the score and training artifacts into one frame (a row per variant and
+split), then write the table (`table`), the plots (`plots`) and report.json from it.
 
 For each variant (experiment) and split: each measure's mean over queries (averaged over seeds, ± the std over seeds
 when there are several), its 95% bootstrap interval over queries (`stats.query_interval`: the score artifact's own
 for one seed, that of the seed-averaged values for several), and a paired randomization test against the reference
 variant, Holm-corrected over the variants compared on that measure and split; the training time (sum of the chain's
-training stages) and the device. Outputs:
-
-- results.md, results.html, results.csv: the table (`report_table`);
-- metrics_by_variant.png, loss_curves.png, index_kinds.png (when the config has PQ variants): `report_plots`;
-- efficiency.md, efficiency.csv, efficiency.png: quality against GPU seconds, one row and point per variant on test
-  (else the last split), the costs of `report_costs` averaged over seeds;
-- report.json: everything in the table, unrounded.
-
-Inputs: ``score_<n>`` (score artifacts) and ``train_<n>`` (training artifacts), described by the ``rows`` param.
+training stages) and the device; the costs of `costs` averaged over seeds.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,15 +19,14 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .core.cli import run_stage
-from .core.errors import ConfigError, DataError
-from .report_costs import COST_COLUMNS, TOTAL_GPU, run_costs
-from .report_plots import plot_efficiency, plot_index_kinds, plot_losses, plot_metrics
-from .report_table import csv_frame, efficiency_frame, efficiency_markdown, html, markdown
-from .ml.stats import holm, paired_randomization_test, query_interval, seed_averaged
-from .core.tables import _read
+from ..core.cli import run_stage
+from ..core.errors import ConfigError, DataError
+from ..core.tables import _read
+from ..ml.stats import holm, paired_randomization_test, query_interval, seed_averaged
+from .costs import COST_COLUMNS, TOTAL_GPU, run_costs
+from .plots import plot_efficiency, plot_index_kinds, plot_losses, plot_metrics
+from .table import csv_frame, efficiency_frame, efficiency_markdown, html, markdown
 
-VERSION = 3
 log = logging.getLogger("stages.report")
 
 TABLE_MEASURES = ["nDCG@10", "MRR@10", "R@100", "R@1000", "MAP"]
@@ -46,7 +37,7 @@ class ReportParams:
     rows: list[dict] = field(default_factory=list)
     """One per scored run: {variant, method, seed (or null), split, index (flat/pq/''), score (input name),
     train (input names of its chain's training artifacts, upstream first), costs ({input, stage, shared} of every
-    artifact its run was built from: `report_costs`)}."""
+    artifact its run was built from: `costs`)}."""
     reference: str = ""
     """Variant the p-values compare against ('' = none)."""
     measures: list[str] = field(default_factory=lambda: list(TABLE_MEASURES))
@@ -176,6 +167,3 @@ def report(params: ReportParams, inputs: Mapping[str, Path], out_dir: Path) -> d
 def main(argv: list[str] | None = None) -> int:
     return run_stage("report", ReportParams, report, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

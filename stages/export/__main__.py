@@ -1,0 +1,8 @@
+"""``python -m stages.export OUT --params … --inputs …``: the stage's command line (`stage.main`)."""
+
+import sys
+
+from .stage import main
+
+if __name__ == "__main__":
+    sys.exit(main())
