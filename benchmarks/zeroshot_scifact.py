@@ -17,7 +17,7 @@ from pathlib import Path
 
 from stages.encode import EncodeParams, encode
 from stages.index import IndexParams, build_index
-from stages.core.dataset_source import dataset_files
+from stages.core.dataset_formats import dataset_files
 from stages.prepare import PrepareParams, prepare
 from stages.retrieve import RetrieveParams, retrieve
 from stages.score import ScoreParams, score

@@ -62,7 +62,7 @@ PREPARE_PARAMS = {
 @pytest.fixture(scope="session")
 def prepared(scifact_slice, tmp_path_factory) -> Path:
     """The slice run through the `prepare` stage function (train / dev / test splits)."""
-    from stages.core.dataset_source import dataset_files
+    from stages.core.dataset_formats import dataset_files
     from stages.prepare import PrepareParams, prepare
 
     out = tmp_path_factory.mktemp("prepared")

@@ -20,7 +20,7 @@ from stages.bm25 import Bm25Params, bm25_run, search, top_k
 from stages.bm25_index import Bm25IndexParams, build_index, import_bm25s, load_index, tokenize
 from stages.core.errors import ConfigError
 from stages.pipeline.plan import Plan, load_config
-from stages.core.dataset_source import dataset_files
+from stages.core.dataset_formats import dataset_files
 from stages.prepare import PrepareParams, prepare
 from stages.score import evaluate
 from stages.core.tables import read_qrels, read_queries

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from stages.core.errors import DataError
-from stages.core.dataset_source import dataset_files
+from stages.core.dataset_formats import dataset_files
 from stages.prepare import PrepareParams, prepare
 
 PARAMS = dict(format="beir", splits=["train", "test"], dev_fraction=0.0, dev_source="train", seed=1, unknown_ids="error", empty_documents="keep")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.core.dataset_source import dataset_files
+from stages.core.dataset_formats import dataset_files
 from stages.prepare import PrepareParams, prepare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stages import encode, report, score, train_adore, train_star
-from stages.core import hub_source
+from stages.core import dataset_formats
 from stages.ml import index_kinds, negative_samplers
 from stages.bm25 import Bm25Params
 from stages.bm25_index import Bm25IndexParams
@@ -97,8 +97,8 @@ ENUMS = [
     ("warmup", "loss", list(train_star.LOSSES)),
     ("adore", "metric", list(train_adore.METRICS)),
     ("adore", "pq_scoring", list(train_adore.PQ_SCORING)),
-    ("dataset", "format", ["beir", "msmarco", *hub_source.HUB_FORMATS]),
-    ("dataset", "layout", list(hub_source.LAYOUTS)),
+    ("dataset", "format", list(dataset_formats.FORMATS)),
+    ("dataset", "layout", list(dataset_formats.HF_LAYOUTS)),
 ]
 
 
