@@ -43,7 +43,15 @@ def prepared_folder(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
     out = work / "prepared"
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    params = PrepareParams(format=args.format, splits=args.splits.split(","), dev_fraction=0.0)
+    params = PrepareParams(
+        format=args.format,
+        splits=args.splits.split(","),
+        dev_fraction=0.0,
+        dev_source="train",
+        seed=13,
+        unknown_ids="error",
+        empty_documents="keep",
+    )
     prepare(params, dataset_files(Path(args.dataset), params.format, params.splits), out)
     return out, time.perf_counter() - started
 

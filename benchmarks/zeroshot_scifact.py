@@ -38,7 +38,15 @@ def run(work: Path, batch_size: int) -> dict:
         timings[name] = round(time.perf_counter() - began, 1)
         return result
 
-    prepare_params = PrepareParams(format="beir", splits=["train", "test"], dev_fraction=0.1, seed=13)
+    prepare_params = PrepareParams(
+        format="beir",
+        splits=["train", "test"],
+        dev_fraction=0.1,
+        dev_source="train",
+        seed=13,
+        unknown_ids="error",
+        empty_documents="keep",
+    )
     files = dataset_files(SCIFACT, "beir", prepare_params.splits)
     timed("prepare", prepare, prepare_params, files, folders["prepare"])
     prepared = {"prepared": folders["prepare"]}

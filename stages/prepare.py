@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -37,18 +37,20 @@ log = logging.getLogger("stages.prepare")
 
 @dataclass
 class PrepareParams:
-    format: str = "beir"
-    """Dataset layout: 'beir' (jsonl + qrels/<split>.tsv), 'msmarco' (collection.tsv, queries/qrels.<split>.tsv),
-    'ir_datasets' or 'hf' (these two take `HubPrepareParams`)."""
-    splits: list[str] = field(default_factory=lambda: ["train", "test"])
+    """No defaults: the config schema's ``dataset`` section states them."""
+
+    format: str
+    """Dataset format, a key of `stages.core.dataset_formats.FORMATS`: 'beir' or 'msmarco' (a folder's files), or
+    'ir_datasets' or 'hf' (read by id: these take `HubPrepareParams`)."""
+    splits: list[str]
     """Splits to ingest; each needs a qrels file."""
-    dev_fraction: float = 0.1
+    dev_fraction: float
     """Fraction of the judged queries of `dev_source` moved into a new split 'dev' (0 disables)."""
-    dev_source: str = "train"
-    seed: int = 13
-    unknown_ids: str = "error"
+    dev_source: str
+    seed: int
+    unknown_ids: str
     """Judgments naming a query or document that does not exist: 'error' stops, 'drop' removes them with a warning."""
-    empty_documents: str = "keep"
+    empty_documents: str
     """Documents without title and text: 'keep' (encoded and retrievable; a warning counts them), 'drop' (with a
     counted warning; their judgments go too) or 'error'."""
 
@@ -57,9 +59,10 @@ class PrepareParams:
 class HubPrepareParams(PrepareParams):
     """The params of the formats read by id (ir_datasets, hf)."""
 
-    layout: str = "beir"
-    """hf only: 'beir' (corpus, queries and qrels configs) or 'tevatron' (query rows with their passages)."""
-    datasets: dict[str, dict[str, str]] = field(default_factory=dict)
+    layout: str
+    """hf only, a key of `stages.core.dataset_formats.HF_LAYOUTS`: 'beir' (corpus, queries and qrels configs) or
+    'tevatron' (query rows with their passages)."""
+    datasets: dict[str, dict[str, str]]
     """role ('dataset', 'qrels', 'corpus') -> {'id', 'revision'} of each dataset read by id; folders are inputs."""
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import prepare_params
 import stages.bm25
 from stages.bm25 import Bm25Params, bm25_run, search, top_k
 from stages.bm25_index import Bm25IndexParams, build_index, import_bm25s, load_index, tokenize
@@ -43,7 +44,7 @@ def scifact(tmp_path_factory) -> tuple[Path, Path]:
     prepared, index = root / "prepared", root / "index"
     prepared.mkdir()
     index.mkdir()
-    params = PrepareParams(dev_fraction=0.1)
+    params = prepare_params(dev_fraction=0.1)
     prepare(params, dataset_files(SCIFACT, "beir", params.splits), prepared)
     build_index(Bm25IndexParams(), {"prepared": prepared}, index)
     return prepared, index

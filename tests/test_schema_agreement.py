@@ -2,7 +2,8 @@
 
 The schema's defaults are the ones every run uses (`cli.build_params` requires every field, and the plan fills them
 from the schema), so where a dataclass default differs, the dataclass is wrong; this test keeps them from drifting
-apart again, field by field and enum by enum."""
+apart again, field by field and enum by enum. Params without defaults (prepare's) take every one from the schema;
+the enums of registry choices are the registries' keys."""
 
 from __future__ import annotations
 
@@ -36,8 +37,6 @@ SECTIONS = SCHEMA["properties"]
 
 # config section -> the params classes whose fields it sets (a field may come from another section: encoder.*)
 PAIRS = [
-    ("dataset", PrepareParams),
-    ("dataset", HubPrepareParams),
     ("score", ScoreParams),
     ("bm25", Bm25Params),
     ("bm25", Bm25IndexParams),
@@ -84,6 +83,16 @@ def test_defaults_agree(section, params):
         if default_of(f) != properties[f.name]["default"]
     }
     assert not differ, f"{section} vs {params.__name__}: {differ}"
+
+
+@pytest.mark.parametrize("params", [PrepareParams, HubPrepareParams])
+def test_prepare_params_take_every_default_from_the_schema(params):
+    """No defaults of their own: each field is the schema's ``dataset`` setting with its default, but ``datasets``
+    (the plan's: the ids and revisions it located)."""
+    fields = dataclasses.fields(params)
+    assert [f.name for f in fields if default_of(f) is not dataclasses.MISSING] == []
+    properties = SECTIONS["dataset"]["properties"]
+    assert [f.name for f in fields if f.name != "datasets" and "default" not in properties.get(f.name, {})] == []
 
 
 ENUMS = [
