@@ -32,7 +32,7 @@ import stages.bm25
 from stages.bm25 import search
 from stages.bm25_index import Bm25IndexParams, build_index
 from stages.ml.lexical import import_bm25s, load_index, tokenize
-from stages.core.dataset_source import dataset_files
+from stages.core.dataset_formats import dataset_files
 from stages.prepare import PrepareParams, prepare
 from stages.core.tables import read_queries
 
@@ -44,7 +44,15 @@ def prepared_folder(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
     out = work / "prepared"
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    params = PrepareParams(format=args.format, splits=args.splits.split(","), dev_fraction=0.0)
+    params = PrepareParams(
+        format=args.format,
+        splits=args.splits.split(","),
+        dev_fraction=0.0,
+        dev_source="train",
+        seed=13,
+        unknown_ids="error",
+        empty_documents="keep",
+    )
     prepare(params, dataset_files(Path(args.dataset), params.format, params.splits), out)
     return out, time.perf_counter() - started
 

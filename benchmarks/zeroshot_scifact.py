@@ -17,7 +17,7 @@ from pathlib import Path
 
 from stages.encode import EncodeParams, encode
 from stages.index import IndexParams, build_index
-from stages.core.dataset_source import dataset_files
+from stages.core.dataset_formats import dataset_files
 from stages.prepare import PrepareParams, prepare
 from stages.retrieve import RetrieveParams, retrieve
 from stages.score import ScoreParams, score
@@ -38,7 +38,15 @@ def run(work: Path, batch_size: int) -> dict:
         timings[name] = round(time.perf_counter() - began, 1)
         return result
 
-    prepare_params = PrepareParams(format="beir", splits=["train", "test"], dev_fraction=0.1, seed=13)
+    prepare_params = PrepareParams(
+        format="beir",
+        splits=["train", "test"],
+        dev_fraction=0.1,
+        dev_source="train",
+        seed=13,
+        unknown_ids="error",
+        empty_documents="keep",
+    )
     files = dataset_files(SCIFACT, "beir", prepare_params.splits)
     timed("prepare", prepare, prepare_params, files, folders["prepare"])
     prepared = {"prepared": folders["prepare"]}

@@ -1,9 +1,8 @@
 """Stage `prepare`: ingest a dataset into normalised Parquet, and carve a seeded dev split.
 
-Inputs (named, as `stages.core.dataset_source.dataset_files` finds them in a dataset folder):
-- BEIR: ``corpus`` (corpus.jsonl or .jsonl.gz), ``queries`` (queries.jsonl), ``qrels_<split>`` (qrels/<split>.tsv)
-- MS MARCO: ``corpus`` (collection.tsv), ``queries_<split>`` (queries.<split>.tsv), ``qrels_<split>`` (qrels.<split>.tsv)
-- ir_datasets and hf (Hugging Face): read by `stages.core.hub_readers` (ids in the params, local folders as inputs).
+Inputs and reader: those of the dataset's format (`stages.core.dataset_formats.FORMATS`): a folder's named files
+(beir, msmarco: `stages.core.folder_readers`), or datasets read by id, their ids in the params and local folders as
+inputs (ir_datasets, hf: `stages.core.hub_readers`). Here: the checks every format shares, the dev split, the writing.
 
 Output: corpus.parquet (doc_id, title, text), queries.parquet (split, query_id, text),
 qrels.parquet (split, query_id, doc_id, relevance), summary.json (counts, dropped judgments); with a dataset that
@@ -12,14 +11,12 @@ carries negatives (hf, Tevatron layout), negatives.parquet as `mine_negatives` w
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import sys
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Protocol
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -28,13 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .core.cli import run_stage
-from .core.dataset_records import CHUNK, first_duplicate, judgments_frame, normalise_id, queries_frame, text_field
+from .core.dataset_formats import FORMATS, DatasetFormat, Tables, dataset_format
+from .core.dataset_records import CHUNK, first_duplicate
 from .core.errors import ConfigError, DataError
-from .core.hub_source import HUB_FORMATS
-from .core.artifacts import NEGATIVES
-from .core.tables import NEGATIVES_SCHEMA
-from .core.tables import write_table
-from .core.artifacts import CORPUS, QRELS, QUERIES
+from .core.artifacts import CORPUS, NEGATIVES, QRELS, QUERIES
+from .core.tables import NEGATIVES_SCHEMA, write_table
 
 VERSION = 2
 log = logging.getLogger("stages.prepare")
@@ -42,18 +37,20 @@ log = logging.getLogger("stages.prepare")
 
 @dataclass
 class PrepareParams:
-    format: str = "beir"
-    """Dataset layout: 'beir' (jsonl + qrels/<split>.tsv), 'msmarco' (collection.tsv, queries/qrels.<split>.tsv),
-    'ir_datasets' or 'hf' (these two take `HubPrepareParams`)."""
-    splits: list[str] = field(default_factory=lambda: ["train", "test"])
+    """No defaults: the config schema's ``dataset`` section states them."""
+
+    format: str
+    """Dataset format, a key of `stages.core.dataset_formats.FORMATS`: 'beir' or 'msmarco' (a folder's files), or
+    'ir_datasets' or 'hf' (read by id: these take `HubPrepareParams`)."""
+    splits: list[str]
     """Splits to ingest; each needs a qrels file."""
-    dev_fraction: float = 0.1
+    dev_fraction: float
     """Fraction of the judged queries of `dev_source` moved into a new split 'dev' (0 disables)."""
-    dev_source: str = "train"
-    seed: int = 13
-    unknown_ids: str = "error"
+    dev_source: str
+    seed: int
+    unknown_ids: str
     """Judgments naming a query or document that does not exist: 'error' stops, 'drop' removes them with a warning."""
-    empty_documents: str = "keep"
+    empty_documents: str
     """Documents without title and text: 'keep' (encoded and retrievable; a warning counts them), 'drop' (with a
     counted warning; their judgments go too) or 'error'."""
 
@@ -62,86 +59,11 @@ class PrepareParams:
 class HubPrepareParams(PrepareParams):
     """The params of the formats read by id (ir_datasets, hf)."""
 
-    layout: str = "beir"
-    """hf only: 'beir' (corpus, queries and qrels configs) or 'tevatron' (query rows with their passages)."""
-    datasets: dict[str, dict[str, str]] = field(default_factory=dict)
+    layout: str
+    """hf only, a key of `stages.core.dataset_formats.HF_LAYOUTS`: 'beir' (corpus, queries and qrels configs) or
+    'tevatron' (query rows with their passages)."""
+    datasets: dict[str, dict[str, str]]
     """role ('dataset', 'qrels', 'corpus') -> {'id', 'revision'} of each dataset read by id; folders are inputs."""
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, decoded line) for non-blank lines; a UTF-8 BOM is dropped, invalid UTF-8 reported with its line,
-    a damaged gzip file with the line it broke at."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    number = 0
-    try:
-        with opener(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                line = _decode(raw, path, number)
-                if line.strip():
-                    yield number, line
-    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise DataError(
-            f"the gzip file is damaged or truncated after line {number} ({error})",
-            path=path,
-            fix="copy or download the file again (gzip -t checks it)",
-        ) from None
-
-
-def _decode(raw: bytes, path: Path, number: int) -> str:
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"invalid UTF-8 at byte {error.start} of the line", path=path, line=number, fix="re-encode the file as UTF-8"
-        ) from None
-    if number == 1:
-        line = line.removeprefix("\ufeff")
-    return line.rstrip("\r\n")
-
-
-JSONL_FIX = 'each line must be one JSON object, e.g. {"_id": "d1", "title": "...", "text": "..."}'
-
-
-def _jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
-    for number, line in _lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(
-                f"malformed JSON: {error.msg} at column {error.colno}", path=path, line=number, fix=JSONL_FIX
-            ) from None
-        if not isinstance(record, dict):
-            raise DataError("expected a JSON object", path=path, line=number, fix=JSONL_FIX)
-        for key in required:
-            if key not in record:
-                raise DataError(f"missing field {key!r}", path=path, line=number, fix=f"every line needs {required}")
-        yield number, record
-
-
-def _tsv(path: Path, allowed: tuple[int, ...], layout: str) -> Iterator[tuple[int, list[str]]]:
-    for number, line in _lines(path):
-        cells = line.split("\t")
-        if len(cells) not in allowed:
-            expected = " or ".join(str(n) for n in allowed)
-            raise DataError(
-                f"expected {expected} tab-separated columns, found {len(cells)}",
-                path=path,
-                line=number,
-                fix=f"lines must be {layout}, separated by tabs (tabs inside a text are not allowed)",
-            )
-        yield number, cells
-
-
-def _corpus_records(path: Path, layout: str) -> Iterator[tuple[int, str, str, str]]:
-    """(line, doc id, title, text) of every document, read one line at a time."""
-    if layout == "beir":
-        for number, record in _jsonl(path, ("_id", "text")):
-            doc_id = normalise_id(record["_id"], path, number, "document")
-            yield number, doc_id, text_field(record.get("title"), path, number, "title"), text_field(record["text"], path, number, "text")
-    else:
-        for number, cells in _tsv(path, (2, 3), "'pid<TAB>text' or 'pid<TAB>title<TAB>text'"):
-            title, text = (cells[1], cells[2]) if len(cells) == 3 else ("", cells[1])
-            yield number, normalise_id(cells[0], path, number, "document"), title, text
 
 
 CORPUS_SCHEMA = pa.schema([("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
@@ -206,34 +128,6 @@ def _batched(items: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
-def read_queries_file(path: Path, layout: str) -> pd.DataFrame:
-    if layout == "beir":
-        rows = ((n, r["_id"], r["text"]) for n, r in _jsonl(path, ("_id", "text")))
-    else:
-        rows = ((n, c[0], c[1]) for n, c in _tsv(path, (2,), "'qid<TAB>text'"))
-    return queries_frame(rows, path)
-
-
-# Header lines that qrels files carry (BEIR's first); a header is recognised by its content, never by a parse failure.
-QRELS_HEADERS = ({"query-id", "corpus-id", "score"}, {"qid", "docid", "rel"}, {"query_id", "doc_id", "relevance"})
-
-
-def _is_header(cells: list[str]) -> bool:
-    names = {cell.strip().lower() for cell in cells} - {"iteration", "q0", "0"}
-    return any(names == header for header in QRELS_HEADERS)
-
-
-def read_qrels_file(path: Path) -> tuple[pd.DataFrame, int]:
-    """BEIR (query-id, corpus-id, score; header optional) or TREC (qid, iteration, docid, relevance) judgments."""
-    return judgments_frame(_qrels_rows(path), path)
-
-
-def _qrels_rows(path: Path) -> Iterator[tuple[int, str, str, str]]:
-    for number, cells in _tsv(path, (3, 4), "'query-id<TAB>corpus-id<TAB>score' or TREC 'qid<TAB>0<TAB>docid<TAB>rel'"):
-        if not (number == 1 and _is_header(cells)):
-            yield (number, cells[0], cells[2], cells[3]) if len(cells) == 4 else (number, *cells)
-
-
 def _check_known(qrels: pd.DataFrame, column: str, known, path: Path, policy: str) -> tuple[pd.DataFrame, int]:
     """Judgments whose ``column`` id is not in ``known`` (an Arrow array or pandas Index): an error, or dropped."""
     ids = pa.array(qrels[column], pa.string())
@@ -265,54 +159,17 @@ def _empty_queries(queries: pd.DataFrame, judged, path: Path) -> None:
         )
 
 
-class Tables(Protocol):
-    """A dataset's records, each with where it comes from (a file, or a dataset id) for errors."""
-
-    def corpus(self) -> tuple[Iterable[tuple[int, str, str, str]], Path | str]:
-        """(line, doc id, title, text) records."""
-
-    def queries(self, split: str) -> tuple[pd.DataFrame, Path | str]:
-        """`queries_frame` of the split's queries."""
-
-    def qrels(self, split: str) -> tuple[pd.DataFrame, int, Path | str]:
-        """`judgments_frame` of the split's judgments."""
-
-    def negatives(self, split: str) -> dict[str, list[str]] | None:
-        """Given negatives of the split's queries (None: the dataset has none)."""
-
-
-class FolderTables:
-    """A BEIR or MS MARCO folder's files (`stages.core.dataset_source.dataset_files`)."""
-
-    def __init__(self, layout: str, inputs: Mapping[str, Path]):
-        self.layout, self.inputs = layout, inputs
-        self.shared = read_queries_file(inputs["queries"], "beir") if layout == "beir" else None
-
-    def corpus(self):
-        return _corpus_records(self.inputs["corpus"], self.layout), self.inputs["corpus"]
-
-    def queries(self, split):
-        if self.shared is not None:
-            return self.shared, self.inputs["queries"]
-        path = self.inputs[f"queries_{split}"]
-        return read_queries_file(path, "msmarco"), path
-
-    def qrels(self, split):
-        path = self.inputs[f"qrels_{split}"]
-        return (*read_qrels_file(path), path)
-
-    def negatives(self, split):
-        return None
-
-
 def open_tables(params: PrepareParams, inputs: Mapping[str, Path]) -> Tables:
-    if params.format in ("beir", "msmarco"):
-        return FolderTables(params.format, inputs)
-    if not isinstance(params, HubPrepareParams):
-        raise ConfigError(f"format {params.format!r} takes HubPrepareParams (the ids of its datasets)")
-    from .core.hub_readers import hub_tables
+    """The format's reader (`stages.core.dataset_formats`) over the inputs."""
+    found = dataset_format(params.format)
+    expected = params_for(found)
+    if not isinstance(params, expected):
+        raise ConfigError(f"dataset format {params.format!r} takes {expected.__name__}, not {type(params).__name__}")
+    return found.tables(params, inputs)
 
-    return hub_tables(params, inputs)
+
+def params_for(found: DatasetFormat) -> type[PrepareParams]:
+    return HubPrepareParams if found.by_id else PrepareParams
 
 
 def prepare(params: PrepareParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
@@ -412,7 +269,7 @@ def carve_dev(queries: pd.DataFrame, qrels: pd.DataFrame, source: str, fraction:
 
 
 def params_class(argv: list[str] | None) -> type:
-    """PrepareParams; `HubPrepareParams` (more fields: the ids) for the formats read by id."""
+    """The params class of the format in ``--params``: `HubPrepareParams` (more fields: the ids) for one read by id."""
     import argparse
 
     parser = argparse.ArgumentParser(add_help=False)
@@ -422,7 +279,9 @@ def params_class(argv: list[str] | None) -> type:
         values = json.loads(known.params)
     except ValueError:
         values = {}  # run_stage reports it
-    return HubPrepareParams if isinstance(values, dict) and values.get("format") in HUB_FORMATS else PrepareParams
+    name = values.get("format") if isinstance(values, dict) else None
+    found = FORMATS.get(name) if isinstance(name, str) else None
+    return params_for(found) if found else PrepareParams  # an unknown format: prepare reports it
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -62,7 +61,7 @@ PREPARE_PARAMS = {
 @pytest.fixture(scope="session")
 def prepared(scifact_slice, tmp_path_factory) -> Path:
     """The slice run through the `prepare` stage function (train / dev / test splits)."""
-    from stages.core.dataset_source import dataset_files
+    from stages.core.dataset_formats import dataset_files
     from stages.prepare import PrepareParams, prepare
 
     out = tmp_path_factory.mktemp("prepared")

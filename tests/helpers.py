@@ -1,7 +1,8 @@
-"""Helpers shared by the trainer tests (plain functions; the fixtures are in conftest.py)."""
+"""Helpers shared by the tests (plain functions; the fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -12,15 +13,25 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from stages.core.artifacts import EMBEDDINGS
 from stages.index import IndexParams, build_index
 from stages.core.artifacts import INDEX_FILE
+from stages.prepare import PrepareParams
 from stages.core.tables import write_embeddings
 from stages.ml.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parent.parent
+DATASET_SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]["dataset"]
+
+
+def prepare_params(**overrides: Any) -> PrepareParams:
+    """PrepareParams of the schema's ``dataset`` defaults (what a run's config starts from), ``overrides`` over them."""
+    defaults = {f.name: DATASET_SCHEMA["properties"][f.name]["default"] for f in dataclasses.fields(PrepareParams)}
+    return PrepareParams(**{**copy.deepcopy(defaults), **overrides})
+
 
 # a few quick steps of the tiny model: small batches, no warm-up, no checkpoints
 TINY_TRAINING = dict(

@@ -15,13 +15,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import prepare_params
 import stages.bm25
 from stages.bm25 import Bm25Params, bm25_run, search, top_k
 from stages.bm25_index import Bm25IndexParams, build_index
 from stages.ml.lexical import import_bm25s, load_index, tokenize
 from stages.core.errors import ConfigError
 from stages.pipeline.plan import Plan, load_config
-from stages.core.dataset_source import dataset_files
+from stages.core.dataset_formats import dataset_files
 from stages.prepare import PrepareParams, prepare
 from stages.ml.measures import evaluate
 from stages.core.tables import read_qrels, read_queries
@@ -44,7 +45,7 @@ def scifact(tmp_path_factory) -> tuple[Path, Path]:
     prepared, index = root / "prepared", root / "index"
     prepared.mkdir()
     index.mkdir()
-    params = PrepareParams(dev_fraction=0.1)
+    params = prepare_params(dev_fraction=0.1)
     prepare(params, dataset_files(SCIFACT, "beir", params.splits), prepared)
     build_index(Bm25IndexParams(), {"prepared": prepared}, index)
     return prepared, index

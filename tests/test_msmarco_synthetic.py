@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.core.dataset_source import dataset_files
-from stages.prepare import PrepareParams, prepare
+from helpers import prepare_params
+from stages.core.dataset_formats import dataset_files
+from stages.prepare import prepare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from msmarco_synthetic import generate  # noqa: E402
@@ -87,7 +88,7 @@ def test_prepare_reads_it_with_train_and_dev_splits(msmarco, tmp_path, layout):
         root = tmp_path / "beir"
         generate(root, **SIZE, seed=3, layout="beir")
     (tmp_path / "out").mkdir()
-    params = PrepareParams(format=layout, splits=["train", "dev"], dev_fraction=0.0)
+    params = prepare_params(format=layout, splits=["train", "dev"], dev_fraction=0.0)
     prepare(params, dataset_files(root, layout, ["train", "dev"]), tmp_path / "out")
     corpus = pd.read_parquet(tmp_path / "out" / "corpus.parquet")
     queries = pd.read_parquet(tmp_path / "out" / "queries.parquet")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 
 from stages.core.errors import DataError
-from stages.core.dataset_source import dataset_files
+from stages.core.dataset_formats import dataset_files
 from stages.prepare import PrepareParams, prepare
 
 PARAMS = dict(format="beir", splits=["train", "test"], dev_fraction=0.0, dev_source="train", seed=1, unknown_ids="error", empty_documents="keep")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.core.dataset_source import dataset_files
-from stages.prepare import PrepareParams, prepare
+from helpers import prepare_params
+from stages.core.dataset_formats import dataset_files
+from stages.prepare import prepare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from repeated_corpus import write_repeated  # noqa: E402
@@ -18,7 +19,7 @@ def test_repeated_corpus_prepares_with_unique_ids_and_every_judgment_resolved(tm
     write_repeated(12000, tmp_path / "data")  # SciFact has 5,183 documents: two full copies and part of a third
     root = tmp_path / "data"
     (tmp_path / "out").mkdir()
-    prepare(PrepareParams(), dataset_files(root, "beir", ["train", "test"]), tmp_path / "out")
+    prepare(prepare_params(), dataset_files(root, "beir", ["train", "test"]), tmp_path / "out")
     corpus = pd.read_parquet(tmp_path / "out" / "corpus.parquet")
     assert len(corpus) == 12000 and corpus["doc_id"].is_unique
     assert corpus["doc_id"].str.endswith("-r2").sum() == 12000 - 2 * 5183

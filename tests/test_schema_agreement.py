@@ -2,7 +2,8 @@
 
 The schema's defaults are the ones every run uses (`cli.build_params` requires every field, and the plan fills them
 from the schema), so where a dataclass default differs, the dataclass is wrong; this test keeps them from drifting
-apart again, field by field and enum by enum."""
+apart again, field by field and enum by enum. Params without defaults (prepare's) take every one from the schema;
+the enums of registry choices are the registries' keys."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 import yaml
 
 from stages import encode
+from stages.core import dataset_formats
 from stages.ml import frozen_documents, lambda_loss, measures, star_loss
-from stages.core import hub_source
 from stages.ml import index_kinds, negative_samplers
 from stages.bm25 import Bm25Params
 from stages.bm25_index import Bm25IndexParams
@@ -37,8 +38,6 @@ SECTIONS = SCHEMA["properties"]
 
 # config section -> the params classes whose fields it sets (a field may come from another section: encoder.*)
 PAIRS = [
-    ("dataset", PrepareParams),
-    ("dataset", HubPrepareParams),
     ("score", ScoreParams),
     ("bm25", Bm25Params),
     ("bm25", Bm25IndexParams),
@@ -87,6 +86,16 @@ def test_defaults_agree(section, params):
     assert not differ, f"{section} vs {params.__name__}: {differ}"
 
 
+@pytest.mark.parametrize("params", [PrepareParams, HubPrepareParams])
+def test_prepare_params_take_every_default_from_the_schema(params):
+    """No defaults of their own: each field is the schema's ``dataset`` setting with its default, but ``datasets``
+    (the plan's: the ids and revisions it located)."""
+    fields = dataclasses.fields(params)
+    assert [f.name for f in fields if default_of(f) is not dataclasses.MISSING] == []
+    properties = SECTIONS["dataset"]["properties"]
+    assert [f.name for f in fields if f.name != "datasets" and "default" not in properties.get(f.name, {})] == []
+
+
 ENUMS = [
     ("encoder", "pooling", ["auto", *POOLINGS]),
     ("encode", "dtype", list(encode.DTYPES)),
@@ -98,8 +107,8 @@ ENUMS = [
     ("warmup", "loss", list(star_loss.LOSSES)),
     ("adore", "metric", list(lambda_loss.METRICS)),
     ("adore", "pq_scoring", list(frozen_documents.PQ_SCORING)),
-    ("dataset", "format", ["beir", "msmarco", *hub_source.HUB_FORMATS]),
-    ("dataset", "layout", list(hub_source.LAYOUTS)),
+    ("dataset", "format", list(dataset_formats.FORMATS)),
+    ("dataset", "layout", list(dataset_formats.HF_LAYOUTS)),
 ]
 
 

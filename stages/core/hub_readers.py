@@ -1,6 +1,7 @@
-"""The `prepare` tables of datasets read by id (`stages.core.hub_source` locates them): ir_datasets, and Hugging Face
-datasets in BEIR's layout (corpus and queries configs, qrels in a config or a dataset of their own, as BeIR/scifact
-and BeIR/scifact-qrels) or Tevatron's (rows of query_id, query, positive_passages, negative_passages).
+"""The `prepare` tables of datasets read by id (`stages.core.hub_source` locates them, `stages.core.dataset_formats`
+picks the reader): ir_datasets, and Hugging Face datasets in BEIR's layout (corpus and queries configs, qrels in a
+config or a dataset of their own, as BeIR/scifact and BeIR/scifact-qrels) or Tevatron's (rows of query_id, query,
+positive_passages, negative_passages).
 
 A Hugging Face folder is read offline by the datasets library: a `save_to_disk` folder (one per config, or the
 dataset's only config) with `load_from_disk`, any other folder (the Hub's layout: parquet, jsonl or tsv files and a
@@ -17,27 +18,8 @@ from typing import Any, Iterator, Mapping
 import pandas as pd
 
 from .dataset_records import CHUNK, judgments_frame, normalise_id, queries_frame, text_field
-from .errors import ConfigError, DataError
-from .hub_source import (
-    cached_hf_dataset,
-    irds_dataset,
-    irds_dataset_of_split,
-    irds_split_id,
-    LAYOUTS,
-    need,
-    offline_irds,
-)
-
-
-def hub_tables(params, inputs: Mapping[str, Path]):
-    """The tables of `prepare.HubPrepareParams`: format, layout, splits and the datasets by id; folders in inputs."""
-    if params.format == "ir_datasets":
-        return IrdsTables(params.datasets["dataset"]["id"])
-    if params.layout not in LAYOUTS:
-        raise ConfigError(f"dataset.layout must be one of {LAYOUTS}, not {params.layout!r}", fix="set dataset.layout")
-    folders = {role: HfFolder.of(role, params.datasets, inputs) for role in ("dataset", "qrels", "corpus")}
-    folders = {role: folder for role, folder in folders.items() if folder is not None}
-    return (BeirHfTables if params.layout == "beir" else TevatronHfTables)(folders, params.splits)
+from .errors import DataError
+from .hub_source import cached_hf_dataset, irds_dataset, irds_dataset_of_split, irds_split_id, need, offline_irds
 
 
 # --- ir_datasets --------------------------------------------------------------------------------------------------
@@ -144,6 +126,13 @@ class HfFolder:
                 fix="name these in dataset.splits",
             )
         return found[name], f"{self.label} ({config}/{name}) row"
+
+
+def hf_folders(by_id: Mapping[str, Mapping[str, str]], inputs: Mapping[str, Path]) -> dict[str, HfFolder]:
+    """role ('dataset', 'qrels', 'corpus') -> the folder of each Hugging Face dataset given: by id (the params'
+    datasets) or as a local folder (an input)."""
+    folders = {role: HfFolder.of(role, by_id, inputs) for role in ("dataset", "qrels", "corpus")}
+    return {role: folder for role, folder in folders.items() if folder is not None}
 
 
 def rows(table, where: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:

@@ -1,6 +1,7 @@
 """Where a dataset read by id is: an ir_datasets id, or a Hugging Face dataset (local folder or Hub id in the local
-cache). Nothing here downloads; the plan calls `locate` so that a dataset missing from the cache fails before any
-stage runs. ir_datasets and datasets are imported only for these formats (the `datasets` extra).
+cache). Nothing here downloads; the plan locates them (`stages.core.dataset_formats`) so that a dataset missing from
+the cache fails before any stage runs. ir_datasets and datasets are imported only for these formats (the `datasets`
+extra).
 
 The prepare key holds each dataset read by id with its revision (ir_datasets: the package version, whose registry pins
 every file by checksum; a Hub id: the cached commit); a local folder is an input, keyed by its content.
@@ -15,8 +16,6 @@ from typing import Any, Iterator, Mapping
 
 from .errors import ConfigError, DataError
 
-HUB_FORMATS = ("ir_datasets", "hf")
-LAYOUTS = ("beir", "tevatron")  # of hf datasets
 EXTRA_FIX = "install the extra: pip install -e '.[datasets]' (or pip install ir_datasets datasets)"
 # dataset config key -> role of the Hugging Face dataset it names
 HF_ROLES = {"qrels": "qrels", "corpus": "corpus"}
@@ -40,14 +39,17 @@ class HubSource:
     """role -> local folder (prepare inputs, keyed by content)."""
 
 
-def locate(dataset: Mapping[str, Any]) -> HubSource:
-    """The datasets a hub-format config reads, checked to be readable offline."""
-    if dataset["format"] == "ir_datasets":
-        if not dataset.get("id"):
-            raise ConfigError("dataset.format ir_datasets needs dataset.id", fix="set dataset.id, e.g. beir/scifact")
-        check_irds_cached(dataset["id"], dataset["splits"])
-        version = need("ir_datasets").__version__
-        return HubSource({"dataset": {"id": dataset["id"], "revision": f"ir_datasets {version}"}})
+def locate_irds(dataset: Mapping[str, Any]) -> HubSource:
+    """The ir_datasets dataset of a config (its ``dataset`` section), checked to be readable offline."""
+    if not dataset.get("id"):
+        raise ConfigError("dataset.format ir_datasets needs dataset.id", fix="set dataset.id, e.g. beir/scifact")
+    check_irds_cached(dataset["id"], dataset["splits"])
+    version = need("ir_datasets").__version__
+    return HubSource({"dataset": {"id": dataset["id"], "revision": f"ir_datasets {version}"}})
+
+
+def locate_hf(dataset: Mapping[str, Any]) -> HubSource:
+    """The Hugging Face datasets of a config (its ``dataset`` section), local folders or in the local Hub cache."""
     source = HubSource()
     specs = {"dataset": dataset.get("id") or dataset.get("path")}
     specs |= {role: dataset.get(key, "") for key, role in HF_ROLES.items()}

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.artifacts import shard_inputs
-from ..core.dataset_source import dataset_files
+from ..core.dataset_formats import dataset_format, with_negatives
 from ..core.errors import ConfigError
-from ..core.hub_source import HUB_FORMATS, locate
 from ..ml.index_kinds import KINDS
 from ..core.model_source import ModelSource, check_model_folder, locate_model, position_limit
 from ..ml.negative_samplers import SAMPLERS
@@ -300,16 +299,8 @@ class Plan:
         dataset = self.config["dataset"]
         names = ("format", "splits", "dev_fraction", "dev_source", "seed", "unknown_ids", "empty_documents")
         params = {name: dataset[name] for name in names}
-        if dataset["format"] in HUB_FORMATS:
-            source = locate(dataset)
-            params |= {"layout": dataset["layout"], "datasets": source.datasets}
-            return params, {role: RawFile(folder, self.cache) for role, folder in source.folders.items()}
-        if not dataset.get("path"):
-            raise ConfigError(
-                f"dataset.format {dataset['format']} needs dataset.path", fix="set dataset.path to the dataset's folder"
-            )
-        files = dataset_files(Path(dataset["path"]), dataset["format"], dataset["splits"])
-        return params, {name: RawFile(path, self.cache) for name, path in files.items()}
+        source = dataset_format(dataset["format"]).locate(dataset)
+        return params | source.params, {name: RawFile(path, self.cache) for name, path in source.inputs.items()}
 
     def _build(self, index: int, experiment: Mapping[str, Any], seed: int | None) -> dict[str, Node]:
         chain = Chain(self, index, experiment, seed)
@@ -537,10 +528,10 @@ class Chain:
 
     def given_negatives(self) -> Node:
         dataset = self.plan.config["dataset"]
-        if (dataset["format"], dataset.get("layout")) != ("hf", "tevatron"):
+        if not dataset_format(dataset["format"]).carries_negatives(dataset.get("layout")):
             raise ConfigError(
                 f"{self.setting('mine', 'source')}: given needs a dataset that carries negatives "
-                "(dataset.format: hf with dataset.layout: tevatron)",
+                f"({' or '.join(with_negatives())})",
                 fix="set mine.source to bm25 or warmup",
             )
         return self.roles["prepare"]
