@@ -374,16 +374,7 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
     documents, doc_ids = frozen_documents(params.pq_scoring, inputs, device)
     data = load_training_data(inputs["prepared"], doc_ids)
     encoder, init = initial_encoder(params, inputs, device)
-    dims = {"index": documents.searcher.dim}
-    if documents.uncompressed is not None:
-        dims["shard embeddings"] = int(documents.uncompressed.shape[1])
-    for what, dim in dims.items():
-        if dim != encoder.dim:
-            raise ConfigError(
-                f"the query encoder gives {encoder.dim}-dim vectors but the {what} holds {dim}-dim ones",
-                path=inputs["index"],
-                fix="initialise from the encoder that encoded the documents",
-            )
+    check_dimensions(encoder.dim, documents, inputs["index"])
     began = time.perf_counter()
     data.resident = ResidentQueries.build(data, encoder.tokenizer, params.query_max_length, device)
     log.info("tokenized the %d train queries in %.1f s", len(data.query_texts), time.perf_counter() - began)
@@ -414,13 +405,30 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
     )
     if not distributed.is_main():
         return summary  # only rank 0 wrote the log
+    head = {"items": {"queries": summary["steps"] * size, "steps": summary["steps"]}, "init": str(init)}
+    return {**head, "train_queries": len(data.query_texts), **step_summary(out_dir, documents), **summary}
+
+
+def check_dimensions(dim: int, documents: FrozenDocuments, index: Path) -> None:
+    """The query encoder's vectors have the dimension of the index's (and of the shard embeddings it scores with)."""
+    dims = {"index": documents.searcher.dim}
+    if documents.uncompressed is not None:
+        dims["shard embeddings"] = int(documents.uncompressed.shape[1])
+    for what, theirs in dims.items():
+        if theirs != dim:
+            raise ConfigError(
+                f"the query encoder gives {dim}-dim vectors but the {what} holds {theirs}-dim ones",
+                path=index,
+                fix="initialise from the encoder that encoded the documents",
+            )
+
+
+def step_summary(out_dir: Path, documents: FrozenDocuments) -> dict[str, Any]:
+    """The documents searched, and the mean seconds of a step's parts (the log gets its loss_seconds here)."""
     frame = add_loss_seconds(out_dir)
     clocks = ["seconds", "encode_seconds", "search_seconds", "loss_seconds"]
     step = frame.reindex(columns=clocks).mean()  # a CUDA graph's steps have no inner clocks: NaN
     return {
-        "items": {"queries": summary["steps"] * size, "steps": summary["steps"]},
-        "train_queries": len(data.query_texts),
-        "init": str(init),
         "documents": documents.ntotal,
         "scoring": documents.scoring,
         "search_kernel": getattr(documents.searcher, "kernel", "matmul"),
@@ -429,7 +437,6 @@ def train_adore(params: AdoreParams, inputs: Mapping[str, Path], out_dir: Path, 
         "loss_seconds_mean": finite(step["loss_seconds"], 5),
         "search_share": finite(step["search_seconds"] / step["seconds"], 4) if step["seconds"] else None,
         "final_train_mrr": float(frame["train_mrr"].tail(max(1, len(frame) // 10)).mean()),
-        **summary,
     }
 
 

@@ -178,22 +178,9 @@ def test_a_package_in_the_stage_layer_is_a_declared_stage_with_a_main():
     assert not stray, f"subpackages of the stage layer that are no declared stage run by python -m: {stray}"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="module stages still import each other (train_warmup -> train_star, bm25 -> bm25_index, ...): what they "
-    "share is being moved down a floor on another branch",
-)
 def test_no_stage_imports_another_stage():
     found = stage_imports(import_graph(ROOT / "stages"))
     assert not found, "a stage imports another stage (move what they share to core/ or ml/): " + "; ".join(found)
-
-
-def test_no_package_stage_imports_another_stage():
-    """What `test_no_stage_imports_another_stage` asks, held already for the stages that are packages."""
-    graph = import_graph(ROOT / "stages")
-    packages = {stage_of(m) for m in graph if layer_of(m) == STAGE_LAYER and m.count(".") > 1}
-    found = [pair for pair in stage_imports(graph) if stage_of(pair.split()[0]) in packages]
-    assert not found, "; ".join(found)
 
 
 def write_package(root: Path, sources: dict[str, str]) -> Path:
