@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import clustered, index_artifact
 
+from stages.core import settings
 from stages.core.errors import ArtifactError, ConfigError
 from stages.ml.index_kinds import KIND_FILE, KINDS, IndexKind, build_flat, open_index, recorded_kind, searcher_for
 from stages.train_adore import AdoreParams, frozen_documents
@@ -62,8 +63,9 @@ def test_searchers_go_by_the_record_not_the_faiss_class(flat_artifact, tmp_path,
     assert searcher_for(artifact, "auto").ntotal == 2000  # faiss, as a kind with no torch searcher is searched
     with pytest.raises(ConfigError, match="a toy index has no torch searcher"):
         searcher_for(artifact, "torch")
+    params = settings.params(AdoreParams, "adore", "encoder", seed=0)
     with pytest.raises(ConfigError, match="ADORE searches its index in torch"):
-        frozen_documents(AdoreParams(), {"index": artifact}, torch.device("cpu"))
+        frozen_documents(params, {"index": artifact}, torch.device("cpu"))
 
 
 def test_older_artifacts_read_the_kind_from_summary_json_else_fail_clearly(flat_artifact, tmp_path):
