@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -29,13 +29,13 @@ MEASURES = {"nDCG@10": "nDCG@10", "MRR@10": "RR{rel}@10", "R@100": "R{rel}@100",
 
 @dataclass
 class ScoreParams:
-    split: str = "test"
-    measures: list[str] = field(default_factory=lambda: list(MEASURES))
+    split: str
+    measures: list[str]
     """Any of nDCG@10, MRR@10, R@100, R@1000, MAP."""
-    relevance_level: int = 1
+    relevance_level: int
     """Lowest judgment that counts as relevant for binary measures (graded judgments are kept for nDCG)."""
-    bootstrap_samples: int = 1000
-    seed: int = 0
+    bootstrap_samples: int
+    seed: int
 
 
 def ir_measure(name: str, relevance_level: int):

@@ -30,7 +30,8 @@ CORPUS = pd.DataFrame(
 # the card's rule for title + text
 DOCUMENTS = [(title + " " + text).strip() for title, text in zip(CORPUS["title"].fillna(""), CORPUS["text"])]
 ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript"))  # the onnx extra
-PARAMS = ExportParams(name="adore-star", method="adore", seed=3, doc_max_length=64, query_max_length=16)
+PARAMS = ExportParams(name="adore-star", method="adore", seed=3, doc_max_length=64, query_max_length=16, model="bundled",
+                      pooling="auto", normalize="auto")
 
 
 def training_artifact(folder: Path, encoder, stage: str) -> Path:
