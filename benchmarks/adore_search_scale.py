@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages.core import settings
 from stages.ml.search import FlatTorchSearcher, PQTorchSearcher
 
 MS_MARCO_PASSAGES = 8_841_823
@@ -116,7 +117,8 @@ def adore_steps(args: argparse.Namespace, generator: torch.Generator) -> dict:
         positive_rows=[rng.choice(args.docs, size=1 + (i % 2), replace=False) for i in range(args.queries)],
         positive_gains=[np.ones(1 + (i % 2)) for i in range(args.queries)],
     )
-    params = AdoreParams(top_k=args.k, metric_cutoff=args.k, query_max_length=32, batch_size=args.queries)
+    shape = {"top_k": args.k, "metric_cutoff": args.k, "query_max_length": 32, "batch_size": args.queries}
+    params = settings.params(AdoreParams, "adore", "encoder", **shape, seed=42)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-7)
     device = torch.device("cuda")
     results = {}

@@ -33,6 +33,7 @@ from stages.bm25 import search
 from stages.bm25_index import Bm25IndexParams, build_index
 from stages.ml.lexical import import_bm25s, load_index, tokenize
 from stages.core.dataset_formats import dataset_files
+from stages.core import settings
 from stages.prepare import PrepareParams, prepare
 from stages.core.tables import read_queries
 
@@ -60,12 +61,12 @@ def prepared_folder(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
 def index_folder(args: argparse.Namespace, work: Path, prepared: Path) -> tuple[Path, dict]:
     """The index (given, or built with the default settings) and its summary (sizes; build seconds when built)."""
     if args.index:
-        settings = json.loads((Path(args.index) / "settings.json").read_text())
+        recorded = json.loads((Path(args.index) / "settings.json").read_text())
         postings = len(np.load(Path(args.index) / "data.csc.index.npy", mmap_mode="r"))
-        return Path(args.index), {**settings, "postings": postings, "seconds": None, "tokenize_seconds": None}
+        return Path(args.index), {**recorded, "postings": postings, "seconds": None, "tokenize_seconds": None}
     out = work / "bm25_index"
     out.mkdir(parents=True, exist_ok=True)
-    return out, build_index(Bm25IndexParams(), {"prepared": prepared}, out)
+    return out, build_index(settings.params(Bm25IndexParams, "bm25"), {"prepared": prepared}, out)
 
 
 def query_texts(prepared: Path, count: int) -> list[str]:

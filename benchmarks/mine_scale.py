@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from stages.core import settings
 from stages.mine_negatives import MineParams, mine
 from stages.core.tables import RunWriter, run_table_from_topk
 from stages.core.artifacts import QRELS
@@ -94,7 +95,8 @@ def phase_mine(args: argparse.Namespace) -> dict:
     out = args.work / "negatives"
     out.mkdir(exist_ok=True)
     began = time.perf_counter()
-    summary = mine(MineParams(depth=args.depth), {"prepared": prepared, "run": args.work / "run"}, out)
+    params = settings.params(MineParams, "mine", split="train", depth=args.depth)
+    summary = mine(params, {"prepared": prepared, "run": args.work / "run"}, out)
     seconds = time.perf_counter() - began
     return {
         "seconds": round(seconds, 2),

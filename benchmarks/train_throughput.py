@@ -72,6 +72,7 @@ from stages.ml import distributed, training  # noqa: E402
 from stages import train_adore
 from stages.ml import star_training
 from stages.ml.frozen_documents import FrozenDocuments
+from stages.core import settings  # noqa: E402
 from stages.core.model_source import resolve_model  # noqa: E402
 from stages.ml.models import load_encoder  # noqa: E402
 from stages.ml.search import FlatTorchSearcher, PQTorchSearcher  # noqa: E402
@@ -557,15 +558,16 @@ def run_config(config: Config, args, texts: Texts, cache: dict, device: torch.de
         model=args.model_spec, batch_size=config.batch_size, max_steps=steps, seed=args.seed, checkpoint_every=0,
         query_max_length=args.query_max_length, doc_max_length=args.doc_max_length, temperature=TEMPERATURE,
     )
-    star = config.stage != "train_adore"
+    star, section = config.stage != "train_adore", config.stage.removeprefix("train_")
     if star:
         params_class = WarmupParams if config.stage == "train_warmup" else star_training.StarParams
-        params = params_class(**common, **config.options)
+        params = settings.params(params_class, section, "encoder", **common, **config.options)
         if "star_data" not in cache:
             cache["star_data"] = star_data(texts, args.seed)
         data = cache["star_data"]
     else:
-        params = train_adore.AdoreParams(**common, top_k=args.top_k, metric="mrr", metric_cutoff=args.top_k)
+        adore = {"top_k": args.top_k, "metric": "mrr", "metric_cutoff": args.top_k}
+        params = settings.params(train_adore.AdoreParams, section, "encoder", **common, **adore)
         train_adore.check_params(params)
     encoder, _ = initial_encoder(params, {}, device)  # as the stages: seed, load, move
     if not star:

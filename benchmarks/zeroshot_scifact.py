@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from stages.core import settings
 from stages.encode import EncodeParams, encode
 from stages.index import IndexParams, build_index
 from stages.core.dataset_formats import dataset_files
@@ -50,11 +51,17 @@ def run(work: Path, batch_size: int) -> dict:
     files = dataset_files(SCIFACT, "beir", prepare_params.splits)
     timed("prepare", prepare, prepare_params, files, folders["prepare"])
     prepared = {"prepared": folders["prepare"]}
-    encoded = timed("encode", encode, EncodeParams(max_length=256, batch_size=batch_size), prepared, folders["encode"])
-    timed("index", build_index, IndexParams(kind="flat"), {"shard_0": folders["encode"]}, folders["index"])
-    retrieve_params = RetrieveParams(split="test", top_k=1000, query_max_length=64, batch_size=batch_size)
+    whole = {"what": "corpus", "split": "", "shard": 0, "num_shards": 1}
+    encode_params = settings.params(EncodeParams, "encode", "encoder", **whole, max_length=256, batch_size=batch_size)
+    encoded = timed("encode", encode, encode_params, prepared, folders["encode"])
+    index_params = settings.params(IndexParams, "index", kind="flat")
+    timed("index", build_index, index_params, {"shard_0": folders["encode"]}, folders["index"])
+    retrieve_params = settings.params(
+        RetrieveParams, "retrieve", "encoder", split="test", top_k=1000, query_max_length=64, batch_size=batch_size
+    )
     timed("retrieve", retrieve, retrieve_params, {**prepared, "index": folders["index"]}, folders["retrieve"])
-    timed("score", score, ScoreParams(split="test"), {**prepared, "run": folders["retrieve"]}, folders["score"])
+    score_params = settings.params(ScoreParams, "score", split="test")
+    timed("score", score, score_params, {**prepared, "run": folders["retrieve"]}, folders["score"])
     metrics = json.loads((folders["score"] / "metrics.json").read_text())
     return {"metrics": metrics, "seconds": timings, "encode": encoded}
 

@@ -38,9 +38,9 @@ BATCH_QUERIES = 256
 
 @dataclass
 class Bm25Params:
-    split: str = "test"
+    split: str
     """Which split's queries to run."""
-    top_k: int = 1000
+    top_k: int
 
 
 def bm25_run(params: Bm25Params, inputs: Mapping[str, Path], out_dir: Path) -> dict:

@@ -30,13 +30,13 @@ log = logging.getLogger("stages.bm25_index")
 
 @dataclass
 class Bm25IndexParams:
-    k1: float = 1.5
-    b: float = 0.75
-    method: str = "lucene"
+    k1: float
+    b: float
+    method: str
     """bm25s scoring variant: lucene, robertson, atire, bm25l, bm25+."""
-    stopwords: str = "en"
+    stopwords: str
     """bm25s stopword list ('en', 'german', ...), or '' for none."""
-    stemmer: str = "english"
+    stemmer: str
     """Snowball stemmer language (PyStemmer), or '' for none."""
 
 

@@ -35,19 +35,19 @@ DTYPES = ("float16", "float32")
 class EncodeParams(EncoderSpec):
     """`EncoderSpec`'s fields (the encoder when there is no ``model`` input), and:"""
 
-    what: str = "corpus"
+    what: str
     """'corpus' (title + " " + text) or 'queries' (of ``split``)."""
-    split: str = "test"
+    split: str
     """Whose queries, when ``what`` is 'queries'."""
-    shard: int = 0
+    shard: int
     """Which contiguous shard of the rows to encode (0-based)."""
-    num_shards: int = 1
-    max_length: int = 256
+    num_shards: int
+    max_length: int
     """Truncation in tokens of whatever is encoded (documents: 256, MiniLM's own; queries: shorter)."""
-    batch_size: int = 256
-    dtype: str = "float16"
+    batch_size: int
+    dtype: str
     """Storage precision of the embeddings: float16 or float32."""
-    autocast: str = "auto"
+    autocast: str
     """auto (bf16 on CUDA, none on CPU), bf16, fp16 or none; on CUDA bf16/fp16 cast the weights (inference only)."""
 
 

@@ -32,17 +32,17 @@ log = logging.getLogger("stages.index")
 
 @dataclass
 class IndexParams:
-    kind: str = "flat"
+    kind: str
     """flat (exact inner product) or pq (product quantisation, lossy and smaller): `stages.ml.index_kinds`."""
-    pq_m: int = 48
+    pq_m: int
     """PQ sub-vectors; must divide the embedding dimension."""
-    pq_bits: int = 8
+    pq_bits: int
     """Bits per PQ sub-vector code (2**bits centroids each, so at least that many training vectors)."""
-    opq: bool = False
+    opq: bool
     """Learn an OPQ rotation before PQ."""
-    train_size: int = 100000
+    train_size: int
     """Most vectors sampled to train PQ / OPQ."""
-    seed: int = 0
+    seed: int
     """Seeds the training sample and faiss k-means."""
 
 

@@ -35,13 +35,13 @@ log = logging.getLogger("stages.mine_negatives")
 
 @dataclass
 class MineParams:
-    split: str = "train"
+    split: str
     """Whose queries get negatives; the run must answer this split's queries."""
-    depth: int = 200
+    depth: int
     """Take negatives from the run's top this many documents (paper: top-200)."""
-    exclude_positives: bool = True
+    exclude_positives: bool
     """Drop documents judged relevant (relevance >= 1) to the query."""
-    skip_top: int = 0
+    skip_top: int
     """Also drop the run's top this many ranks: on sparsely judged data they hold unjudged relevant documents
     (false negatives); sentence-transformers' recipe mines from ranks 10-100. 0 = the paper (top-200 minus positives)."""
 

@@ -36,13 +36,13 @@ log = logging.getLogger("stages.retrieve")
 class RetrieveParams(EncoderSpec):
     """`EncoderSpec`'s fields (the query encoder when there is no ``model`` input), and:"""
 
-    split: str = "test"
+    split: str
     """Which split's queries to run."""
-    top_k: int = 1000
-    query_max_length: int = 64
+    top_k: int
+    query_max_length: int
     """Query truncation in tokens."""
-    batch_size: int = 128
-    backend: str = "auto"
+    batch_size: int
+    backend: str
     """Search backend: auto, faiss, faiss-gpu or torch (see stages.ml.index_kinds.searcher_for)."""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -26,13 +26,13 @@ log = logging.getLogger("stages.score")
 
 @dataclass
 class ScoreParams:
-    split: str = "test"
-    measures: list[str] = field(default_factory=lambda: ["nDCG@10", "MRR@10", "R@100", "R@1000", "MAP"])
+    split: str
+    measures: list[str]
     """Names of the measures registry (`stages.ml.measures`)."""
-    relevance_level: int = 1
+    relevance_level: int
     """Lowest judgment that counts as relevant for binary measures (graded judgments are kept for nDCG)."""
-    bootstrap_samples: int = 1000
-    seed: int = 0
+    bootstrap_samples: int
+    seed: int
 
 
 def score(params: ScoreParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:

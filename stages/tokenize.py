@@ -54,9 +54,9 @@ Chunk = tuple[list[str], list[str]]  # (ids, texts)
 
 @dataclass
 class TokenizeParams:
-    model: str = "bundled"
+    model: str
     """Whose tokenizer: 'bundled', a local model folder or a Hub id (the config's base encoder)."""
-    max_length: int = 256
+    max_length: int
     """Truncation in tokens (the encoder's doc_max_length)."""
 
 

@@ -82,17 +82,15 @@ log = logging.getLogger("stages.train_adore")
 
 @dataclass
 class AdoreParams(DevEvaluation, EncoderSpec, TrainConfig):
-    epochs: int = 6
-    """Passes over the training queries (the config's default; ADORE's steps are cheap)."""
-    top_k: int = 200
+    top_k: int
     """Documents retrieved per query and step: the dynamic hard negatives (paper: 200)."""
-    metric: str = "mrr"
+    metric: str
     """Whose change weighs each pair: mrr or ndcg (paper code: MRR)."""
-    metric_cutoff: int = 200
+    metric_cutoff: int
     """The metric's cutoff; at most top_k (paper code: 200 for passages)."""
-    temperature: float = 0.05
+    temperature: float
     """score = dot product / temperature; 1 = the paper's plain inner product (see the module docstring)."""
-    pq_scoring: str = "reconstructed"
+    pq_scoring: str
     """PQ index: score with the reconstructed vectors, or the uncompressed ones (shard inputs; the paper's code)."""
 
 

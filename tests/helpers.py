@@ -16,7 +16,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from stages.core import settings
 from stages.core.artifacts import EMBEDDINGS
+from stages.encode import EncodeParams
 from stages.index import IndexParams, build_index
 from stages.core.artifacts import INDEX_FILE
 from stages.prepare import PrepareParams
@@ -39,9 +41,18 @@ TINY_TRAINING = dict(
 )
 
 
-def tiny_training(params_cls: type, model: Path | str, **fields: Any):
-    """``params_cls`` for the tiny model with `TINY_TRAINING`; ``fields`` add to it or override it."""
-    return params_cls(model=str(model), **{**TINY_TRAINING, **fields})
+def tiny_training(params_cls: type, section: str, model: Path | str, **fields: Any):
+    """``params_cls`` for the tiny model with `TINY_TRAINING`, else the schema's defaults of the config ``section``
+    and the encoder; ``fields`` add to it or override it."""
+    return settings.params(params_cls, section, "encoder", model=str(model), **{**TINY_TRAINING, **fields})
+
+
+def encode_params(**fields: Any) -> EncodeParams:
+    """`EncodeParams` for every row in one shard (the config's ``num_shards`` is how many jobs), the test split's when
+    queries, documents cut at the encoder's ``doc_max_length``; else the schema's defaults. ``fields`` override them."""
+    whole = {"what": "corpus", "split": "test", "shard": 0, "num_shards": 1}
+    whole["max_length"] = settings.defaults("encoder")["doc_max_length"]
+    return settings.params(EncodeParams, "encode", "encoder", **{**whole, **fields})
 
 
 def tensors_under(folder: Path) -> dict[str, torch.Tensor]:
@@ -110,9 +121,11 @@ def write_shards(folder: Path, vectors: np.ndarray, count: int) -> dict[str, Pat
 
 
 def index_artifact(folder: Path, vectors: np.ndarray, shards: int = 1, **params) -> Path:
-    """An `index` artifact built (with IndexParams(**params)) from ``vectors`` written as ``shards`` encode shards."""
+    """An `index` artifact built (with ``params`` over the index section's defaults) from ``vectors`` written as
+    ``shards`` encode shards."""
     out = folder / "index"
     out.mkdir(parents=True)
-    summary = build_index(IndexParams(**params), write_shards(folder / "shards", vectors, shards), out)
+    index_params = settings.params(IndexParams, "index", **params)
+    summary = build_index(index_params, write_shards(folder / "shards", vectors, shards), out)
     assert summary["ntotal"] == len(vectors) and summary["bytes"] == (out / INDEX_FILE).stat().st_size
     return out

@@ -20,6 +20,7 @@ import stages.bm25
 from stages.bm25 import Bm25Params, bm25_run, search, top_k
 from stages.bm25_index import Bm25IndexParams, build_index
 from stages.ml.lexical import import_bm25s, load_index, tokenize
+from stages.core import settings
 from stages.core.errors import ConfigError
 from stages.pipeline.plan import Plan, load_config
 from stages.core.dataset_formats import dataset_files
@@ -34,7 +35,7 @@ SCIFACT = ROOT / "resources" / "scifact"
 @pytest.fixture(scope="module")
 def slice_index(prepared, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bm25-index")
-    build_index(Bm25IndexParams(), {"prepared": prepared}, out)
+    build_index(settings.params(Bm25IndexParams, "bm25"), {"prepared": prepared}, out)
     return out
 
 
@@ -47,7 +48,7 @@ def scifact(tmp_path_factory) -> tuple[Path, Path]:
     index.mkdir()
     params = prepare_params(dev_fraction=0.1)
     prepare(params, dataset_files(SCIFACT, "beir", params.splits), prepared)
-    build_index(Bm25IndexParams(), {"prepared": prepared}, index)
+    build_index(settings.params(Bm25IndexParams, "bm25"), {"prepared": prepared}, index)
     return prepared, index
 
 
@@ -56,7 +57,8 @@ def all_queries(prepared: Path) -> list[str]:
 
 
 def test_run_format_on_the_slice(prepared, slice_index, tmp_path):
-    summary = bm25_run(Bm25Params(split="test", top_k=50), {"prepared": prepared, "index": slice_index}, tmp_path)
+    params = settings.params(Bm25Params, "bm25", split="test", top_k=50)
+    summary = bm25_run(params, {"prepared": prepared, "index": slice_index}, tmp_path)
     run = pd.read_parquet(tmp_path / "run.parquet")
     assert list(run.columns) == ["query_id", "doc_id", "rank", "score"]
     assert summary["queries"] == run["query_id"].nunique() == 20
@@ -69,7 +71,7 @@ def test_run_format_on_the_slice(prepared, slice_index, tmp_path):
 
 def test_full_scifact_matches_the_reference(scifact, tmp_path):
     prepared, index = scifact
-    bm25_run(Bm25Params(split="test"), {"prepared": prepared, "index": index}, tmp_path)
+    bm25_run(settings.params(Bm25Params, "bm25", split="test"), {"prepared": prepared, "index": index}, tmp_path)
     per_query = evaluate(pd.read_parquet(tmp_path / "run.parquet"), read_qrels(prepared, "test"), ["nDCG@10"], 1)
     assert per_query["value"].mean() == pytest.approx(0.6863, abs=1e-4)
 
@@ -127,7 +129,8 @@ def test_index_files_do_not_depend_on_the_hash_seed(prepared, tmp_path):
     hashes = []
     for seed in ("1", "2"):
         out = tmp_path / f"index-{seed}"
-        params, inputs = json.dumps(vars(Bm25IndexParams())), json.dumps({"prepared": str(prepared)})
+        params = json.dumps(vars(settings.params(Bm25IndexParams, "bm25")))
+        inputs = json.dumps({"prepared": str(prepared)})
         command = [sys.executable, "-m", "stages.bm25_index", str(out), "--params", params, "--inputs", inputs]
         env = {**os.environ, "PYTHONHASHSEED": seed}
         subprocess.run(command + ["--no-check-key"], check=True, capture_output=True, env=env, cwd=ROOT)
@@ -138,7 +141,7 @@ def test_index_files_do_not_depend_on_the_hash_seed(prepared, tmp_path):
 
 def test_unusable_tokenizer_settings_are_a_config_error(prepared, tmp_path):
     with pytest.raises(ConfigError, match="stemmer='klingon'"):
-        build_index(Bm25IndexParams(stemmer="klingon"), {"prepared": prepared}, tmp_path)
+        build_index(settings.params(Bm25IndexParams, "bm25", stemmer="klingon"), {"prepared": prepared}, tmp_path)
 
 
 def plan_for(tmp_path: Path, dataset: Path, **sections) -> Plan:
@@ -191,8 +194,9 @@ def test_duplicate_documents_every_measure_scores_the_run_order(tmp_path):
     for folder in (prepared, index, run_dir):
         folder.mkdir()
     prepare(params, dataset_files(data, "beir", ["train", "test"]), prepared)
-    build_index(Bm25IndexParams(), {"prepared": prepared}, index)
-    bm25_run(Bm25Params(split="test", top_k=100), {"prepared": prepared, "index": index}, run_dir)
+    build_index(settings.params(Bm25IndexParams, "bm25"), {"prepared": prepared}, index)
+    run_params = settings.params(Bm25Params, "bm25", split="test", top_k=100)
+    bm25_run(run_params, {"prepared": prepared, "index": index}, run_dir)
     run = pd.read_parquet(run_dir / "run.parquet")
     assert (run.groupby(["query_id", "score"]).size() >= 3).any()  # the twins tie
     values = evaluate(run, read_qrels(prepared, "test"), ["nDCG@10", "MRR@10"], 1).pivot(

@@ -18,8 +18,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import encode_params
 from safetensors.torch import load_file, save_file
 
+from stages.core import settings
 from stages.ml import distributed
 from stages.train_adore import AdoreParams, batch_queries
 from stages.ml.frozen_documents import frozen_documents
@@ -89,7 +91,8 @@ def star_step(model: str, prepared: str, negatives: str, case: str) -> dict[str,
 def adore_step(model: str, prepared: str, index: str) -> dict[str, torch.Tensor]:
     from stages.ml.models import load_encoder
 
-    params = AdoreParams(model=model, batch_size=5, query_max_length=16, top_k=20, metric_cutoff=10, seed=5)
+    shape = {"batch_size": 5, "query_max_length": 16, "top_k": 20, "metric_cutoff": 10}
+    params = settings.params(AdoreParams, "adore", "encoder", model=model, seed=5, **shape)
     documents, doc_ids = frozen_documents(params.pq_scoring, {"index": Path(index)}, CPU)
     data = adore_training_data(Path(prepared), doc_ids)
     queries = batch_queries(len(data.query_texts), params, 0, 0)
@@ -133,20 +136,20 @@ def negatives(prepared, tmp_path_factory) -> Path:
 
     run, out = tmp_path_factory.mktemp("dist-bm25"), tmp_path_factory.mktemp("dist-negatives")
     index = tmp_path_factory.mktemp("dist-bm25-index")
-    build_index(Bm25IndexParams(), {"prepared": prepared}, index)
-    bm25_run(Bm25Params(split="train", top_k=50), {"prepared": prepared, "index": index}, run)
-    mine(MineParams(depth=20), {"prepared": prepared, "run": run}, out)
+    build_index(settings.params(Bm25IndexParams, "bm25"), {"prepared": prepared}, index)
+    bm25_run(settings.params(Bm25Params, "bm25", split="train", top_k=50), {"prepared": prepared, "index": index}, run)
+    mine(settings.params(MineParams, "mine", split="train", depth=20), {"prepared": prepared, "run": run}, out)
     return out
 
 
 @pytest.fixture(scope="module")
 def flat_index(prepared, model, tmp_path_factory) -> Path:
-    from stages.encode import EncodeParams, encode
+    from stages.encode import encode
     from stages.index import IndexParams, build_index
 
     encoded, out = tmp_path_factory.mktemp("dist-encode"), tmp_path_factory.mktemp("dist-index")
-    encode(EncodeParams(model=str(model), max_length=64, dtype="float32"), {"prepared": prepared}, encoded)
-    build_index(IndexParams(), {"shard_0": encoded}, out)
+    encode(encode_params(model=str(model), max_length=64, dtype="float32"), {"prepared": prepared}, encoded)
+    build_index(settings.params(IndexParams, "index"), {"shard_0": encoded}, out)
     return out
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import encode_params
 
-from stages.encode import EncodeParams, encode, main, shard_range
+from stages.encode import encode, main, shard_range
 from stages.core.artifacts import EMBEDDINGS
 from stages.core.errors import ConfigError
 from stages.ml.models import load_encoder, save_encoder
@@ -17,7 +18,7 @@ from stages.core.tables import read_corpus, read_embeddings, read_queries
 
 def run_encode(prepared: Path, out: Path, inputs: dict | None = None, **params) -> dict:
     out.mkdir(parents=True)
-    return encode(EncodeParams(**params), {"prepared": prepared, **(inputs or {})}, out)
+    return encode(encode_params(**params), {"prepared": prepared, **(inputs or {})}, out)
 
 
 def test_shard_ranges_cover_the_rows_once():
@@ -66,7 +67,7 @@ def test_model_input_wins_over_the_model_param(prepared, tiny_model_dir, tmp_pat
 
 
 def test_cli_needs_every_param_and_writes_an_artifact(prepared, tiny_model_dir, tmp_path):
-    params = EncodeParams(model=str(tiny_model_dir), what="queries", split="train", max_length=32).__dict__
+    params = encode_params(model=str(tiny_model_dir), what="queries", split="train", max_length=32).__dict__
     out = tmp_path / "artifact"
     argv = [str(out), "--params", json.dumps(params), "--inputs", json.dumps({"prepared": str(prepared)})]
     assert main(argv + ["--no-check-key"]) == 0

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from stages.core import settings
 from stages.export.stage import ExportParams, export, push_to_hub, upload_files
 from stages.export.card import CITATION, measure_type
 from stages.ml.models import document_texts, load_encoder, save_encoder
@@ -31,7 +32,8 @@ CORPUS = pd.DataFrame(
 # the card's rule for title + text
 DOCUMENTS = [(title + " " + text).strip() for title, text in zip(CORPUS["title"].fillna(""), CORPUS["text"])]
 ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript"))  # the onnx extra
-PARAMS = ExportParams(name="adore-star", method="adore", seed=3, doc_max_length=64, query_max_length=16)
+PARAMS = settings.params(ExportParams, "export", "encoder", name="adore-star", method="adore", seed=3,
+                         doc_max_length=64, query_max_length=16, dataset="scifact")
 
 
 def training_artifact(folder: Path, encoder, stage: str) -> Path:
@@ -156,12 +158,6 @@ def test_push_to_hub_uploads_the_model_folder_without_the_artifacts_records(expo
 def test_measure_names_follow_the_hub():
     names = [measure_type(m) for m in ("nDCG@10", "MRR@10", "R@1000", "MAP")]
     assert names == ["ndcg_at_10", "mrr_at_10", "recall_at_1000", "map"]
-
-
-def test_the_schemas_export_section_states_the_params_defaults():
-    section = yaml.safe_load(SCHEMA.read_text())["properties"]["export"]["properties"]
-    defaults = {f.name: f.default for f in dataclasses.fields(ExportParams)}
-    assert {name: spec["default"] for name, spec in section.items()} == {name: defaults[name] for name in section}
 
 
 def test_onnx_without_its_packages_says_how_to_install_them(tiny_model_dir, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import clustered, index_artifact
+from stages.core import settings
 from stages.core.errors import ConfigError
 from stages.index import IndexParams, build_index
 from stages.ml.search import faiss_search, flat_vectors, load_index
@@ -65,4 +66,4 @@ def test_pq_params_are_checked_against_the_data(vectors, tmp_path):
 
 def test_inputs_must_be_numbered_shards(tmp_path):
     with pytest.raises(ConfigError, match="shard_0 .. shard_<n-1>"):
-        build_index(IndexParams(), {"shard_1": tmp_path}, tmp_path)
+        build_index(settings.params(IndexParams, "index"), {"shard_1": tmp_path}, tmp_path)

@@ -12,11 +12,17 @@ import pytest
 
 from stages.bm25 import Bm25Params, bm25_run
 from stages.bm25_index import Bm25IndexParams, build_index
+from stages.core import settings
 from stages.core.errors import ConfigError, DataError
 from stages.mine_negatives import MineParams, main, mine
 from stages.core.artifacts import NEGATIVES
 from stages.core.tables import NEGATIVES_SCHEMA, read_negatives
 from stages.core.tables import RUN_SCHEMA, read_qrels, read_run, write_run, write_table
+
+
+def mine_params(**fields) -> MineParams:
+    """The train split's negatives; else the mine section's defaults."""
+    return settings.params(MineParams, "mine", **{"split": "train", **fields})
 
 
 def fake_run(folder, ranked: dict[str, list[str]]):
@@ -38,7 +44,7 @@ def test_top_depth_minus_positives(prepared, train_qrels, tmp_path):
     run = fake_run(tmp_path / "run", {first: ["x1", positive, "x2", "x3", "x4"], "not-a-train-query": ["x9"]})
     out = tmp_path / "out"
     out.mkdir()
-    summary = mine(MineParams(split="train", depth=4), {"prepared": prepared, "run": run}, out)
+    summary = mine(mine_params(depth=4), {"prepared": prepared, "run": run}, out)
     negatives = read_negatives(out)
     assert negatives[first] == ["x1", "x2", "x3"]  # rank order, positive removed, x4 beyond depth 4
     assert negatives[second] == [] and set(negatives) == set(train_qrels["query_id"])
@@ -53,7 +59,7 @@ def test_keeping_positives(prepared, train_qrels, tmp_path):
     run = fake_run(tmp_path / "run", {first: [positive, "x1"]})
     out = tmp_path / "out"
     out.mkdir()
-    summary = mine(MineParams(depth=200, exclude_positives=False), {"prepared": prepared, "run": run}, out)
+    summary = mine(mine_params(depth=200, exclude_positives=False), {"prepared": prepared, "run": run}, out)
     assert read_negatives(out)[first] == [positive, "x1"] and summary["positives_removed"] == 0
 
 
@@ -61,11 +67,11 @@ def test_bm25_negatives_exclude_every_positive(prepared, train_qrels, tmp_path, 
     run, index = tmp_path / "bm25", tmp_path / "bm25_index"
     run.mkdir()
     index.mkdir()
-    build_index(Bm25IndexParams(), {"prepared": prepared}, index)
-    bm25_run(Bm25Params(split="train", top_k=50), {"prepared": prepared, "index": index}, run)
+    build_index(settings.params(Bm25IndexParams, "bm25"), {"prepared": prepared}, index)
+    bm25_run(settings.params(Bm25Params, "bm25", split="train", top_k=50), {"prepared": prepared, "index": index}, run)
     out = tmp_path / "out"
     out.mkdir()
-    summary = mine(MineParams(depth=30), {"prepared": prepared, "run": run}, out)
+    summary = mine(mine_params(depth=30), {"prepared": prepared, "run": run}, out)
     assert "Hard negative mining summary" in capsys.readouterr().out
     negatives = read_negatives(out)
     bm25 = pd.read_parquet(run / "run.parquet")
@@ -79,7 +85,7 @@ def test_bm25_negatives_exclude_every_positive(prepared, train_qrels, tmp_path, 
 def test_run_over_another_split_is_an_error(prepared, tmp_path):
     run = fake_run(tmp_path / "run", {"q-unknown": ["d1"]})
     with pytest.raises(DataError, match="answers none"):
-        mine(MineParams(), {"prepared": prepared, "run": run}, tmp_path)
+        mine(mine_params(), {"prepared": prepared, "run": run}, tmp_path)
 
 
 def test_cli_writes_artifact_with_summary(prepared, train_qrels, tmp_path):
@@ -98,10 +104,10 @@ def test_skip_top_drops_the_highest_ranks(prepared, train_qrels, tmp_path):
     run = fake_run(tmp_path / "run", {first: ["x1", "x2", "x3", "x4"]})
     out = tmp_path / "out"
     out.mkdir()
-    mine(MineParams(depth=3, skip_top=1), {"prepared": prepared, "run": run}, out)
+    mine(mine_params(depth=3, skip_top=1), {"prepared": prepared, "run": run}, out)
     assert read_negatives(out)[first] == ["x2", "x3"]
     with pytest.raises(ConfigError, match="skip_top"):
-        mine(MineParams(depth=3, skip_top=3), {"prepared": prepared, "run": run}, tmp_path)
+        mine(mine_params(depth=3, skip_top=3), {"prepared": prepared, "run": run}, tmp_path)
 
 
 def reference_mine(params: MineParams, prepared, run_dir, out_dir) -> dict:
@@ -170,7 +176,7 @@ def awkward_run(folder, qrels: pd.DataFrame, shuffled: bool):
 @pytest.mark.parametrize("shuffled", [False, True])
 @pytest.mark.parametrize(
     "params",
-    [MineParams(), MineParams(depth=10), MineParams(depth=12, skip_top=3), MineParams(exclude_positives=False)],
+    [mine_params(), mine_params(depth=10), mine_params(depth=12, skip_top=3), mine_params(exclude_positives=False)],
     ids=["paper", "depth-10", "skip-top", "keep-positives"],
 )
 def test_same_negatives_and_summary_as_the_reference(prepared, train_qrels, tmp_path, monkeypatch, params, shuffled):

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from stages.core.errors import ConfigError
-from stages.pipeline.plan import Plan, load_config
+from stages.core.workflow_files import workflow_root
+from stages.pipeline.plan import Plan, load_config, load_configs
 from stages.pipeline.run_plan import stage_entry
 
 EXPERIMENTS = [
@@ -98,12 +99,15 @@ def test_adore_needs_a_dense_documents_experiment(tmp_path, scifact_slice):
         plan_for(tmp_path, scifact_slice, experiments)
 
 
-def test_the_paper_preset_sets_the_paper_codes_adore_values(tmp_path, scifact_slice):
+def test_the_adore_paper_layer_sets_the_paper_codes_adore_values(tmp_path, scifact_slice):
     experiments = [{"name": "star", "method": "star"}, {"name": "a", "method": "adore", "documents": "star"}]
-    plan = plan_for(tmp_path, scifact_slice, experiments, adore={"preset": "paper", "learning_rate": 1e-3})
-    params = plan.experiments["a/seed-1"]["adore"].params
-    assert (params["learning_rate"], params["warmup_steps"], params["epochs"]) == (5e-6, 2000, 6)
-    assert "preset" not in params
+    config = {"dataset": {"path": str(scifact_slice)}, "experiments": experiments,
+              "adore": {"learning_rate": 1e-3, "top_k": 50}}  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    layered = load_configs([tmp_path / "config.yaml", workflow_root() / "workflow" / "configs" / "adore-paper.yaml"])
+    params = Plan(layered, tmp_path / "results").experiments["a/seed-42"]["adore"].params
+    assert (params["learning_rate"], params["batch_size"], params["warmup_steps"]) == (5e-6, 32, 2000)
+    assert (params["epochs"], params["max_steps"], params["top_k"]) == (6, 0, 50)  # the layer's keys win, only those
 
 
 def test_export_takes_adores_query_encoder_and_the_documents_encoder(tmp_path, scifact_slice):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stages.core import settings
 from stages.core.errors import ConfigError
 from stages.report.stage import ReportParams, aggregate, report
 from stages.report.plots import smoothing_window
@@ -59,7 +60,8 @@ def params(**changes) -> ReportParams:
         {"variant": "star", "method": "star", "seed": 2, "split": "test", "index": "flat",
          "score": "score_2", "train": ["train_1"]},
     ]  # fmt: skip
-    return ReportParams(**{"rows": rows, "reference": "star", "measures": ["nDCG@10"], **changes})
+    values = {"rows": rows, "reference": "star", "measures": ["nDCG@10"], **changes}
+    return settings.params(ReportParams, "report", "score", **values)
 
 
 def test_seeds_are_averaged_and_compared_with_the_reference(inputs):
@@ -94,7 +96,8 @@ def test_a_one_seed_row_has_the_interval_the_score_stage_wrote(tmp_path):
     run = pd.DataFrame([(q, f"d{q}" if i % 3 else "x", 1 + i % 4, 1.0) for i, q in enumerate(ids)],
                        columns=["query_id", "doc_id", "rank", "score"])  # fmt: skip
     write_run(run, run_dir, "t")
-    score(ScoreParams(measures=["nDCG@10", "MAP"], bootstrap_samples=500), {"prepared": prepared, "run": run_dir}, out)
+    score_params = ScoreParams(split="test", measures=["nDCG@10", "MAP"], relevance_level=1, bootstrap_samples=500, seed=0)
+    score(score_params, {"prepared": prepared, "run": run_dir}, out)
     rows = [{"variant": "bm25", "method": "bm25", "seed": None, "split": "test", "index": "", "score": "score_0",
              "train": []}]  # fmt: skip
     report_params = ReportParams(rows=rows, reference="", measures=["nDCG@10", "MAP"], bootstrap_samples=500, seed=0)

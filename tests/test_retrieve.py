@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import encode_params
 
-from stages.encode import EncodeParams, encode
+from stages.encode import encode
 from stages.core.artifacts import EMBEDDINGS
+from stages.core import settings
 from stages.core.errors import ConfigError
 from stages.index import IndexParams, build_index
 from stages.retrieve import RetrieveParams, query_batch, retrieve
@@ -24,15 +26,16 @@ def dense_index(prepared, tiny_model_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("dense")
     (folder / "encode").mkdir()
     (folder / "index").mkdir()
-    encode(EncodeParams(model=str(tiny_model_dir), max_length=64), {"prepared": prepared}, folder / "encode")
-    build_index(IndexParams(), {"shard_0": folder / "encode"}, folder / "index")
+    encode(encode_params(model=str(tiny_model_dir), max_length=64), {"prepared": prepared}, folder / "encode")
+    build_index(settings.params(IndexParams, "index"), {"shard_0": folder / "encode"}, folder / "index")
     return folder / "index"
 
 
 def run_retrieve(prepared, index, tiny_model_dir, out: Path, **params) -> dict:
     out.mkdir(parents=True)
-    params = {"model": str(tiny_model_dir), "top_k": TOP_K, "query_max_length": 32, **params}
-    return retrieve(RetrieveParams(**params), {"prepared": prepared, "index": index}, out)
+    params = {"model": str(tiny_model_dir), "split": "test", "top_k": TOP_K, "query_max_length": 32, **params}
+    typed = settings.params(RetrieveParams, "retrieve", "encoder", **params)
+    return retrieve(typed, {"prepared": prepared, "index": index}, out)
 
 
 def test_dense_run_is_complete_ranked_and_scorable(prepared, dense_index, tiny_model_dir, tmp_path):
@@ -70,7 +73,7 @@ def test_query_encoder_must_match_the_index_dimension(prepared, tiny_model_dir, 
     shard.mkdir()
     write_embeddings(shard / EMBEDDINGS, ["a", "b"], np.eye(2, 16, dtype=np.float32), "float32")
     (tmp_path / "index").mkdir()
-    build_index(IndexParams(), {"shard_0": shard}, tmp_path / "index")
+    build_index(settings.params(IndexParams, "index"), {"shard_0": shard}, tmp_path / "index")
     with pytest.raises(ConfigError, match="32-dim vectors but the index holds 16-dim"):
         run_retrieve(prepared, tmp_path / "index", tiny_model_dir, tmp_path / "run")
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stages.core import settings
 from stages.score import ScoreParams, score
 from stages.ml.measures import evaluate
 from stages.ml.stats import bootstrap_ci, compare, paired_randomization_test
@@ -51,7 +52,8 @@ def test_score_stage_writes_metrics_with_intervals(tmp_path):
     write_run(run_frame([("q1", "a", 1, 1.0), ("q2", "z", 1, 1.0), ("q3", "d", 1, 1.0)]), run_dir, "t")
     out = tmp_path / "score"
     out.mkdir()
-    score(ScoreParams(measures=["MRR@10"], bootstrap_samples=200), {"prepared": prepared, "run": run_dir}, out)
+    params = settings.params(ScoreParams, "score", split="test", measures=["MRR@10"], bootstrap_samples=200)
+    score(params, {"prepared": prepared, "run": run_dir}, out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["queries"] == 3
     assert metrics["metrics"]["MRR@10"]["mean"] == pytest.approx(2 / 3)

@@ -14,10 +14,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import assert_same_weights, killed_then_resumed, model_tensors, tensors_under, tiny_training
+from helpers import (
+    assert_same_weights,
+    encode_params,
+    killed_then_resumed,
+    model_tensors,
+    tensors_under,
+    tiny_training,
+)
 
-from stages.encode import EncodeParams, encode
+from stages.encode import encode
 from stages.core.artifacts import EMBEDDINGS
+from stages.core import settings
 from stages.core.errors import ConfigError
 from stages.index import IndexParams, build_index
 from stages.retrieve import RetrieveParams, retrieve
@@ -246,21 +254,21 @@ def test_lambda_loss_is_the_mean_over_pairs_then_queries():
 @pytest.fixture(scope="module")
 def encoded(prepared, tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("adore-encode")
-    encode(EncodeParams(model=str(tiny_model_dir), max_length=64, dtype="float32"), {"prepared": prepared}, out)
+    encode(encode_params(model=str(tiny_model_dir), max_length=64, dtype="float32"), {"prepared": prepared}, out)
     return out
 
 
 @pytest.fixture(scope="module")
 def flat_index(encoded, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("adore-flat")
-    build_index(IndexParams(), {"shard_0": encoded}, out)
+    build_index(settings.params(IndexParams, "index"), {"shard_0": encoded}, out)
     return out
 
 
 @pytest.fixture(scope="module")
 def pq_index(encoded, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("adore-pq")
-    build_index(IndexParams(kind="pq", pq_m=8, pq_bits=4), {"shard_0": encoded}, out)
+    build_index(settings.params(IndexParams, "index", kind="pq", pq_m=8, pq_bits=4), {"shard_0": encoded}, out)
     return out
 
 
@@ -274,7 +282,7 @@ def assert_same_topk(scores, rows, expected_scores, expected_rows, tolerance: fl
 
 
 def tiny_params(model: Path, **changes) -> AdoreParams:
-    return tiny_training(AdoreParams, model, **{"top_k": 20, "metric_cutoff": 10, "seed": 5, **changes})
+    return tiny_training(AdoreParams, "adore", model, **{"top_k": 20, "metric_cutoff": 10, "seed": 5, **changes})
 
 
 def sha256(path: Path) -> str:
@@ -438,7 +446,7 @@ def test_cli_run_resumes_to_the_same_weights_and_retrieve_uses_it(prepared, flat
     run = tmp_path / "run"
     run.mkdir()
     retrieve(
-        RetrieveParams(split="test", top_k=10, query_max_length=16),
+        settings.params(RetrieveParams, "retrieve", "encoder", split="test", top_k=10, query_max_length=16),
         {"prepared": prepared, "index": flat_index, "model": out},
         run,
     )

@@ -16,6 +16,7 @@ from helpers import assert_same_weights, killed_then_resumed, tiny_training
 from stages.ml import star_training as train_star_module
 from stages.bm25 import Bm25Params, bm25_run
 from stages.bm25_index import Bm25IndexParams, build_index
+from stages.core import settings
 from stages.core.errors import ConfigError
 from stages.mine_negatives import MineParams, mine
 from stages.ml.star_training import StarParams, StepInputs, batch_loss, inputs_loss, load_training_data, prepare_inputs, sample_batch, train_star
@@ -26,15 +27,15 @@ from stages.ml.training import CHECKPOINT
 def negatives(prepared, tmp_path_factory) -> Path:
     """A mine_negatives artifact over a BM25 run of the train queries."""
     run, index = tmp_path_factory.mktemp("bm25-train"), tmp_path_factory.mktemp("bm25-index")
-    build_index(Bm25IndexParams(), {"prepared": prepared}, index)
-    bm25_run(Bm25Params(split="train", top_k=50), {"prepared": prepared, "index": index}, run)
+    build_index(settings.params(Bm25IndexParams, "bm25"), {"prepared": prepared}, index)
+    bm25_run(settings.params(Bm25Params, "bm25", split="train", top_k=50), {"prepared": prepared, "index": index}, run)
     out = tmp_path_factory.mktemp("negatives")
-    mine(MineParams(depth=20), {"prepared": prepared, "run": run}, out)
+    mine(settings.params(MineParams, "mine", split="train", depth=20), {"prepared": prepared, "run": run}, out)
     return out
 
 
 def tiny_params(model: Path, **changes) -> StarParams:
-    return tiny_training(StarParams, model, **{"doc_max_length": 32, "seed": 7, **changes})
+    return tiny_training(StarParams, "star", model, **{"doc_max_length": 32, "seed": 7, **changes})
 
 
 def test_batches_are_deterministic_and_well_formed(prepared, negatives, tiny_model_dir):

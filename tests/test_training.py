@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from stages.core import settings
 from stages.ml.training import (
     CHECKPOINT,
     TrainConfig,
@@ -33,6 +34,11 @@ class Toy(torch.nn.Module):
         return self.dropout(self.LayerNorm(self.dense(x)))
 
 
+def train_config(**fields) -> TrainConfig:
+    """The star section's training settings (the schema's defaults) with ``fields`` over them."""
+    return settings.params(TrainConfig, "star", "encoder", **{"seed": 42, **fields})
+
+
 def step(model, optimizer, scheduler):
     loss = model(torch.randn(8, 4)).pow(2).mean() + random.random() + float(np.random.rand())
     optimizer.zero_grad()
@@ -42,8 +48,8 @@ def step(model, optimizer, scheduler):
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    optimizer = make_optimizer(Toy(), TrainConfig(learning_rate=1.0))
-    scheduler = make_scheduler(optimizer, TrainConfig(warmup_fraction=0.2), total=10)
+    optimizer = make_optimizer(Toy(), train_config(learning_rate=1.0))
+    scheduler = make_scheduler(optimizer, train_config(warmup_fraction=0.2), total=10)
     lrs = []
     for _ in range(10):
         lrs.append(scheduler.get_last_lr()[0])
@@ -53,7 +59,7 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 
 def test_no_weight_decay_on_biases_and_layer_norms():
-    groups = make_optimizer(Toy(), TrainConfig(weight_decay=0.1)).param_groups
+    groups = make_optimizer(Toy(), train_config(weight_decay=0.1)).param_groups
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     assert len(groups[0]["params"]) == 1 and len(groups[1]["params"]) == 3  # dense.weight | dense.bias, LayerNorm.*
 
@@ -68,7 +74,7 @@ def test_data_order_depends_on_seed_and_epoch_only():
 
 
 def test_checkpoint_round_trip_continues_exactly(tmp_path):
-    config = TrainConfig(learning_rate=0.01)
+    config = train_config(learning_rate=0.01)
     torch.manual_seed(0)
     model = Toy()
     optimizer = make_optimizer(model, config)
@@ -104,8 +110,8 @@ def test_checkpoint_of_another_run_shape_is_refused(tmp_path):
     from stages.core.errors import ArtifactError
 
     model = Toy()
-    optimizer = make_optimizer(model, TrainConfig())
-    scheduler = make_scheduler(optimizer, TrainConfig(), 4)
+    optimizer = make_optimizer(model, train_config())
+    scheduler = make_scheduler(optimizer, train_config(), 4)
     rows = [{"step": 1, "epoch": 0, "loss": 1.0, "lr": 0.0, "seconds": 0.1}]
     shape = {"total_steps": 4, "steps_per_epoch": 2}
     save_checkpoint(tmp_path / CHECKPOINT, model, optimizer, scheduler, 1, rows, shape)
@@ -122,7 +128,7 @@ def test_loss_plot_is_a_png(tmp_path):
 def test_warmup_steps_override_the_fraction():
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1.0)
-    scheduler = make_scheduler(optimizer, TrainConfig(warmup_fraction=0.5, warmup_steps=20), total=10)
+    scheduler = make_scheduler(optimizer, train_config(warmup_fraction=0.5, warmup_steps=20), total=10)
     rates = []
     for _ in range(10):
         rates.append(scheduler.get_last_lr()[0])

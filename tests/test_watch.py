@@ -11,6 +11,7 @@ import pytest
 import torch
 from tqdm import tqdm
 
+from stages.core import settings
 from stages.core.log_lines import LineStream
 from stages.core.errors import ConfigError
 from stages.ml.dev_eval import DevQueries
@@ -27,10 +28,15 @@ class WatchedConfig(DevEvaluation, TrainConfig):
     pass
 
 
+def watched(**fields) -> WatchedConfig:
+    """The star section's training and dev settings (the schema's defaults) with ``fields`` over them."""
+    return settings.params(WatchedConfig, "star", "encoder", **{"seed": 42, **fields})
+
+
 def test_the_written_model_is_the_best_by_dev(tiny_model_dir, tmp_path):
     encoder = load_encoder(tiny_model_dir)
     tokens = encoder.tokenize(["what is a dense retriever", "hard negatives"], 16)
-    config = WatchedConfig(max_steps=6, eval_every=2, learning_rate=1e-2, warmup_fraction=0.0, checkpoint_every=0)
+    config = watched(max_steps=6, eval_every=2, learning_rate=1e-2, warmup_fraction=0.0, checkpoint_every=0)
     scripted, seen = iter([0.3, 0.7, 0.5]), {}
 
     def batch_loss(model, epoch, batch):
@@ -56,7 +62,7 @@ def test_tensorboard_events_beside_the_train_log(tiny_model_dir, tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     encoder = load_encoder(tiny_model_dir)
     tokens = encoder.tokenize(["a query"], 16)
-    config = WatchedConfig(max_steps=4, eval_every=2, checkpoint_every=0)
+    config = watched(max_steps=4, eval_every=2, checkpoint_every=0)
 
     def batch_loss(model, epoch, batch):
         return model(tokens["input_ids"], tokens["attention_mask"]).pow(2).mean(), {"train_mrr": 0.5}

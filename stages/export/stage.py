@@ -23,19 +23,19 @@ log = logging.getLogger("stages.export")
 class ExportParams(EncoderSpec):
     """`EncoderSpec`'s fields (the base encoder when there is no ``documents`` input), and:"""
 
-    name: str = "retriever"
+    name: str
     """The experiment's name, for the card."""
-    method: str = "star"
-    seed: int | None = None
-    query_max_length: int = 64
-    doc_max_length: int = 256
-    dataset: str = "scifact"
+    method: str
+    seed: int | None
+    query_max_length: int
+    doc_max_length: int
+    dataset: str
     """The training data's name (the dataset folder's), for the card."""
-    dataset_license: str = "auto"
+    dataset_license: str
     """An SPDX-style id for the card; auto: known for SciFact (`card.DATASETS`), else 'unknown'."""
-    onnx: bool = False
+    onnx: bool
     """Also write onnx/query.onnx and onnx/document.onnx (torch.onnx; needs the onnx and onnxscript packages)."""
-    push_to_hub: str = ""
+    push_to_hub: str
     """A Hub repo id to upload the model to (needs a token); empty: no upload."""
 
 

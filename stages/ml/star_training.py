@@ -45,15 +45,15 @@ log = logging.getLogger("stages.ml.star_training")
 
 @dataclass
 class StarParams(DevEvaluation, EncoderSpec, TrainConfig):
-    negatives: str = "star"
+    negatives: str
     """star (static hard + random in-batch), static (hard only), inbatch (Inbatch-Neg), randneg (Rand-Neg)."""
-    hard_negatives_per_query: int = 1
+    hard_negatives_per_query: int
     """Negatives sampled per query per step, from its mined list (star, static) or the corpus (randneg) (paper: 1)."""
-    random_weight: float = -1.0
+    random_weight: float
     """-1 = the paper code's combination (mean over all pairs of both terms); else hard + random_weight * random."""
-    loss: str = "pairwise"
+    loss: str
     """pairwise = softplus(s_neg - s_pos) per pair (paper); softmax = cross-entropy of the positive vs the negatives."""
-    temperature: float = 0.05
+    temperature: float
     """score = dot product / temperature; 1 = STAR's plain inner product (see `stages.train_star`)."""
 
 

@@ -72,33 +72,33 @@ BatchLoss = Callable[[torch.nn.Module, int, int], "tuple[torch.Tensor, dict[str,
 class TrainConfig:
     """Fields common to every trainer; stage params dataclasses inherit them."""
 
-    learning_rate: float = 2e-5
+    learning_rate: float
     """Peak AdamW learning rate (paper's STAR: 1e-4 with LAMB on RoBERTa-base)."""
-    batch_size: int = 32
+    batch_size: int
     """Queries per step (paper code's default: 64 per device)."""
-    epochs: int = 3
+    epochs: int
     """Passes over the training queries; ignored when max_steps > 0."""
-    max_steps: int = 0
+    max_steps: int
     """Total optimiser steps; 0 = epochs decide."""
-    warmup_fraction: float = 0.1
+    warmup_fraction: float
     """Share of the steps with a linear warm-up from 0; then linear decay to 0."""
-    warmup_steps: int = 0
+    warmup_steps: int
     """Warm-up steps; > 0 overrides warmup_fraction (paper code: 1000 for STAR, 2000 for ADORE)."""
-    weight_decay: float = 0.01
+    weight_decay: float
     """AdamW weight decay, not applied to biases and LayerNorm weights (paper code: 0.01)."""
-    grad_clip: float = 1.0
+    grad_clip: float
     """Clip the gradient norm to this; 0 = no clipping (paper code: 1.0)."""
-    seed: int = 42
+    seed: int
     """Seeds model dropout and the data order (non-negative; paper code: 42)."""
-    checkpoint_every: int = 200
+    checkpoint_every: int
     """Write a resumable checkpoint into the work folder every this many steps; 0 = never."""
-    bf16: bool = True
+    bf16: bool
     """bfloat16 autocast for the encoder forward passes on CUDA (never on CPU); losses stay float32."""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool
     """Trade compute for activation memory (paper: on, with fp16)."""
-    query_max_length: int = 64
+    query_max_length: int
     """Query truncation in tokens (paper: 24 on MS MARCO)."""
-    doc_max_length: int = 256
+    doc_max_length: int
     """Document truncation in tokens (paper: 120 for passages, 512 for documents)."""
 
 

@@ -23,9 +23,9 @@ DevMeasure = Callable[[torch.nn.Module], float]
 class DevEvaluation:
     """Fields of trainers that can evaluate on the dev split while training."""
 
-    eval_every: int = 0
+    eval_every: int
     """Evaluate on the dev split every this many steps (and at the end), keeping the best model by dev; 0 = off."""
-    eval_measure: str = "nDCG@10"
+    eval_measure: str
     """The dev measure (a score stage measure: nDCG@10, MRR@10, R@100, R@1000, MAP)."""
 
 

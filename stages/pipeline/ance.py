@@ -17,11 +17,11 @@ SAMPLER = "static"
 class AnceSettings:
     """The config's ``ance`` section."""
 
-    rounds: int = 2
+    rounds: int
     """Refreshes after round 0 (each: re-encode, re-index, re-mine, train on)."""
-    steps_per_round: int = 0
+    steps_per_round: int
     """Training steps of each round; 0: epochs_per_round decide."""
-    epochs_per_round: int = 1
+    epochs_per_round: int
 
 
 def round_prefix(number: int) -> str:

@@ -27,10 +27,6 @@ from ..core.workflow_files import workflow_root
 SCHEMA = workflow_root() / "workflow" / "schemas" / "config.schema.yaml"
 RESULTS = Path("results")
 NOT_OVERRIDABLE = {"dataset", "evaluate", "experiments"}
-# (section, preset) -> the values it sets, over the section's own
-PRESETS = {
-    ("adore", "paper"): {"learning_rate": 5e-6, "batch_size": 32, "warmup_steps": 2000, "epochs": 6, "max_steps": 0},
-}
 FLOAT_LITERAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -498,9 +494,7 @@ class Chain:
 
     def train_params(self, section: str) -> dict[str, Any]:
         encoder = self.encoder()
-        values = self.section(section)
-        params = {k: v for k, v in values.items() if k not in ("init", "preset")}
-        params.update(PRESETS.get((section, values.get("preset")), {}))
+        params = {k: v for k, v in self.section(section).items() if k != "init"}
         lengths = {k: encoder[k] for k in ("query_max_length", "doc_max_length")}
         return {**params, **lengths, **self.model_params(), "seed": self.seed}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,21 +29,21 @@ from .table import csv_frame, efficiency_frame, efficiency_markdown, html, markd
 
 log = logging.getLogger("stages.report")
 
-TABLE_MEASURES = ["nDCG@10", "MRR@10", "R@100", "R@1000", "MAP"]
 
 
 @dataclass
 class ReportParams:
-    rows: list[dict] = field(default_factory=list)
+    rows: list[dict]
     """One per scored run: {variant, method, seed (or null), split, index (flat/pq/''), score (input name),
     train (input names of its chain's training artifacts, upstream first), costs ({input, stage, shared} of every
     artifact its run was built from: `costs`)}."""
-    reference: str = ""
+    reference: str
     """Variant the p-values compare against ('' = none)."""
-    measures: list[str] = field(default_factory=lambda: list(TABLE_MEASURES))
-    bootstrap_samples: int = 1000
+    measures: list[str]
+    """Names of the measures registry (`stages.ml.measures`)."""
+    bootstrap_samples: int
     """Resamples of the intervals of rows with several seeds (one-seed rows reuse the score artifact's)."""
-    seed: int = 0
+    seed: int
 
 
 def training(train_inputs: list[str], inputs: Mapping[str, Path]) -> tuple[float, str]:

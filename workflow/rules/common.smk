@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -23,8 +23,7 @@ write_pointers = importlib.import_module(f"{PACKAGE}.core.store").write_pointers
 console_summary = importlib.import_module(f"{PACKAGE}.report.table").console_summary
 
 try:
-    validate_config(config)  # readable messages first; then snakemake's validate fills the defaults
-    validate(config, workflow.source_path("../schemas/config.schema.yaml"), set_default=True)
+    validate_config(config)  # validates with readable messages, then fills the schema's defaults
     PLAN = Plan(config)
 except PipelineError as error:
     sys.exit(f"error: {error.render()}")
