@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from stages.pipeline.plan import Plan, load_configs
+from stages.pipeline.dag import Plan
+from stages.pipeline.config import load_configs
 from stages.ml.training import STOP_AFTER_ENV, STOPPED_EXIT_CODE
 
 

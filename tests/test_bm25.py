@@ -22,7 +22,8 @@ from stages.bm25_index import Bm25IndexParams, build_index
 from stages.ml.lexical import import_bm25s, load_index, tokenize
 from stages.core import settings
 from stages.core.errors import ConfigError
-from stages.pipeline.plan import Plan, load_config
+from stages.pipeline.dag import Plan
+from stages.pipeline.config import load_config
 from stages.core.dataset_formats import dataset_files
 from stages.prepare import PrepareParams, prepare
 from stages.ml.measures import evaluate

@@ -15,7 +15,8 @@ import yaml
 
 from stages.core.errors import ConfigError
 from stages.core.model_source import position_limit
-from stages.pipeline.plan import Chain, Plan, RawFile, load_config
+from stages.pipeline.dag import Chain, Plan, RawFile
+from stages.pipeline.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITS = ("a" * 40, "b" * 40)
@@ -59,6 +60,28 @@ def test_nan_in_an_experiments_override_is_refused_naming_it(tmp_path, scifact_s
     text = f"dataset: {{path: {scifact_slice}}}\nexperiments:\n  - {experiment}\n"
     with pytest.raises(ConfigError, match=r"experiments\[0\]\.params\.bm25\.b: nan is not a finite number"):
         load_config(write(tmp_path, text))
+
+
+# --- measures ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("score: {measures: [nDCG@10, nosuch@3]}", "score.measures[1]: unknown measure 'nosuch@3'"),
+        ("report: {measures: [NumRet]}", "report.measures[0]: measure 'NumRet' is not averaged over queries"),
+        ("star: {eval_measure: ndcg}", "star.eval_measure: unknown measure 'ndcg'"),
+    ],
+)
+def test_measures_outside_the_registry_are_refused_naming_the_key(tmp_path, scifact_slice, extra, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        load_config(write(tmp_path, config_text(scifact_slice, extra=extra, experiment="bm25")))
+
+
+def test_any_ir_measures_measure_averaged_over_queries_is_a_measure(tmp_path, scifact_slice):
+    extra = "score: {measures: [P@5, nDCG@20, RR(rel=2)@10]}\nreport: {measures: [P@5]}"
+    config = load_config(write(tmp_path, config_text(scifact_slice, extra=extra, experiment="bm25")))
+    assert config["score"]["measures"] == ["P@5", "nDCG@20", "RR(rel=2)@10"]
 
 
 def test_float_literals_yaml_reads_as_text_are_numbers(tmp_path, scifact_slice):

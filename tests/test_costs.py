@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from stages.pipeline.costs import upstream
-from stages.pipeline.plan import Plan, load_config
+from stages.pipeline.dag import Plan
+from stages.pipeline.config import load_config
 from stages.report.costs import CPU, OTHER_GPU, SHARED_GPU, TOTAL_GPU, TRAIN_GPU, run_costs, stage_seconds
 
 SECONDS = {"train_warmup": 100.0, "train_star": 10.0, "encode": 1.0, "retrieve": 0.5}

@@ -12,7 +12,7 @@ from test_workflow import ENV, write_config
 
 from stages.pipeline import run_plan
 from stages.core.declarations import STAGES
-from stages.pipeline.plan import Node
+from stages.pipeline.dag import Node
 
 HIDE_GPUS = "CUDA_VISIBLE_DEVICES= python -m stages."
 

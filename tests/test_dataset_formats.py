@@ -17,7 +17,8 @@ from stages.core import dataset_formats
 from stages.core.dataset_formats import FORMATS, DatasetFormat, dataset_files, dataset_format, locate_folder
 from stages.core.dataset_records import judgments_frame, queries_frame
 from stages.core.errors import ConfigError, DataError
-from stages.pipeline.plan import Plan, load_config
+from stages.pipeline.dag import Plan
+from stages.pipeline.config import load_config
 from stages.prepare import HubPrepareParams, PrepareParams, main, params_class, prepare
 
 FOLDERS = {

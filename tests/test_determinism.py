@@ -10,7 +10,8 @@ import torch
 from test_train_star import tiny_params
 from test_workflow import ENV, ROOT, write_config
 
-from stages.pipeline.plan import Node, Plan, load_config
+from stages.pipeline.dag import Node, Plan
+from stages.pipeline.config import load_config
 from stages.pipeline.run_plan import ordered, run_node
 from stages.ml.star_training import train_star
 

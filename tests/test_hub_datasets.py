@@ -20,7 +20,8 @@ from ir_datasets.util import Download, RequestsDownload
 
 from stages.core.errors import ConfigError, DataError
 from stages.core.tables import read_negatives
-from stages.pipeline.plan import Plan, load_config
+from stages.pipeline.dag import Plan
+from stages.pipeline.config import load_config
 from stages.prepare import main as prepare_main
 from stages.prepare import HubPrepareParams, prepare
 

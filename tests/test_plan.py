@@ -11,7 +11,8 @@ import yaml
 
 from stages.core.errors import ConfigError
 from stages.core.workflow_files import workflow_root
-from stages.pipeline.plan import Plan, load_config, load_configs
+from stages.pipeline.dag import Plan
+from stages.pipeline.config import load_config, load_configs
 from stages.pipeline.run_plan import stage_entry
 
 EXPERIMENTS = [
@@ -37,7 +38,7 @@ def plan_for(tmp_path, scifact_slice, experiments=EXPERIMENTS, **sections) -> Pl
 
 def params_class(stage: str):
     module = sys.modules[stage_entry(stage).main.__module__]  # the stage module, or a package stage's that has main
-    found = [v for k, v in vars(module).items() if k.endswith("Params") and v.__module__ == module.__name__]
+    found = [v for k, v in vars(module).items() if k.endswith("Params") and isinstance(v, type)]  # its own or imported
     (cls,) = [c for c in found if not any(c is not other and issubclass(c, other) for other in found)]  # the base
     return cls
 

@@ -26,7 +26,8 @@ from stages.pipeline.ance import AnceSettings
 from stages.pipeline.run_plan import stage_entry
 from stages.pipeline.methods import METHODS
 from stages.ml.models import POOLINGS
-from stages.pipeline.plan import Plan, load_config
+from stages.pipeline.dag import Plan
+from stages.pipeline.config import load_config
 from stages.train_adore import AdoreParams
 from stages.ml.star_training import StarParams
 

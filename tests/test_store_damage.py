@@ -13,7 +13,7 @@ import yaml
 
 from stages.pipeline import prune
 from stages.core import store
-from stages.pipeline.plan import Plan
+from stages.pipeline.dag import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 # Rules run `python -m stages.<stage>`: the interpreter running the tests must be first on PATH.
@@ -36,7 +36,7 @@ def workdir(tmp_path, scifact_slice, monkeypatch) -> Path:
 
 
 def plan_paths(*files: str) -> set[Path]:
-    from stages.pipeline.plan import load_configs
+    from stages.pipeline.config import load_configs
 
     return {node.path() for node in Plan(load_configs([Path(f) for f in files]), dry_run=True).nodes()}
 

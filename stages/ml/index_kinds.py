@@ -35,6 +35,8 @@ class IndexKind:
     """It stores approximations of the embeddings, so ADORE may score with the encode shards instead."""
     check: Callable[[Any, int], None] | None = None
     """(IndexParams, dim): refuses params this kind cannot build, before any work."""
+    exact: bool = False
+    """Its search is exhaustive over the exact embeddings: the kind negatives are mined with."""
 
     def scores_with_shards(self, pq_scoring: str) -> bool:
         """Whether ADORE (its ``pq_scoring``) reads the encode shards, inputs ``shard_*``, on this kind."""
@@ -97,7 +99,7 @@ def pq_torch_searcher(index: Any, doc_ids: list[str], device: Any) -> Any:
 KINDS: dict[str, IndexKind] = {
     kind.name: kind
     for kind in (
-        IndexKind("flat", build_flat, flat_torch_searcher),
+        IndexKind("flat", build_flat, flat_torch_searcher, exact=True),
         IndexKind("pq", build_pq, pq_torch_searcher, lossy=True, check=check_pq),
     )
 }
@@ -178,3 +180,8 @@ def searcher_for(index_artifact: Path, backend: str = "auto") -> Any:
         return FaissSearcher(faiss.index_cpu_to_gpu(resources, 0, index), doc_ids, resources)
     log.info("search: faiss CPU over %d vectors", index.ntotal)
     return FaissSearcher(index, doc_ids)
+
+
+def exact_kind() -> str:
+    """The kind that searches exhaustively over the exact embeddings (mining negatives needs no approximation)."""
+    return next(name for name, kind in KINDS.items() if kind.exact)

@@ -16,7 +16,8 @@ from ..core.store import verify_command
 from ..core.artifacts import RUN_TREC
 from ..core.workflow_files import workflow_root
 from .compare import DEFAULT_MEASURES, Judgments, compare, render, run_tag
-from .plan import Plan, load_configs
+from .dag import Plan
+from .config import load_configs
 from .prune import prune
 
 CONFIG = Path("config.yaml")

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from ..core.errors import PipelineError
-from .plan import Plan, load_configs
+from .dag import Plan
+from .config import load_configs
 from ..core.store import iter_artifacts, leftovers
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from ..core.declarations import STAGES
 from ..core.errors import PipelineError
-from .plan import Node, Plan, load_configs
+from .dag import Node, Plan
+from .config import load_configs
 from ..core.store import write_pointers
 from ..core.artifacts import MANIFEST
 

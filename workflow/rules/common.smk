@@ -13,19 +13,14 @@ ROOT = Path(workflow.basedir)
 CHECKOUT = (ROOT / "stages" / "__init__.py").is_file()
 PACKAGE, PACKAGE_PARENT = ("stages", ROOT) if CHECKOUT else (ROOT.parent.name, ROOT.parent.parent)
 sys.path.insert(0, str(PACKAGE_PARENT))
+hardneg = importlib.import_module(f"{PACKAGE}.pipeline.snakefile")  # everything the workflow needs from the package
 if CHECKOUT:
-    importlib.import_module(f"{PACKAGE}.core.workflow_files").share_with_jobs(ROOT)
-
-PipelineError = importlib.import_module(f"{PACKAGE}.core.errors").PipelineError
-Plan = importlib.import_module(f"{PACKAGE}.pipeline.plan").Plan
-validate_config = importlib.import_module(f"{PACKAGE}.pipeline.plan").validate_config
-write_pointers = importlib.import_module(f"{PACKAGE}.core.store").write_pointers
-console_summary = importlib.import_module(f"{PACKAGE}.report.table").console_summary
+    hardneg.share_with_jobs(ROOT)
 
 try:
-    validate_config(config)  # validates with readable messages, then fills the schema's defaults
-    PLAN = Plan(config)
-except PipelineError as error:
+    hardneg.validate_config(config)  # validates with readable messages, then fills the schema's defaults
+    PLAN = hardneg.Plan(config)
+except hardneg.PipelineError as error:
     sys.exit(f"error: {error.render()}")
 
 CONTAINER = config["container"]  # each rule's image for --software-deployment-method apptainer
@@ -50,6 +45,6 @@ def stage_input_json(stage):
 
 
 onsuccess:
-    write_pointers("results", PLAN.pointers())
+    hardneg.write_pointers("results", PLAN.pointers())
     if Path("results/runs/report/results.csv").is_file():  # the run's table, where a user looks first
-        print(console_summary(Path("results/runs/report")))
+        print(hardneg.console_summary(Path("results/runs/report")))

@@ -1,6 +1,6 @@
 # Every stage's rule, made from one template: the values come from the stage's one declaration in
 # stages/core/declarations.py (module, rule name, env, threads, memory, runtime, GPU).
-STAGES = importlib.import_module(f"{PACKAGE}.core.declarations").STAGES  # PACKAGE: common.smk
+STAGES = hardneg.STAGES  # common.smk
 
 # Snakemake evaluates a shell directive twice: where the rule is defined, and again when a job runs, by then with
 # the loop variable at the last stage. There `rule` (a parameter of the job's function) names the job's rule, so the

@@ -8,26 +8,22 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.artifacts import shard_inputs
 from ..core.dataset_formats import dataset_format, with_negatives
 from ..core.errors import ConfigError
-from ..ml.index_kinds import KINDS
+from ..ml.index_kinds import KINDS, exact_kind
 from ..core.model_source import ModelSource, check_model_folder, locate_model, position_limit
 from ..ml.negative_samplers import SAMPLERS
+from .config import validate_config
 from .costs import cost_nodes
 from .methods import DOCUMENT_ENCODERS, METHODS
 from ..core.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
-from ..core.workflow_files import workflow_root
 
-SCHEMA = workflow_root() / "workflow" / "schemas" / "config.schema.yaml"
 RESULTS = Path("results")
 NOT_OVERRIDABLE = {"dataset", "evaluate", "experiments"}
-FLOAT_LITERAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def instances(experiment: Mapping[str, Any], seeds: list[int]) -> list[tuple[str, int | None]]:
@@ -61,139 +57,6 @@ class Node:
         return {
             name: str(item.path if isinstance(item, RawFile) else item.path(results)) for name, item in self.inputs.items()
         }
-
-
-def load_config(path: Path) -> dict:
-    """Read a config file and validate it (filling defaults) exactly as the Snakefile does."""
-    return load_configs([path])
-
-
-def load_configs(paths: list[Path]) -> dict:
-    """Config files layered as ``snakemake --configfile A B`` layers them (later files win, key by key in nested
-    mappings, other values replaced whole), then validated with the schema's defaults filled in."""
-    config: dict = {}
-    for path in paths:
-        config = _layer(config, read_config_file(Path(path)))
-    validate_config(config, " + ".join(map(str, paths)))
-    return config
-
-
-def read_config_file(path: Path) -> dict:
-    """One YAML config file as a mapping; a missing file, a YAML error or another shape is a ConfigError."""
-    import yaml
-
-    if not path.is_file():
-        raise ConfigError("config file not found", path=path, fix="check the --configfile path")
-    try:
-        layer = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise ConfigError(
-            f"not valid YAML: {getattr(error, 'problem', None) or error}",
-            path=path,
-            line=mark.line + 1 if mark else None,
-            fix="check the brackets, quotes and indentation around that line",
-        ) from None
-    if not isinstance(layer, dict):
-        raise ConfigError(
-            f"a config file must be a mapping of keys at top level, not a {type(layer).__name__}",
-            path=path,
-            fix="write it as 'section: {key: value}' lines, like config.yaml",
-        )
-    return layer
-
-
-def _layer(base: dict, over: dict) -> dict:
-    for key, value in over.items():
-        if isinstance(value, dict):
-            value = _layer(base[key] if isinstance(base.get(key), dict) else {}, value)
-        base[key] = value
-    return base
-
-
-def validate_config(config: dict, source: str = "config") -> None:
-    """Validate against the JSON schema, naming each wrong key and what is allowed; then fill defaults.
-
-    Where the schema wants a number, a float literal that YAML 1.1 read as text (``1e-5``) becomes a float first, in
-    place; NaN and infinity are refused anywhere."""
-    import jsonschema
-    import yaml
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    coerce_numbers(config, schema)
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
-    lines = [f"{_dotted(error.path) or '(top level)'}: {_explain(error)}" for error in errors]
-    lines += [f"{_dotted(path)}: {value} is not a finite number" for path, value in non_finite(config)]
-    if lines:
-        raise ConfigError(
-            f"{source} is invalid:\n  " + "\n  ".join(lines), fix=f"the allowed keys and values are in {SCHEMA}"
-        )
-    fill_defaults(config, schema)
-
-
-def coerce_numbers(instance, schema: dict) -> None:
-    """Float literals given as strings (YAML 1.1 reads ``1e-5`` so) become floats where the schema wants a number."""
-    if isinstance(instance, dict):
-        named = schema.get("properties", {})
-        other = schema.get("additionalProperties")
-        slots = [(key, named.get(key, other)) for key in instance]
-    elif isinstance(instance, list):
-        slots = [(i, schema.get("items")) for i in range(len(instance))]
-    else:
-        return
-    for slot, sub in slots:
-        if not isinstance(sub, dict):
-            continue
-        value = instance[slot]
-        if isinstance(value, str) and _wants_number(sub) and FLOAT_LITERAL.fullmatch(value.strip()):
-            instance[slot] = float(value)
-        else:
-            coerce_numbers(value, sub)
-
-
-def _wants_number(schema: dict) -> bool:
-    kind = schema.get("type")
-    return kind == "number" or (isinstance(kind, list) and "number" in kind)
-
-
-def non_finite(instance, path: tuple = ()) -> list[tuple[tuple, float]]:
-    """(path, value) of every NaN or infinite number in the config."""
-    if isinstance(instance, float) and not math.isfinite(instance):
-        return [(path, instance)]
-    if isinstance(instance, dict):
-        return [found for key, value in instance.items() for found in non_finite(value, (*path, key))]
-    if isinstance(instance, list):
-        return [found for i, value in enumerate(instance) for found in non_finite(value, (*path, i))]
-    return []
-
-
-def fill_defaults(instance, schema: dict) -> None:
-    """Set the schema's defaults for absent keys, recursively (what snakemake's validate(set_default=True) does)."""
-    if isinstance(instance, dict):
-        for name, sub in schema.get("properties", {}).items():
-            if name not in instance and "default" in sub:
-                instance[name] = copy.deepcopy(sub["default"])
-            if name in instance:
-                fill_defaults(instance[name], sub)
-    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
-        for item in instance:
-            fill_defaults(item, schema["items"])
-
-
-def _dotted(path) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-
-
-def _explain(error) -> str:
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - set(allowed))
-        return f"unknown key(s) {unknown}; allowed: {allowed}"
-    if error.validator == "enum":
-        return f"{error.instance!r} is not allowed; choose one of {error.validator_value}"
-    if error.validator == "type":
-        return f"{error.instance!r} should be of type {error.validator_value}"
-    return error.message
 
 
 class Plan:
@@ -510,7 +373,7 @@ class Chain:
 
     def model_negatives(self, encoder: Node, prefix: str, role: str) -> Node:
         """Negatives mined by a trained encoder: the corpus encoded by it, a flat index, its train run."""
-        index = self.index_of(self.shards(encoder, prefix), prefix, flat=True)
+        index = self.index_of(self.shards(encoder, prefix), prefix, exact=True)
         return self.mined(self.retrieve("train", index, encoder, self.section("mine")["depth"], prefix), role)
 
     def mined(self, run: Node, role: str, for_warmup: bool = False) -> Node:
@@ -574,10 +437,10 @@ class Chain:
             nodes.append(self.add(f"{prefix}encode-{shard}", "encode", params, inputs))
         return nodes
 
-    def index_of(self, shards: list[Node], prefix: str = "", flat: bool = False) -> Node:
-        """An index over the shards; ``flat`` forces exact search (mining negatives is not what PQ is for)."""
+    def index_of(self, shards: list[Node], prefix: str = "", exact: bool = False) -> Node:
+        """An index over the shards; ``exact`` forces the exact kind (mining negatives is not what PQ is for)."""
         inputs = shard_inputs(shards)
-        params = {**self.section("index"), **({"kind": "flat"} if flat else {})}
+        params = {**self.section("index"), **({"kind": exact_kind()} if exact else {})}
         return self.add(f"{prefix}index", "index", params, inputs)
 
     def retrieve(
