@@ -51,8 +51,13 @@ def plan_of(tmp_path: Path, text: str, results: str = "results") -> Plan:
     ],
 )
 def test_nan_and_infinity_are_refused_naming_the_key(tmp_path, scifact_slice, extra, message):
+    assert_refused(tmp_path, scifact_slice, extra, message)
+
+
+def assert_refused(tmp_path: Path, dataset: Path, extra: str, message: str) -> None:
+    """A bm25 config with ``extra`` lines is refused with ``message`` (literal)."""
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
-        load_config(write(tmp_path, config_text(scifact_slice, extra=extra, experiment="bm25")))
+        load_config(write(tmp_path, config_text(dataset, extra=extra, experiment="bm25")))
 
 
 def test_nan_in_an_experiments_override_is_refused_naming_it(tmp_path, scifact_slice):
@@ -74,8 +79,7 @@ def test_nan_in_an_experiments_override_is_refused_naming_it(tmp_path, scifact_s
     ],
 )
 def test_measures_outside_the_registry_are_refused_naming_the_key(tmp_path, scifact_slice, extra, message):
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
-        load_config(write(tmp_path, config_text(scifact_slice, extra=extra, experiment="bm25")))
+    assert_refused(tmp_path, scifact_slice, extra, message)
 
 
 def test_any_ir_measures_measure_averaged_over_queries_is_a_measure(tmp_path, scifact_slice):
