@@ -88,6 +88,28 @@ def test_any_ir_measures_measure_averaged_over_queries_is_a_measure(tmp_path, sc
     assert config["score"]["measures"] == ["P@5", "nDCG@20", "RR(rel=2)@10"]
 
 
+# --- bounds -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rounds", [200, 100000])
+def test_ance_rounds_beyond_the_bound_are_refused_at_once(tmp_path, scifact_slice, rounds):
+    assert_refused(tmp_path, scifact_slice, f"ance: {{rounds: {rounds}}}", f"ance.rounds: {rounds} is greater than")
+
+
+def test_the_most_ance_rounds_plan_without_recursion(tmp_path, scifact_slice):
+    text = config_text(scifact_slice, extra="ance: {rounds: 100}", experiment="ance")
+    plan = plan_of(tmp_path, text)
+    assert sum(node.stage == "train_star" for node in plan.nodes()) == 101  # rounds 0..100
+    assert len(plan.report.params["rows"][0]["costs"]) > 500  # every round's artifacts, gathered iteratively
+
+
+@pytest.mark.parametrize("name", [".", "..", "...", "a/b"])
+def test_experiment_names_that_are_not_folder_names_are_refused(tmp_path, scifact_slice, name):
+    text = f"dataset: {{path: {scifact_slice}}}\nexperiments:\n  - {{name: '{name}', method: bm25}}\n"
+    with pytest.raises(ConfigError, match=r"experiments\[0\]\.name: .* is not allowed: letters, digits"):
+        load_config(write(tmp_path, text))
+
+
 def test_float_literals_yaml_reads_as_text_are_numbers(tmp_path, scifact_slice):
     assert yaml.safe_load("x: 1e-5")["x"] == "1e-5"  # YAML 1.1: no dot, so not a float
     text = (

@@ -148,6 +148,8 @@ def _explain(error) -> str:
         return f"{error.instance!r} is not allowed; choose one of {error.validator_value}"
     if error.validator == "type":
         return f"{error.instance!r} should be of type {error.validator_value}"
+    if error.validator == "pattern" and "description" in error.schema:
+        return f"{error.instance!r} is not allowed: {error.schema['description']}"
     return error.message
 
 

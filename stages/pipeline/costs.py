@@ -12,19 +12,20 @@ from typing import Iterable
 
 
 def upstream(roots: Iterable) -> list:
-    """Every artifact (`plan.Node`) reachable from ``roots`` through their inputs, roots included, each once,
-    upstream first; raw files (no summary) are left out."""
+    """Every artifact (`dag.Node`) reachable from ``roots`` through their inputs, roots included, each once,
+    upstream first (depth-first, inputs in order; iterative, so that a long chain such as many ANCE rounds needs no
+    recursion); raw files (no summary) are left out."""
     seen: dict[str, object] = {}
-
-    def visit(node) -> None:
-        if not hasattr(node, "stage") or node.key in seen:
-            return
-        for item in node.inputs.values():
-            visit(item)
-        seen[node.key] = node
-
     for root in roots:
-        visit(root)
+        stack = [(root, iter(root.inputs.values()))] if hasattr(root, "stage") and root.key not in seen else []
+        while stack:
+            node, pending = stack[-1]
+            item = next(pending, None)
+            if item is None:
+                stack.pop()
+                seen[node.key] = node
+            elif hasattr(item, "stage") and item.key not in seen:
+                stack.append((item, iter(item.inputs.values())))
     return list(seen.values())
 
 
