@@ -18,9 +18,9 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from .core import parquet_io
 from .core.cli import run_stage
 from .core.errors import ConfigError, DataError
 from .ml.index_kinds import KINDS, IndexKind, write_kind
@@ -47,7 +47,7 @@ class IndexParams:
 
 
 def count_rows(files: list[Path]) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return sum(parquet_io.open_file(f).metadata.num_rows for f in files)
 
 
 def check_params(params: IndexParams, dim: int) -> IndexKind:

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from .core import parquet_io
 from .core.cli import run_stage
 from .core.errors import ArtifactError, ConfigError, DataError
 from .core.artifacts import NEGATIVES, RUN_PARQUET
@@ -62,7 +62,7 @@ def mine(params: MineParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
             fix=f"mine from a run over the {params.split!r} queries",
         )
     negatives = picked.table(judged, params.depth)
-    pq.write_table(negatives, Path(out_dir) / NEGATIVES, compression="zstd")
+    parquet_io.write_table(negatives, Path(out_dir) / NEGATIVES)
     counts = np.diff(negatives.column("doc_ids").combine_chunks().offsets.to_numpy())
     summary = {
         "split": params.split,
@@ -137,8 +137,8 @@ def pick(path: Path, judged: pa.Array, positives: Positives | None, params: Mine
     if not path.is_file():
         raise ArtifactError("missing table", path=path, fix="rerun the stage that writes it")
     picked = Picked(answered=np.zeros(len(judged), dtype=bool))
-    run = pq.ParquetFile(path, read_dictionary=["query_id"])
-    for batch in run.iter_batches(batch_size=BATCH_ROWS, columns=["query_id", "doc_id", "rank"]):
+    columns = ["query_id", "doc_id", "rank"]
+    for batch in parquet_io.iter_batches(path, batch_size=BATCH_ROWS, columns=columns, read_dictionary=["query_id"]):
         queries = lookup(batch.column("query_id"), judged)
         picked.answered[queries[queries >= 0]] = True
         ranks = batch.column("rank").to_numpy(zero_copy_only=False)

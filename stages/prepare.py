@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from .core import parquet_io
 from .core.cli import run_stage
 from .core.dataset_formats import FORMATS, DatasetFormat, Tables, dataset_format
 from .core.dataset_records import CHUNK, first_duplicate
@@ -76,7 +76,7 @@ def write_corpus(
     time; return the document ids (an Arrow array, not Python strings), the ids of empty documents and counts. Empty
     documents follow ``empty_documents``: keep, drop or error."""
     id_chunks, line_chunks, empty, dropped = [], [], [], 0
-    with pq.ParquetWriter(out, CORPUS_SCHEMA, compression="zstd") as writer:
+    with parquet_io.writer(out, CORPUS_SCHEMA) as writer:
         for batch in _batched(iter(records), CHUNK):
             keep = []
             for number, doc_id, title, text in batch:
@@ -241,7 +241,7 @@ def write_given_negatives(given: Mapping[str, list[str]], qrels: pd.DataFrame, o
     lists = [[d for d in given.get(q, []) if d not in positives.get(q, set())] for q in judged]
     columns = [pa.array(judged, pa.string()), pa.array(lists, pa.list_(pa.string()))]
     table = pa.Table.from_arrays(columns, schema=NEGATIVES_SCHEMA)
-    pq.write_table(table, out_dir / NEGATIVES, compression="zstd")
+    parquet_io.write_table(table, out_dir / NEGATIVES)
     log.info("given negatives: %d train queries, %d negatives", len(judged), sum(map(len, lists)))
 
 

@@ -34,9 +34,9 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from .core import parquet_io
 from .core.cli import run_stage
 from .core.errors import ArtifactError, ConfigError
 from .core.resources import available_threads
@@ -69,7 +69,7 @@ def tokenize(params: TokenizeParams, inputs: Mapping[str, Path], out_dir: Path) 
     corpus = Path(inputs["prepared"]) / CORPUS
     if not corpus.is_file():
         raise ArtifactError("missing table", path=corpus, fix="rerun the stage that writes it")
-    total = pq.ParquetFile(corpus).metadata.num_rows
+    total = parquet_io.open_file(corpus).metadata.num_rows
     threads = min(available_threads(), max(1, -(-total // TASK)))  # no process without a task
     began = time.perf_counter()
     rows, tokens = write_token_chunks(
@@ -93,8 +93,7 @@ def corpus_chunks(corpus: Path, size: int) -> Iterator[Chunk]:
     from .ml.models import document_texts
 
     pending: list[pa.RecordBatch] = []
-    reader = pq.ParquetFile(corpus, pre_buffer=False)  # pre-buffered row groups stay allocated to the end
-    for batch in reader.iter_batches(batch_size=size, columns=["doc_id", "title", "text"]):
+    for batch in parquet_io.iter_batches(corpus, batch_size=size, columns=["doc_id", "title", "text"]):
         pending.append(batch)
         while sum(b.num_rows for b in pending) >= size:
             table = pa.Table.from_batches(pending)
@@ -118,7 +117,7 @@ def write_token_chunks(
     """Every chunk tokenized (on ``threads`` processes) and written in order; returns (rows, tokens)."""
     rows = tokens = 0
     spec = (tokenizer.backend_tokenizer.to_str(), max_length, tokenizer.truncation_side)
-    with pq.ParquetWriter(path, TOKENS_SCHEMA, compression="zstd") as writer:
+    with parquet_io.writer(path, TOKENS_SCHEMA) as writer:
         progress = tqdm(tokenized(spec, chunks, threads), desc="tokenize", unit="chunk", total=total)
         for ids, (token_ids, lengths) in progress:
             writer.write_table(token_rows(ids, token_ids, lengths))

@@ -62,6 +62,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .core import parquet_io
 from .core.artifacts import TRAIN_LOG, TRAIN_SPLIT
 from .core.errors import ConfigError, DataError
 from .core.tables import read_qrels, read_queries, write_table
@@ -355,7 +356,7 @@ def fixed_shape_step(
 def add_loss_seconds(out_dir: Path) -> pd.DataFrame:
     """Add loss_seconds (the step's loss + backward + optimiser step) to the written log and return it; a log of
     replayed CUDA graph steps has no inner clocks and is returned as it is."""
-    frame = pd.read_parquet(Path(out_dir) / TRAIN_LOG)
+    frame = parquet_io.read_table(Path(out_dir) / TRAIN_LOG).to_pandas()
     if "encode_seconds" in frame:
         frame["loss_seconds"] = frame["seconds"] - frame["encode_seconds"] - frame["search_seconds"]
         write_table(frame, Path(out_dir) / TRAIN_LOG)

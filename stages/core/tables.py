@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from . import parquet_io
 from .artifacts import CORPUS, NEGATIVES, QRELS, QUERIES, RUN_PARQUET, RUN_TREC
 from .errors import ArtifactError, DataError
 from .resources import available_threads
@@ -22,13 +22,13 @@ RUN_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("ra
 
 def write_table(frame: pd.DataFrame, path: Path, schema: pa.Schema | None = None) -> None:
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    pq.write_table(table, path, compression="zstd")
+    parquet_io.write_table(table, path)
 
 
 def _read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     if not Path(path).is_file():
         raise ArtifactError("missing table", path=path, fix="rerun the stage that writes it")
-    return pq.read_table(path, columns=columns).to_pandas()
+    return parquet_io.read_table(path, columns=columns).to_pandas()
 
 
 def read_corpus(prepared: Path) -> pd.DataFrame:
@@ -84,9 +84,7 @@ class RunWriter:
 
     def __enter__(self) -> "RunWriter":
         self._pool = ThreadPoolExecutor(self.threads + 1)  # + 1: the Parquet writer
-        self._parquet = pq.ParquetWriter(
-            self.out_dir / RUN_PARQUET, RUN_SCHEMA, compression="zstd", use_dictionary=["query_id"]
-        )
+        self._parquet = parquet_io.writer(self.out_dir / RUN_PARQUET, RUN_SCHEMA, use_dictionary=["query_id"])
         self._trec = open(self.out_dir / RUN_TREC, "wb")
         return self
 
@@ -247,11 +245,11 @@ def write_embeddings(path: Path, ids: list[str], embeddings: np.ndarray, dtype: 
     values = pa.array(embeddings.reshape(-1))
     column = pa.FixedSizeListArray.from_arrays(values, dim)
     table = pa.Table.from_arrays([pa.array(ids, pa.string()), column], schema=embedding_schema(dim, dtype))
-    pq.write_table(table, path, compression="none", row_group_size=65536)
+    parquet_io.write_table(table, path, compression="none", row_group_size=65536)
 
 
 def embedding_dim(files: list[Path]) -> int:
-    dims = {pq.ParquetFile(f).schema_arrow.field("embedding").type.list_size for f in files}
+    dims = {parquet_io.open_file(f).schema_arrow.field("embedding").type.list_size for f in files}
     if len(dims) != 1:
         raise ArtifactError(f"the shards have different dimensions {sorted(dims)}", path=files[0].parent)
     return dims.pop()
@@ -260,9 +258,8 @@ def embedding_dim(files: list[Path]) -> int:
 def iter_embeddings(paths: Iterable[Path], batch_rows: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
     """Stream (ids, float32 matrix) batches from embedding files, never holding more than one batch."""
     for path in paths:
-        parquet = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every row group read until the end
-        dim = parquet.schema_arrow.field("embedding").type.list_size
-        for batch in parquet.iter_batches(batch_size=batch_rows):
+        dim = parquet_io.open_file(path).schema_arrow.field("embedding").type.list_size
+        for batch in parquet_io.iter_batches(path, batch_size=batch_rows):
             flat = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
             yield batch.column("id").to_pylist(), flat.reshape(-1, dim).astype(np.float32, copy=False)
 
@@ -289,7 +286,7 @@ def token_rows(ids: list[str], token_ids: np.ndarray, lengths: np.ndarray) -> pa
 def read_tokens(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """A whole tokens file as (row ids, the rows' token ids one after another (int32, as stored), where each row
     starts: ``len(ids) + 1`` offsets)."""
-    table = pq.read_table(path, columns=["id", "input_ids"])
+    table = parquet_io.read_table(path, columns=["id", "input_ids"])
     column = table.column("input_ids").combine_chunks()
     offsets = column.offsets.to_numpy().astype(np.int64)
     return table.column("id").to_pylist(), column.values.to_numpy()[offsets[0] : offsets[-1]], offsets - offsets[0]
@@ -304,7 +301,7 @@ def token_slice(ids: np.ndarray, offsets: np.ndarray, start: int, stop: int) -> 
 def iter_token_chunks(path: Path, start: int, stop: int, chunk_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Rows [start, stop) of a tokens file as (first row counted from ``start``, the rows' ids one after another
     (int32, as stored), tokens per row), ``chunk_rows`` rows at a time."""
-    parquet = pq.ParquetFile(path)
+    parquet = parquet_io.open_file(path)
     groups, first_row, row = [], None, 0  # read only the row groups that hold [start, stop)
     for number in range(parquet.num_row_groups):
         count = parquet.metadata.row_group(number).num_rows
@@ -314,7 +311,7 @@ def iter_token_chunks(path: Path, start: int, stop: int, chunk_rows: int) -> Ite
         row += count
     if not groups:
         return
-    table = parquet.read_row_groups(groups, columns=["input_ids"]).slice(start - first_row, stop - start)
+    table = parquet_io.read_row_groups(parquet, path, groups, columns=["input_ids"]).slice(start - first_row, stop - start)
     for first in range(0, len(table), chunk_rows):
         column = table.column("input_ids").slice(first, chunk_rows).combine_chunks()
         offsets = column.offsets.to_numpy()
@@ -327,5 +324,5 @@ def read_negatives(artifact: Path) -> dict[str, list[str]]:
     path = Path(artifact) / NEGATIVES
     if not path.is_file():
         raise ArtifactError("missing negatives table", path=path, fix="pass a mine_negatives artifact as 'negatives'")
-    table = pq.read_table(path)
+    table = parquet_io.read_table(path)
     return dict(zip(table.column("query_id").to_pylist(), table.column("doc_ids").to_pylist()))

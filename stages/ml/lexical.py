@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from ..core import parquet_io
 from ..core.artifacts import BM25_SETTINGS, DOC_IDS_FILE
 from ..core.errors import ArtifactError, ConfigError
 
@@ -69,7 +69,7 @@ def load_index(artifact: Path) -> Bm25Index:
             raise ArtifactError(f"bm25 index lacks {name}", path=artifact, fix="rerun the bm25_index stage")
     arrays = {key: np.load(artifact / name) for key, name in MATRIX.items()}
     settings = json.loads((artifact / BM25_SETTINGS).read_text())
-    doc_ids = pq.read_table(artifact / DOC_IDS_FILE, columns=["doc_id"]).column("doc_id").to_numpy(zero_copy_only=False)
+    doc_ids = parquet_io.read_table(artifact / DOC_IDS_FILE, columns=["doc_id"]).column("doc_id").to_numpy(zero_copy_only=False)
     terms, documents = len(arrays["indptr"]) - 1, len(doc_ids)
     if documents != settings["documents"] or terms != settings["terms"]:
         raise ArtifactError("bm25 index files disagree on its size", path=artifact, fix="rerun the bm25_index stage")

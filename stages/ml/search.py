@@ -17,9 +17,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
+from ..core import parquet_io
 from ..core.artifacts import DOC_IDS_FILE, INDEX_FILE
 from ..core.errors import ArtifactError, ConfigError
 
@@ -136,7 +136,7 @@ def load_index(artifact_dir: Path) -> tuple["faiss.Index", list[str]]:  # noqa: 
         if not (artifact_dir / name).is_file():
             raise ArtifactError(f"no {name}: not an index artifact", path=artifact_dir, fix="rerun the index stage")
     index = faiss.read_index(str(artifact_dir / INDEX_FILE))
-    doc_ids = pq.read_table(artifact_dir / DOC_IDS_FILE, columns=["doc_id"]).column("doc_id").to_pylist()
+    doc_ids = parquet_io.read_table(artifact_dir / DOC_IDS_FILE, columns=["doc_id"]).column("doc_id").to_pylist()
     if len(doc_ids) != index.ntotal:
         raise ArtifactError(f"index holds {index.ntotal} vectors but {len(doc_ids)} doc ids", path=artifact_dir)
     return index, doc_ids
