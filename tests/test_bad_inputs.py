@@ -48,6 +48,10 @@ def marco(**files):
     return {"layout": "msmarco", "files": files}
 
 
+def hub(name):
+    return {"layout": "beir", "files": {}, "hub": name}
+
+
 def cfg(**values):
     return {"layout": "beir", "files": {}, "config": values}
 
@@ -153,6 +157,11 @@ CASES = {
     "model-pickle-weights": ({**cfg(experiments=[{"name": "z", "method": "zeroshot"}]), "model": "pickle-weights"}, 2, "safetensors", "fix"),
     "model-no-tokenizer": ({**cfg(experiments=[{"name": "z", "method": "zeroshot"}]), "model": "no-tokenizer"}, 2, "tokenizer", "fix"),
     "model-hub-id-offline": ({**cfg(experiments=[{"name": "z", "method": "zeroshot"}]), "model": "hub:nobody/no-such-model"}, 2, "encoder.model", "fix"),
+    # --- datasets read by id (the `dataset` section comes from HUB[name]) ---
+    "hf-tevatron-two-texts": (hub("tevatron_two_texts"), 1, "(default/train) row:2", "first given in"),
+    "hf-empty-folder": (hub("hf_empty_folder"), 2, "dataset.path", "no data files"),
+    "hf-loading-script": (hub("hf_loading_script"), 2, "dataset.path", "loading script"),
+    "irds-cache-not-a-zip": (hub("irds_not_a_zip"), 2, "source.zip", "damaged"),
 }
 
 
@@ -194,6 +203,62 @@ def model_folder(kind: str, root: Path, tiny_model_dir: Path) -> str:
     return str(folder)
 
 
+# --- datasets read by id, built offline in each library's own format (as tests/test_hub_datasets.py does) ---------
+def tevatron_two_texts(root: Path) -> dict:
+    """Tevatron rows in a save_to_disk folder; document 2 has one text in row 1 and another in row 2."""
+    import datasets
+
+    def passage(doc_id, text):
+        return {"docid": doc_id, "title": "", "text": text}
+
+    rows = {
+        "train": [
+            {"query_id": "q1", "query": "a question", "positive_passages": [passage("1", "one")],
+             "negative_passages": [passage("2", "two")]},
+            {"query_id": "q2", "query": "another", "positive_passages": [passage("2", "two, edited")],
+             "negative_passages": []},
+        ],
+        "test": [{"query_id": "q3", "query": "a third", "positive_passages": [passage("1", "one")],
+                  "negative_passages": []}],
+    }  # fmt: skip
+    folder = root / "tevatron"
+    datasets.DatasetDict({split: datasets.Dataset.from_list(r) for split, r in rows.items()}).save_to_disk(str(folder))
+    return {"format": "hf", "path": str(folder), "layout": "tevatron"}
+
+
+def hf_empty_folder(root: Path) -> dict:
+    (root / "empty").mkdir()
+    return {"format": "hf", "path": str(root / "empty"), "layout": "beir"}
+
+
+def hf_loading_script(root: Path) -> dict:
+    folder = root / "scifact"
+    folder.mkdir()
+    (folder / "scifact.py").write_text("import datasets\n\n\nclass Scifact(datasets.GeneratorBasedBuilder): ...\n")
+    (folder / "README.md").write_text("# SciFact\n")
+    return {"format": "hf", "path": str(folder), "layout": "beir"}
+
+
+def irds_not_a_zip(root: Path) -> dict:
+    """An ir_datasets collection whose documents come from source.zip, cached, but not a zip."""
+    import time
+
+    import ir_datasets
+    from ir_datasets.formats import TsvDocs
+    from ir_datasets.util import Download, RequestsDownload, ZipExtract
+
+    cached = root / "irds-cache" / "source.zip"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("an HTML error page, not a zip\n")
+    download = Download([RequestsDownload("https://example.invalid/source.zip")], cache_path=str(cached))
+    name = f"hardneg-bad/{root.name}-{time.monotonic_ns()}"
+    ir_datasets.registry.register(name, ir_datasets.Dataset(TsvDocs(ZipExtract(download, "docs.tsv"))))
+    return {"format": "ir_datasets", "id": name}
+
+
+HUB = {f.__name__: f for f in (tevatron_two_texts, hf_empty_folder, hf_loading_script, irds_not_a_zip)}
+
+
 def config_for(root: Path, case: dict, tiny_model_dir: Path) -> Path:
     config = {
         "dataset": {"path": str(root / "data"), "format": case["layout"], "splits": ["train", "test"], "dev_fraction": 0},
@@ -208,6 +273,8 @@ def config_for(root: Path, case: dict, tiny_model_dir: Path) -> Path:
         target[key] = value
     if "model" in case:
         config.setdefault("encoder", {})["model"] = model_folder(case["model"], root, tiny_model_dir)
+    if "hub" in case:
+        config["dataset"] = {"splits": ["train", "test"], "dev_fraction": 0, **HUB[case["hub"]](root)}
     path = root / "config.yaml"
     path.write_text(case["raw_config"] if "raw_config" in case else yaml.safe_dump(config))
     return path
@@ -316,4 +383,4 @@ def test_bad_command_input(name, tmp_path, capsys, monkeypatch, tiny_model_dir):
 
 
 def test_case_count():
-    assert len(CASES) >= 81 and len(COMMANDS) >= 20
+    assert len(CASES) >= 85 and len(COMMANDS) >= 20
