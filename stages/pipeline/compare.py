@@ -1,6 +1,7 @@
 """`hardneg compare`: any runs (TREC run files, run or score artifacts) on the same judgments, in the style of ranx's
 ``compare``: each run's mean of each measure, paired randomization tests between every two runs, and p-values
-corrected for the comparisons of a measure (Holm). A run is named by its TREC tag: the system that made it."""
+corrected for the comparisons of a measure (Holm). A run is named by its TREC tag: the system that made it (a run
+without tags: its file). Runs it cannot score correctly are refused, naming the file and line."""
 
 from __future__ import annotations
 
@@ -25,8 +26,6 @@ from ..ml.measures import check, evaluate
 
 DEFAULT_MEASURES = ["nDCG@10", "MRR@10", "R@100"]
 SUPERSCRIPTS = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ᵃᵇᶜᵈᵉᶠᵍʰⁱʲᵏˡᵐⁿᵒᵖqʳˢᵗᵘᵛʷˣʸᶻ")
-
-
 SAMPLES = (20, 1_000_000)
 """The sign flips `compare` takes: at least 20, so that a p-value can fall below 0.05 (its floor is 1 / (samples + 1));
 at most a million (each is a row of the per-query differences in memory)."""
