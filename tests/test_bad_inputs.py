@@ -1,12 +1,14 @@
 """Bad input, as a user meets it: each case runs the DAG (`stages.pipeline.run_plan`, in process) on a small dataset with one
 thing wrong, and asserts the exit code, a message naming the file and line (or the config key) with a fix, no
-traceback, and nothing left under results/ but logs (and the raw-file hash cache)."""
+traceback, and nothing left under results/ but logs (and the raw-file hash cache). `COMMANDS` does the same for
+`hardneg compare` and `hardneg export`, through the command."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -44,6 +46,10 @@ def beir(**files):
 
 def marco(**files):
     return {"layout": "msmarco", "files": files}
+
+
+def hub(name):
+    return {"layout": "beir", "files": {}, "hub": name}
 
 
 def cfg(**values):
@@ -151,6 +157,11 @@ CASES = {
     "model-pickle-weights": ({**cfg(experiments=[{"name": "z", "method": "zeroshot"}]), "model": "pickle-weights"}, 2, "safetensors", "fix"),
     "model-no-tokenizer": ({**cfg(experiments=[{"name": "z", "method": "zeroshot"}]), "model": "no-tokenizer"}, 2, "tokenizer", "fix"),
     "model-hub-id-offline": ({**cfg(experiments=[{"name": "z", "method": "zeroshot"}]), "model": "hub:nobody/no-such-model"}, 2, "encoder.model", "fix"),
+    # --- datasets read by id (the `dataset` section comes from HUB[name]) ---
+    "hf-tevatron-two-texts": (hub("tevatron_two_texts"), 1, "(default/train) row:2", "first given in"),
+    "hf-empty-folder": (hub("hf_empty_folder"), 2, "dataset.path", "no data files"),
+    "hf-loading-script": (hub("hf_loading_script"), 2, "dataset.path", "loading script"),
+    "irds-cache-not-a-zip": (hub("irds_not_a_zip"), 2, "source.zip", "damaged"),
 }
 
 
@@ -192,6 +203,62 @@ def model_folder(kind: str, root: Path, tiny_model_dir: Path) -> str:
     return str(folder)
 
 
+# --- datasets read by id, built offline in each library's own format (as tests/test_hub_datasets.py does) ---------
+def tevatron_two_texts(root: Path) -> dict:
+    """Tevatron rows in a save_to_disk folder; document 2 has one text in row 1 and another in row 2."""
+    import datasets
+
+    def passage(doc_id, text):
+        return {"docid": doc_id, "title": "", "text": text}
+
+    rows = {
+        "train": [
+            {"query_id": "q1", "query": "a question", "positive_passages": [passage("1", "one")],
+             "negative_passages": [passage("2", "two")]},
+            {"query_id": "q2", "query": "another", "positive_passages": [passage("2", "two, edited")],
+             "negative_passages": []},
+        ],
+        "test": [{"query_id": "q3", "query": "a third", "positive_passages": [passage("1", "one")],
+                  "negative_passages": []}],
+    }  # fmt: skip
+    folder = root / "tevatron"
+    datasets.DatasetDict({split: datasets.Dataset.from_list(r) for split, r in rows.items()}).save_to_disk(str(folder))
+    return {"format": "hf", "path": str(folder), "layout": "tevatron"}
+
+
+def hf_empty_folder(root: Path) -> dict:
+    (root / "empty").mkdir()
+    return {"format": "hf", "path": str(root / "empty"), "layout": "beir"}
+
+
+def hf_loading_script(root: Path) -> dict:
+    folder = root / "scifact"
+    folder.mkdir()
+    (folder / "scifact.py").write_text("import datasets\n\n\nclass Scifact(datasets.GeneratorBasedBuilder): ...\n")
+    (folder / "README.md").write_text("# SciFact\n")
+    return {"format": "hf", "path": str(folder), "layout": "beir"}
+
+
+def irds_not_a_zip(root: Path) -> dict:
+    """An ir_datasets collection whose documents come from source.zip, cached, but not a zip."""
+    import time
+
+    import ir_datasets
+    from ir_datasets.formats import TsvDocs
+    from ir_datasets.util import Download, RequestsDownload, ZipExtract
+
+    cached = root / "irds-cache" / "source.zip"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("an HTML error page, not a zip\n")
+    download = Download([RequestsDownload("https://example.invalid/source.zip")], cache_path=str(cached))
+    name = f"hardneg-bad/{root.name}-{time.monotonic_ns()}"
+    ir_datasets.registry.register(name, ir_datasets.Dataset(TsvDocs(ZipExtract(download, "docs.tsv"))))
+    return {"format": "ir_datasets", "id": name}
+
+
+HUB = {f.__name__: f for f in (tevatron_two_texts, hf_empty_folder, hf_loading_script, irds_not_a_zip)}
+
+
 def config_for(root: Path, case: dict, tiny_model_dir: Path) -> Path:
     config = {
         "dataset": {"path": str(root / "data"), "format": case["layout"], "splits": ["train", "test"], "dev_fraction": 0},
@@ -206,6 +273,8 @@ def config_for(root: Path, case: dict, tiny_model_dir: Path) -> Path:
         target[key] = value
     if "model" in case:
         config.setdefault("encoder", {})["model"] = model_folder(case["model"], root, tiny_model_dir)
+    if "hub" in case:
+        config["dataset"] = {"splits": ["train", "test"], "dev_fraction": 0, **HUB[case["hub"]](root)}
     path = root / "config.yaml"
     path.write_text(case["raw_config"] if "raw_config" in case else yaml.safe_dump(config))
     return path
@@ -230,5 +299,88 @@ def test_bad_input(name, tmp_path, capsys, tiny_model_dir, monkeypatch):
     assert left <= {"logs", ".hash-cache.json"}, left
 
 
+# --- `hardneg compare` and `hardneg export`: runs, qrels and options as a user gives them --------------------------
+QRELS_TXT = "q1 0 d1 1\nq2 0 d2 1\nq3 0 d3 1\n"
+
+
+def run_lines(*changes: tuple[int, str]) -> str:
+    """Six TREC lines (q1..q3, two documents each), with line ``n`` replaced by ``text`` for each (n, text)."""
+    lines = [f"q{q} Q0 {d} {rank} {3 - rank}.5 sys" for q in (1, 2, 3) for rank, d in ((1, f"d{q}"), (2, "d9"))]
+    for number, text in changes:
+        lines[number - 1] = text
+    return "\n".join(lines) + "\n"
+
+
+def compare_case(run: str, *options: str, qrels: str = QRELS_TXT, **files) -> dict:
+    argv = ["compare", "run.trec", "--qrels", "qrels.txt", *options]
+    return {"files": {"run.trec": run, "qrels.txt": qrels, **files}, "argv": argv}
+
+
+PREPARED_QRELS = pd.DataFrame(
+    {"split": ["train", "test"], "query_id": ["q1", "q2"], "doc_id": ["d1", "d2"], "relevance": [1, 1]}
+)
+# name -> (files and argv, exit code, where: "file:line" or the option, words the message must contain)
+COMMANDS = {
+    "compare-no-common-query": (
+        compare_case(run_lines(*((n, f"x{n} Q0 d1 1 1.0 sys") for n in range(1, 7)))), 2, "run.trec",
+        ("no query in common", "qrels.txt"),
+    ),
+    "compare-empty-run": (compare_case(""), 2, "run.trec", ("empty run file",)),
+    "compare-blank-run": (compare_case("\n  \n"), 2, "run.trec", ("empty run file",)),
+    "compare-nan-score": (compare_case(run_lines((3, "q2 Q0 d2 1 nan sys"))), 2, "run.trec:3", ("'nan'", "not a number")),
+    "compare-text-score": (compare_case(run_lines((4, "q2 Q0 d9 2 abc sys"))), 2, "run.trec:4", ("'abc'", "not a number")),
+    "compare-duplicate-document": (
+        compare_case(run_lines() + "q1 Q0 d1 3 99 sys\n"), 2, "run.trec:7", ("'d1'", "'q1'", "line 1"),
+    ),
+    "compare-some-lines-without-tag": (compare_case(run_lines((5, "q3 Q0 d3 1 2.5"))), 2, "run.trec:5", ("5 columns", "tag")),
+    "compare-four-columns": (compare_case(run_lines((2, "q1 Q0 d9 2"))), 2, "run.trec:2", ("4 columns",)),
+    "compare-seven-columns": (compare_case(run_lines((2, "q1 Q0 d9 2 1.5 sys extra"))), 2, "run.trec:2", ("7 columns",)),
+    "compare-samples-zero": (compare_case(run_lines(), "--samples", "0"), 2, "--samples", ("at least 20",)),
+    "compare-samples-negative": (compare_case(run_lines(), "--samples", "-5"), 2, "--samples", ("at least 20",)),
+    "compare-samples-huge": (compare_case(run_lines(), "--samples", "10000000000"), 2, "--samples", ("at most",)),
+    "compare-relevance-level-zero": (compare_case(run_lines(), "--relevance-level", "0"), 2, "--relevance-level", ("at least 1",)),
+    "compare-relevance-level-above-all": (
+        compare_case(run_lines(), "--relevance-level", "3"), 2, "qrels.txt", ("relevance level 3", "highest is 1"),
+    ),
+    "compare-measure-summed": (compare_case(run_lines(), "--measures", "NumRet"), 2, "NumRet", ("not averaged",)),
+    "compare-qrels-empty": (compare_case(run_lines(), qrels=""), 2, "qrels.txt", ("no judgments",)),
+    "compare-qrels-short-line": (compare_case(run_lines(), qrels="q1 0 d1 1\nq2 d2\n"), 2, "qrels.txt:2", ("2 columns",)),
+    "compare-qrels-conflicting": (
+        compare_case(run_lines(), qrels="q1 0 d1 1\nq1 0 d1 0\n"), 2, "qrels.txt:2", ("on line 1",),
+    ),
+    "compare-split-missing": (
+        {"files": {"run.trec": run_lines(), "prepared/qrels.parquet": PREPARED_QRELS},
+         "argv": ["compare", "run.trec", "--qrels", "prepared", "--split", "nosuch"]},
+        2, "qrels.parquet", ("'nosuch'", "['test', 'train']"),
+    ),  # fmt: skip
+    "export-destination-is-a-file": (
+        {"files": {"dest": "a file\n"}, "argv": ["export", "dest", "--configfile", "config.yaml"]}, 2, "dest",
+        ("not a folder",),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_bad_command_input(name, tmp_path, capsys, monkeypatch, tiny_model_dir):
+    from stages.pipeline.command import main
+
+    setup, code, where, words = COMMANDS[name]
+    monkeypatch.chdir(tmp_path)
+    write_dataset(tmp_path / "data", "beir", {})
+    config_for(tmp_path, cfg(), tiny_model_dir)
+    for file, content in setup["files"].items():
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, pd.DataFrame):
+            content.to_parquet(tmp_path / file)
+        else:
+            (tmp_path / file).write_text(content)
+    returned = main(setup["argv"])
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert returned == code, shown
+    assert where in shown and all(word in shown for word in words), shown
+    assert "fix:" in shown and "Traceback" not in shown, shown
+
+
 def test_case_count():
-    assert len(CASES) >= 60
+    assert len(CASES) >= 85 and len(COMMANDS) >= 20

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import ir_measures
 import numpy as np
 import pytest
 from scipy.stats import permutation_test
 
-from stages.core.errors import DataError
+from stages.core.errors import ConfigError, DataError
 from stages.pipeline.command import main
 from stages.pipeline.compare import Judgments, compare, pointer_name, read_trec_run
 
@@ -73,3 +75,50 @@ def test_score_ties_break_by_doc_id_descending_as_trec_eval_and_missing_qrels_fa
     assert run["doc_id"].tolist() == ["b", "a"] and run["rank"].tolist() == [1, 2] and tag == "t"
     with pytest.raises(DataError):
         compare([tmp_path / "tie.trec"], Judgments(tmp_path / "nowhere"), ["MRR@10"])
+
+
+def ir_measures_means(qrels, run, measure=ir_measures.nDCG @ 10) -> dict[str, float]:
+    judged = list(ir_measures.read_trec_qrels(str(qrels)))
+    return {m.query_id: m.value for m in ir_measures.iter_calc([measure], judged, ir_measures.read_trec_run(str(run)))}
+
+
+def test_a_run_without_tags_is_named_after_its_file_and_beir_qrels_read_with_their_header(tmp_path):
+    qrels, runs = write_fixture(tmp_path)
+    untagged = tmp_path / "untagged.trec"
+    untagged.write_text("".join(line.rsplit(" ", 1)[0] + "\n" for line in runs[0].read_text().splitlines()))
+    beir = tmp_path / "test.tsv"  # BEIR's qrels/test.tsv: a header line, then query-id, corpus-id, score
+    rows = (line.split() for line in qrels.read_text().splitlines())
+    beir.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{r}\n" for q, _, d, r in rows))
+    result = compare([untagged], Judgments(beir), ["nDCG@10"])
+    assert result["runs"] == ["untagged"]
+    expected = ir_measures_means(qrels, runs[0])
+    assert result["means"]["untagged"]["nDCG@10"] == pytest.approx(np.mean(list(expected.values())))
+
+
+def test_a_run_missing_judged_queries_is_warned_and_averaged_over_all_judged_queries(tmp_path, capsys):
+    qrels, runs = write_fixture(tmp_path)
+    partial = tmp_path / "partial.trec"
+    partial.write_text("".join(line for line in open(runs[0]) if line.split()[0] not in {"q0", "q1", "q2"}))
+    assert main(["compare", str(partial), "--qrels", str(qrels), "--measures", "nDCG@10", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "warning:" in captured.err and "3 of the 12 judged queries" in captured.err
+    result = json.loads(captured.out)
+    ranked = {q: v for q, v in ir_measures_means(qrels, partial).items() if q not in {"q0", "q1", "q2"}}
+    assert result["means"]["sys_a"]["nDCG@10"] == pytest.approx(sum(ranked.values()) / QUERIES)
+    assert result["missing"] == {"sys_a": 3} and "trec_eval -c" in result["averaged"]
+    assert main(["compare", str(partial), "--qrels", str(qrels), "--measures", "nDCG@10"]) == 0
+    assert "all 12 judged queries" in capsys.readouterr().out
+
+
+def test_compare_refuses_what_it_cannot_score(tmp_path):
+    qrels, runs = write_fixture(tmp_path)
+    repeated = tmp_path / "repeated.trec"  # one document twice: ir_measures would keep one line of the two
+    repeated.write_text(runs[0].read_text() + "q0 Q0 d0 31 99.0 sys_a\n")
+    with pytest.raises(DataError, match=r"ranked twice for query 'q0' \(first on line \d+\)") as error:
+        compare([repeated], Judgments(qrels), ["nDCG@10"])
+    assert error.value.line == 12 * 30 + 1 and error.value.path == str(repeated)
+    for samples in (0, -5, 19):
+        with pytest.raises(ConfigError, match="--samples"):
+            compare(runs, Judgments(qrels), ["nDCG@10"], samples=samples)
+    with pytest.raises(ConfigError, match="not averaged over queries"):
+        compare(runs, Judgments(qrels), ["NumRet"])

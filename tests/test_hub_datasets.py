@@ -187,6 +187,28 @@ def test_hf_dataset_not_in_the_cache_names_the_download_command(tmp_path, hub_ca
     assert "hf download org/absent --repo-type dataset" in error.value.fix
 
 
+def test_hf_folders_the_datasets_library_refuses_fail_at_plan_time(tmp_path, hub_cache):
+    scripted = hub_snapshot(hub_cache, "org/scripted", "c" * 40)  # a Hub dataset that is only its loading script
+    (scripted / "scripted.py").write_text("import datasets\n")
+    with pytest.raises(DataError, match=r"dataset.id: a dataset with a loading script \(scripted.py\)"):
+        plan_of(tmp_path, {"format": "hf", "id": "org/scripted"})
+    local = tmp_path / "local"
+    (local / "corpus").mkdir(parents=True)
+    pq.write_table(pa.table({"_id": ["d1"], "text": ["alpha"]}), local / "corpus" / "corpus.parquet")
+    (local / "helpers.py").write_text("")  # a script of another name beside data files: datasets reads the data
+    plan_of(tmp_path, {"format": "hf", "path": str(local)})
+    (local / "local.py").write_text("")  # the folder's own script: datasets refuses the folder
+    with pytest.raises(DataError, match="dataset.path: a dataset with a loading script") as error:
+        plan_of(tmp_path, {"format": "hf", "path": str(local)})
+    assert "save_to_disk" in error.value.fix
+    hidden = tmp_path / "hidden"
+    (hidden / ".cache").mkdir(parents=True)
+    (hidden / ".cache" / "x.lock").write_text("")
+    (hidden / "README.md").write_text("# nothing\n")
+    with pytest.raises(DataError, match="dataset.path: no data files"):
+        plan_of(tmp_path, {"format": "hf", "path": str(hidden)})
+
+
 # --- Hugging Face: a save_to_disk folder in Tevatron's layout -----------------------------------------------------
 def passage(doc_id: str) -> dict:
     return {"docid": doc_id, "title": "", "text": DOCS[doc_id]}

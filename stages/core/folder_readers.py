@@ -100,6 +100,28 @@ def _qrels_rows(path: Path) -> Iterator[tuple[int, str, str, str]]:
             yield (number, cells[0], cells[2], cells[3]) if len(cells) == 4 else (number, *cells)
 
 
+JUDGMENTS_FIX = (
+    "lines must be TREC 'qid 0 docid relevance' or BEIR 'query-id corpus-id score' (a header line may come first)"
+)
+
+
+def read_judgments_file(path: Path) -> pd.DataFrame:
+    """TREC (qid, iteration, docid, relevance) or BEIR (query-id, corpus-id, score; header optional) judgments whose
+    columns any whitespace separates, as TREC tools read them: (query_id, doc_id, relevance, line)."""
+    return judgments_frame(_judgment_rows(path), path)[0]
+
+
+def _judgment_rows(path: Path) -> Iterator[tuple[int, str, str, str]]:
+    for count, (number, line) in enumerate(_lines(path)):
+        cells = line.split()
+        if count == 0 and _is_header(cells):
+            continue
+        if len(cells) not in (3, 4):
+            message = f"expected 3 or 4 columns, found {len(cells)} columns"
+            raise DataError(message, path=path, line=number, fix=JUDGMENTS_FIX)
+        yield (number, cells[0], cells[2], cells[3]) if len(cells) == 4 else (number, *cells)
+
+
 class FolderTables:
     """The files of a folder by input name; judgments of split s in input ``qrels_<s>``; no negatives."""
 

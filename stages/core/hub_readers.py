@@ -194,7 +194,7 @@ class BeirHfTables:
 class TevatronHfTables:
     """Tevatron's layout: per split, rows of query_id, query, positive_passages and negative_passages (each passage
     docid, title, text). The corpus: the 'corpus' dataset (docid, title, text) if given, and every passage of the
-    rows (each id once, the first text kept)."""
+    rows, each id once; a docid given two texts (or titles) is an error naming both rows."""
 
     COLUMNS = ("query_id", "query", "positive_passages", "negative_passages")
 
@@ -208,31 +208,39 @@ class TevatronHfTables:
         for n, row in rows(table, where, self.COLUMNS):
             yield n, row, where
 
+    def passages(self) -> Iterator[tuple[int, Mapping, str]]:
+        """(row, passage, where) of the corpus dataset's rows, then of every passage of every split's rows."""
+        if "corpus" in self.folders:
+            table, where = self.folders["corpus"].split("default")
+            for n, r in rows(table, where, ("docid", "text")):
+                yield n, r, where
+        for split in self.names:
+            for n, row, where in self.split(split):
+                for passage in [*row["positive_passages"], *(row["negative_passages"] or [])]:
+                    yield n, passage, where
+
     def corpus(self):
         def records():
-            seen: set[str] = set()
-            if "corpus" in self.folders:
-                table, where = self.folders["corpus"].split("default")
-                for n, r in rows(table, where, ("docid", "text")):
-                    yield self._passage(n, r, where, seen)
-            for split in self.names:
-                for n, row, where in self.split(split):
-                    for passage in [*row["positive_passages"], *(row["negative_passages"] or [])]:
-                        yield self._passage(n, passage, where, seen)
+            seen: dict[str, int] = {}  # doc id -> hash of its (title, text): the texts themselves would not fit
+            for n, passage, where in self.passages():
+                doc_id = normalise_id(passage.get("docid"), where, n, "document")
+                title = text_field(passage.get("title"), where, n, "title")
+                text = text_field(passage.get("text"), where, n, "text")
+                if doc_id not in seen:
+                    seen[doc_id] = hash((title, text))
+                    yield n, doc_id, title, text
+                elif seen[doc_id] != hash((title, text)):
+                    self._two_texts(doc_id, n, where)
 
-        return (record for record in records() if record is not None), self.folders["dataset"].label
+        return records(), self.folders["dataset"].label
 
-    @staticmethod
-    def _passage(n: int, passage: Mapping, where: str, seen: set[str]):
-        doc_id = normalise_id(passage.get("docid"), where, n, "document")
-        if doc_id in seen:
-            return None
-        seen.add(doc_id)
-        return (
-            n,
-            doc_id,
-            text_field(passage.get("title"), where, n, "title"),
-            text_field(passage.get("text"), where, n, "text"),
+    def _two_texts(self, doc_id: str, n: int, where: str) -> None:
+        first_n, first_where = next((m, at) for m, p, at in self.passages() if str(p.get("docid")).strip() == doc_id)
+        raise DataError(
+            f"document {doc_id!r} has another text (or title) than where it is first given in {first_where} {first_n}",
+            path=where,
+            line=n,
+            fix="give each docid one text: correct or remove one of the two passages",
         )
 
     def queries(self, split):

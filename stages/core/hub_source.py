@@ -10,6 +10,11 @@ every file by checksum; a Hub id: the cached commit); a local folder is an input
 from __future__ import annotations
 
 import contextlib
+import gzip
+import lzma
+import tarfile
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -59,12 +64,37 @@ def locate_hf(dataset: Mapping[str, Any]) -> HubSource:
         if not spec:
             continue
         folder = Path(spec).expanduser()
+        key = f"dataset.{role}" if role != "dataset" else "dataset.id" if dataset.get("id") else "dataset.path"
         if folder.is_dir():
+            check_hf_folder(folder, key, local=True)
             source.folders[role] = folder
         else:
-            revision = cached_hf_dataset(spec, role).name
-            source.datasets[role] = {"id": spec, "revision": revision}
+            snapshot = cached_hf_dataset(spec, role)
+            check_hf_folder(snapshot, key, local=False)
+            source.datasets[role] = {"id": spec, "revision": snapshot.name}
     return source
+
+
+HF_FOLDER_FIX = "give a folder the datasets library reads without code: save_to_disk's, or parquet, json or csv files"
+NOT_DATA = {"README.md", ".gitattributes"}
+
+
+def check_hf_folder(folder: Path, key: str, local: bool) -> None:
+    """Refused here as datasets would refuse it in `prepare`: a folder with no data file, or a dataset's loading script
+    (datasets runs none: a local folder's ``<folder name>.py``, or scripts where there is no data)."""
+    files = (path for path in folder.rglob("*") if path.is_file())
+    visible = (path for path in files if not any(part.startswith(".") for part in path.relative_to(folder).parts))
+    data = next((path for path in visible if path.name not in NOT_DATA and path.suffix != ".py"), None)
+    own = folder / f"{folder.name}.py"
+    scripts = [own] if local and own.is_file() else sorted(folder.glob("*.py")) if data is None else []
+    if scripts:
+        raise DataError(
+            f"{key}: a dataset with a loading script ({scripts[0].name}), which the datasets library no longer runs",
+            path=folder,
+            fix="where the script runs (datasets < 4), load it and save_to_disk; or convert it to parquet files",
+        )
+    if data is None:
+        raise DataError(f"{key}: no data files in this folder", path=folder, fix=HF_FOLDER_FIX)
 
 
 def cached_hf_dataset(repo_id: str, role: str = "dataset", revision: str | None = None) -> Path:
@@ -83,6 +113,12 @@ def cached_hf_dataset(repo_id: str, role: str = "dataset", revision: str | None 
 
 
 # --- ir_datasets --------------------------------------------------------------------------------------------------
+DAMAGED = (
+    zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError, UnicodeDecodeError,
+)  # fmt: skip
+"""What reading a damaged cached file raises (a truncated download, an HTML error page saved as the file)."""
+
+
 class NotCached(DataError):
     """ir_datasets wanted to download a file."""
 
@@ -112,8 +148,12 @@ def offline_irds(dataset_id: str) -> Iterator[None]:
             f"ir_datasets {dataset_id!r}: {where} is not in the ir_datasets cache", fix=irds_fix(dataset_id)
         )
 
+    last_file: str | None = None  # the cached file handed out last: the one a damaged-file error is about
+
     def path(self, force=True):
-        return original_path(self, force) if not force or cached(self) else refuse(self)
+        nonlocal last_file
+        last_file = original_path(self, force) if not force or cached(self) else refuse(self)
+        return last_file
 
     def stream(self):
         streams_remote = self._stream and not isinstance(self.mirrors[0], download.LocalDownload)
@@ -122,6 +162,12 @@ def offline_irds(dataset_id: str) -> Iterator[None]:
     cls.path, cls.stream = path, stream
     try:
         yield
+    except DAMAGED as error:
+        raise DataError(
+            f"ir_datasets {dataset_id!r}: the cached file is damaged ({type(error).__name__}: {error})",
+            path=last_file,
+            fix=f"delete it, then {irds_fix(dataset_id)}",
+        ) from None
     finally:
         cls.path, cls.stream = original_path, original_stream
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..core.errors import PipelineError
+from ..core.errors import ConfigError, PipelineError
 from ..core.store import verify_command
 from ..core.artifacts import RUN_TREC
 from ..core.workflow_files import workflow_root
@@ -53,6 +53,11 @@ def status(plan: Plan, results: Path) -> int:
 def export(plan: Plan, results: Path, destination: Path) -> int:
     """Each experiment's runs as TREC files tagged with the experiment (runs/<tag>.<split>.trec), and its exported
     model (models/<tag>) where the experiment has `export: true` and the run made it."""
+    blocking = next((path for path in [destination, *destination.parents] if path.exists() and not path.is_dir()), None)
+    if blocking is not None:
+        fix = "give a folder to export into (made if missing), or move the file"
+        where = "" if blocking == destination else f" (in the way of {destination})"
+        raise ConfigError(f"a file, not a folder{where}", path=blocking, fix=fix)
     written = 0
     for experiment, roles in plan.experiments.items():
         tag = run_tag(experiment)
@@ -112,7 +117,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return export(plan_of(args.configfile, args.results), args.results, args.destination)
     if args.command == "compare":
         judgments = Judgments(args.qrels, args.split, args.relevance_level)
-        print(render(compare(args.runs, judgments, args.measures, args.samples), args.json))
+        result = compare(args.runs, judgments, args.measures, args.samples)
+        for warning in result["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(render(result, args.json))
         return 0
     if args.command == "verify":
         return verify_command(args.results)
