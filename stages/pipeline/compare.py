@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..core import parquet_io
 from ..core.errors import ConfigError, DataError
 from ..core.folder_readers import read_judgments_file
 from ..core.tables import read_qrels, read_run
@@ -63,7 +64,7 @@ class Judgments:
         if (self.path / QRELS).is_file():
             qrels = read_qrels(self.path, self.split)
             if qrels.empty:
-                splits = sorted(pd.read_parquet(self.path / QRELS, columns=["split"])["split"].unique())
+                splits = sorted(parquet_io.read_table(self.path / QRELS, columns=["split"]).column("split").unique().to_pylist())
                 fix = f"give --split one of {splits}"
                 message = f"no judgments of split {self.split!r}; splits: {splits}"
                 raise DataError(message, path=self.path / QRELS, fix=fix)
