@@ -90,16 +90,25 @@ def register_irds(tmp_path: Path, cached: bool = True) -> str:
     return name
 
 
-def test_ir_datasets_reads_a_cached_dataset_and_keys_it_by_id_and_version(tmp_path):
+def test_ir_datasets_reads_a_cached_dataset_and_keys_it_by_id_version_and_cached_files(tmp_path):
     dataset_id = register_irds(tmp_path)
     plan = plan_of(tmp_path, {"format": "ir_datasets", "id": dataset_id})
     node = plan.experiments["bm25"]["prepare"]
-    assert node.params["datasets"] == {
-        "dataset": {"id": dataset_id, "revision": f"ir_datasets {ir_datasets.__version__}"}
-    }
-    assert node.inputs == {}
+    dataset = node.params["datasets"]["dataset"]
+    assert (dataset["id"], dataset["revision"]) == (dataset_id, f"ir_datasets {ir_datasets.__version__}")
+    assert len(dataset["cache"]) == 16 and node.inputs == {}
     run_prepare(plan, tmp_path / "out")
     assert_prepared(tmp_path / "out")
+
+
+def test_documents_replaced_in_the_ir_datasets_cache_change_the_prepare_key(tmp_path):
+    dataset_id = register_irds(tmp_path)
+    before = plan_of(tmp_path, {"format": "ir_datasets", "id": dataset_id}).experiments["bm25"]["prepare"].key
+    assert plan_of(tmp_path, {"format": "ir_datasets", "id": dataset_id}).experiments["bm25"]["prepare"].key == before
+    docs = tmp_path / "irds-cache" / "docs.tsv"
+    docs.write_text(docs.read_text().replace("\t", "\tother words: ", 1))
+    after = plan_of(tmp_path, {"format": "ir_datasets", "id": dataset_id}).experiments["bm25"]["prepare"].key
+    assert after != before
 
 
 def test_ir_datasets_not_in_the_cache_fails_at_plan_time_with_the_fix(tmp_path):

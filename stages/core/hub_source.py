@@ -4,20 +4,23 @@ the cache fails before any stage runs. ir_datasets and datasets are imported onl
 extra).
 
 The prepare key holds each dataset read by id with its revision (ir_datasets: the package version, whose registry pins
-every file by checksum; a Hub id: the cached commit); a local folder is an input, keyed by its content.
+every file by checksum, and a fingerprint of the cached files read: their names, sizes and mtimes, so that data
+replaced under the same id is prepared again; a Hub id: the cached commit); a local folder is an input, keyed by its
+content.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import lzma
 import tarfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from .errors import ConfigError, DataError
 
@@ -48,9 +51,9 @@ def locate_irds(dataset: Mapping[str, Any]) -> HubSource:
     """The ir_datasets dataset of a config (its ``dataset`` section), checked to be readable offline."""
     if not dataset.get("id"):
         raise ConfigError("dataset.format ir_datasets needs dataset.id", fix="set dataset.id, e.g. beir/scifact")
-    check_irds_cached(dataset["id"], dataset["splits"])
+    cache = check_irds_cached(dataset["id"], dataset["splits"])
     version = need("ir_datasets").__version__
-    return HubSource({"dataset": {"id": dataset["id"], "revision": f"ir_datasets {version}"}})
+    return HubSource({"dataset": {"id": dataset["id"], "revision": f"ir_datasets {version}", "cache": cache}})
 
 
 def locate_hf(dataset: Mapping[str, Any]) -> HubSource:
@@ -132,8 +135,9 @@ def irds_fix(dataset_id: str) -> str:
 
 
 @contextlib.contextmanager
-def offline_irds(dataset_id: str) -> Iterator[None]:
-    """Within: any file ir_datasets would download raises NotCached at once (no request, no retries)."""
+def offline_irds(dataset_id: str, handed_out: set[str] | None = None) -> Iterator[None]:
+    """Within: any file ir_datasets would download raises NotCached at once (no request, no retries). The cached
+    files it hands out are added to ``handed_out``."""
     download = need("ir_datasets").util.download
     cls, original_path, original_stream = download.Download, download.Download.path, download.Download.stream
 
@@ -153,6 +157,8 @@ def offline_irds(dataset_id: str) -> Iterator[None]:
     def path(self, force=True):
         nonlocal last_file
         last_file = original_path(self, force) if not force or cached(self) else refuse(self)
+        if handed_out is not None and last_file is not None:
+            handed_out.add(str(last_file))
         return last_file
 
     def stream(self):
@@ -211,15 +217,28 @@ def irds_dataset(dataset_id: str):
     return found
 
 
-def check_irds_cached(dataset_id: str, splits: list[str]) -> None:
-    """Read the first document, query and judgment of each split with downloads refused: NotCached at once if not."""
+def check_irds_cached(dataset_id: str, splits: list[str]) -> str:
+    """Read the first document, query and judgment of each split with downloads refused (NotCached at once if not);
+    returns the fingerprint of the cached files read (`files_fingerprint`)."""
     collection = irds_dataset(dataset_id)
-    with offline_irds(dataset_id):
+    handed_out: set[str] = set()
+    with offline_irds(dataset_id, handed_out):
         next(iter(collection.docs_iter()), None)
         for split in splits:
             found = irds_dataset_of_split(dataset_id, split)
             next(iter(found.queries_iter()), None)
             next(iter(found.qrels_iter()), None)
+    return files_fingerprint(handed_out)
+
+
+def files_fingerprint(paths: Iterable[str]) -> str:
+    """What changes when a cached file is replaced: each file's name, size and mtime, hashed (16 hex digits). A cache
+    copied to another machine gets new mtimes, so its datasets are prepared again there once."""
+    entries = []
+    for path in sorted(set(paths)):
+        stat = Path(path).stat() if Path(path).exists() else None
+        entries.append(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}" if stat else f"{path}\tmissing")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
 
 
 def irds_dataset_of_split(dataset_id: str, split: str):
