@@ -179,3 +179,18 @@ def test_cli_error_is_one_readable_message_and_leaves_nothing(tmp_path):
     assert f"{folder / 'corpus.jsonl'}:2: malformed JSON" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() and not out.parent.exists()  # no half-written artifact, no temp dir, no empty stage folder
+
+
+def test_warnings_reach_the_end_of_the_run_not_only_the_log(tmp_path, capsys):
+    from stages.pipeline import run_plan
+
+    corpus = [doc(1), doc(2), doc(3, text="", title=""), doc(4)]
+    folder = beir(tmp_path / "d", corpus, [query(1), query(2)], GOOD_QRELS)
+    config = tmp_path / "config.yaml"
+    experiments = [{"name": "bm25", "method": "bm25"}]
+    config.write_text(json.dumps({"dataset": {"path": str(folder), "dev_fraction": 0.0}, "experiments": experiments}))
+    assert run_plan.main(["--configfile", str(config), "--results", str(tmp_path / "results")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: prepare ")]
+    assert len(warnings) == 1 and "1 documents with empty text kept" in warnings[0], warnings
+    prepared = next((tmp_path / "results" / "prepare").iterdir())
+    assert json.loads((prepared / "summary.json").read_text())["warnings"] == [warnings[0].split(": ", 2)[2]]

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from .. import PACKAGE
 from .errors import ConfigError, PipelineError
-from .log_lines import line_by_line_stderr
+from .log_lines import KeptWarnings, line_by_line_stderr
 from .resources import Meter
 from .store import artifact_lock, made_already, write_artifact
 
@@ -88,12 +88,13 @@ def run_stage(
             with write_artifact(args.out, stage, values, inputs, check_key=args.check_key) as tmp:
                 work_dir = work_dir_for(args.out, stage)
                 meter = Meter()  # wall time, items/s, peak memory: summary.json's "resources"
-                if "work_dir" in inspect.signature(work).parameters:
-                    work_dir.mkdir(parents=True, exist_ok=True)
-                    extra = work(params, inputs, tmp, work_dir=work_dir)
-                else:
-                    extra = work(params, inputs, tmp)
-                summary = meter.merge(extra)
+                with KeptWarnings() as warnings:
+                    if "work_dir" in inspect.signature(work).parameters:
+                        work_dir.mkdir(parents=True, exist_ok=True)
+                        extra = work(params, inputs, tmp, work_dir=work_dir)
+                    else:
+                        extra = work(params, inputs, tmp)
+                summary = meter.merge({**(extra or {}), **warnings.summary()})
                 (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     except PipelineError as error:
         print(f"error in stage {stage}: {error.render()}", file=sys.stderr)

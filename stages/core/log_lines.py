@@ -16,6 +16,8 @@ PROGRESS_SECONDS = 30.0
 NOISE = re.compile(r"^\s*(Loading weights|Loading checkpoint shards|Writing model shards)")
 ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 """Terminal control sequences (tqdm moves the cursor for nested bars)."""
+PACKAGE_LOGGER = "stages"
+"""The loggers of the package's modules are ``stages.<module>`` (under either package name)."""
 QUIET_LOGGERS = ("faiss", "faiss.loader")
 """Loggers that chatter at INFO (e.g. "Loading faiss with AVX2 support"): only their warnings are kept."""
 
@@ -84,3 +86,33 @@ def line_by_line_stderr() -> None:
 def _finish_stderr() -> None:
     if isinstance(sys.stderr, LineStream):
         sys.stderr.finish()
+
+
+class KeptWarnings(logging.Handler):
+    """The warnings the package's loggers (``stages.*``) give while a stage runs, kept for its summary.json so that
+    the end of a run can show them (`stages.pipeline.snakefile.run_warnings`), not only its log."""
+
+    KEEP = 20
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.messages) < self.KEEP:
+            self.messages.append(record.getMessage())
+        else:
+            self.dropped += 1
+
+    def __enter__(self) -> "KeptWarnings":
+        logging.getLogger(PACKAGE_LOGGER).addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger(PACKAGE_LOGGER).removeHandler(self)
+
+    def summary(self) -> dict:
+        """``{"warnings": [...]}`` (with how many more the log holds), or nothing."""
+        more = [f"... and {self.dropped} more (see the log)"] if self.dropped else []
+        return {"warnings": self.messages + more} if self.messages else {}

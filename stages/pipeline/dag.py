@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..core.artifacts import shard_inputs
+from ..core.artifacts import SUMMARY, shard_inputs
 from ..core.dataset_formats import dataset_format, with_negatives
 from ..core.errors import ConfigError
 from ..ml.index_kinds import KINDS, exact_kind
@@ -106,6 +106,17 @@ class Plan:
         """``results/runs/<experiment>/<role>`` and ``results/runs/report``."""
         nodes = self.pointers_nodes()
         return {name: {role: n.path(self.results) for role, n in roles.items()} for name, roles in nodes.items()}
+
+    def recorded_warnings(self) -> list[str]:
+        """The warnings the artifacts made so far recorded (dropped judgments, empty documents, skipped queries, ...),
+        a line each naming the stage and key: shown at the end of every run, where a user looks, not only in logs."""
+        lines = []
+        for node in self.nodes():
+            summary = node.path(self.results) / SUMMARY
+            if summary.is_file():
+                warnings = json.loads(summary.read_text()).get("warnings", [])
+                lines += [f"warning: {node.stage} {node.key}: {message}" for message in warnings]
+        return lines
 
     def pointers_nodes(self) -> dict[str, dict[str, Node]]:
         return {**self.experiments, "": {"report": self.report}}

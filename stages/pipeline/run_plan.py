@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, roles in plan.pointers_nodes().items()
     }
     write_pointers(args.results, {name: roles for name, roles in made.items() if roles})
+    for line in plan.recorded_warnings():
+        print(line, file=sys.stderr)
     if failed:
         print(f"{len(failed)} artifacts not made (failed or skipped); see results/logs", file=sys.stderr)
         if plan.report.key in failed:

@@ -46,5 +46,7 @@ def stage_input_json(stage):
 
 onsuccess:
     hardneg.write_pointers("results", PLAN.pointers())
+    for line in PLAN.recorded_warnings():  # what the stages warned of, not only in their logs
+        print(line)
     if Path("results/runs/report/results.csv").is_file():  # the run's table, where a user looks first
         print(hardneg.console_summary(Path("results/runs/report")))
