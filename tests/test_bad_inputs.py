@@ -353,6 +353,13 @@ COMMANDS = {
          "argv": ["compare", "run.trec", "--qrels", "prepared", "--split", "nosuch"]},
         2, "qrels.parquet", ("'nosuch'", "['test', 'train']"),
     ),  # fmt: skip
+    "run-configfile-missing": (
+        {"files": {}, "argv": ["run", "-n", "--configfile", "nothere.yaml"]}, 2, "nothere.yaml", ("not found",),
+    ),
+    "run-configfile-yaml-error": (
+        {"files": {"bad.yaml": "dataset: {path: data\nexperiments: [\n"}, "argv": ["run", "-n", "--configfile=bad.yaml"]},
+        2, "bad.yaml:", ("not valid YAML",),
+    ),
     "export-destination-is-a-file": (
         {"files": {"dest": "a file\n"}, "argv": ["export", "dest", "--configfile", "config.yaml"]}, 2, "dest",
         ("not a folder",),

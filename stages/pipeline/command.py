@@ -17,20 +17,39 @@ from ..core.artifacts import RUN_TREC
 from ..core.workflow_files import workflow_root
 from .compare import DEFAULT_MEASURES, Judgments, compare, render, run_tag
 from .dag import Plan
-from .config import load_configs
+from .config import load_configs, read_config_file
 from .prune import prune
 
 CONFIG = Path("config.yaml")
 
 
 def run(snakemake_args: list[str]) -> int:
-    """Snakemake in this folder with the packaged Snakefile and default profile (config.yaml here is the config)."""
+    """Snakemake in this folder with the packaged Snakefile and default profile (config.yaml here is the config).
+    Config files given with ``--configfile`` are read first, so that a missing file or a YAML error is named with its
+    line (Snakemake's own message names neither)."""
+    for path in configfile_args(snakemake_args):
+        read_config_file(path)
     root = workflow_root()
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile")]
     command += ["--workflow-profile", str(root / "workflow" / "profiles" / "default"), *snakemake_args]
     # the rules' `python -m <package>.<stage>`: this interpreter's
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return subprocess.call(command, env={**os.environ, "PATH": path})
+
+
+def configfile_args(args: list[str]) -> list[Path]:
+    """The files of Snakemake's ``--configfile`` / ``--configfiles`` options (``--configfile=A`` too) in ``args``."""
+    files, taking = [], False
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if name in ("--configfile", "--configfiles"):
+            taking = not equals
+            files += [Path(value)] if equals else []
+        elif arg.startswith("-"):
+            taking = False
+        elif taking:
+            files.append(Path(arg))
+    return files
 
 
 def plan_of(configfiles: list[Path] | None, results: Path) -> Plan:
