@@ -28,7 +28,7 @@ from .core.cli import run_stage
 from .core.dataset_formats import FORMATS, DatasetFormat, Tables, dataset_format
 from .core.dataset_records import CHUNK, first_duplicate
 from .core.errors import ConfigError, DataError
-from .core.artifacts import CORPUS, NEGATIVES, QRELS, QUERIES
+from .core.artifacts import CORPUS, DEV_SPLIT, NEGATIVES, QRELS, QUERIES
 from .core.tables import NEGATIVES_SCHEMA, write_table
 
 VERSION = 2
@@ -263,7 +263,7 @@ def carve_dev(queries: pd.DataFrame, qrels: pd.DataFrame, source: str, fraction:
     chosen = set(np.random.default_rng(seed).choice(pool, size=max(1, round(len(pool) * fraction)), replace=False))
     for table in (queries, qrels):
         moved = (table["split"] == source) & table["query_id"].isin(chosen)
-        table.loc[moved, "split"] = "dev"
+        table.loc[moved, "split"] = DEV_SPLIT
     log.info("dev split: %d queries carved from %s (seed %d)", len(chosen), source, seed)
     return queries, qrels
 

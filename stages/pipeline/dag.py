@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..core.artifacts import SUMMARY, shard_inputs
+from ..core.artifacts import DEV_SPLIT, SUMMARY, TRAIN_SPLIT, shard_inputs
 from ..core.dataset_formats import dataset_format, with_negatives
 from ..core.errors import ConfigError
 from ..ml.index_kinds import KINDS, exact_kind
@@ -240,7 +240,7 @@ class Plan:
 
     def _check_splits(self) -> None:
         dataset = self.config["dataset"]
-        available = set(dataset["splits"]) | ({"dev"} if dataset["dev_fraction"] else set())
+        available = set(dataset["splits"]) | ({DEV_SPLIT} if dataset["dev_fraction"] else set())
         wanted = set(self.config["evaluate"]["splits"]).union(*(e.get("splits", []) for e in self.config["experiments"]))
         for split in sorted(wanted):
             if split not in available:
@@ -248,7 +248,7 @@ class Plan:
                     f"evaluate.splits names {split!r}, which the dataset does not have",
                     fix=f"use some of {sorted(available)} (dev exists when dataset.dev_fraction > 0)",
                 )
-        if any(METHODS[e["method"]].trained for e in self.config["experiments"]) and "train" not in available:
+        if any(METHODS[e["method"]].trained for e in self.config["experiments"]) and TRAIN_SPLIT not in available:
             raise ConfigError("trained methods need a 'train' split", fix="add train to dataset.splits")
 
 
@@ -379,17 +379,17 @@ class Chain:
             return self.given_negatives()
         role = "warmup-negatives" if for_warmup else f"negatives-{source}"
         if source == "bm25":
-            return self.mined(self.bm25("train", top_k=self.section("mine")["depth"]), role, for_warmup)
+            return self.mined(self.bm25(TRAIN_SPLIT, top_k=self.section("mine")["depth"]), role, for_warmup)
         return self.model_negatives(self.warmup(), "warmup-", role)
 
     def model_negatives(self, encoder: Node, prefix: str, role: str) -> Node:
         """Negatives mined by a trained encoder: the corpus encoded by it, a flat index, its train run."""
         index = self.index_of(self.shards(encoder, prefix), prefix, exact=True)
-        return self.mined(self.retrieve("train", index, encoder, self.section("mine")["depth"], prefix), role)
+        return self.mined(self.retrieve(TRAIN_SPLIT, index, encoder, self.section("mine")["depth"], prefix), role)
 
     def mined(self, run: Node, role: str, for_warmup: bool = False) -> Node:
         mine = self.section("mine")
-        params = {"split": "train", **{k: mine[k] for k in ("depth", "exclude_positives", "skip_top")}}
+        params = {"split": TRAIN_SPLIT, **{k: mine[k] for k in ("depth", "exclude_positives", "skip_top")}}
         if for_warmup:
             params["skip_top"] = 0
         return self.add(role, "mine_negatives", params, {"prepared": self.roles["prepare"], "run": run})
