@@ -121,13 +121,17 @@ class SparseTorchSearcher:
             return docs, scores
         extra = None if self.nonoccurrence is None else (queries @ self.nonoccurrence).astype(np.float32)
         buffer = torch.empty((min(self.batch, count), self.documents), dtype=torch.float32, device=self.device)
-        for start in range(0, count, self.batch):
+        starts = range(0, count, self.batch)
+        report = max(1, len(starts) // 10)  # a log line every tenth of the queries
+        for number, start in enumerate(starts, 1):
             rows = slice(start, min(count, start + self.batch))
             view = buffer[: rows.stop - rows.start].zero_()
             self.scatter(view, queries[rows])
             if extra is not None:
                 add_nonoccurrence(view, torch.from_numpy(extra[rows]).to(self.device))
             docs[rows, :kept], scores[rows, :kept] = top_k(view, kept, max(1, self.batch // 4))
+            if number % report == 0 and number < len(starts):
+                log.info("bm25 on %s: %d of %d queries", self.device, rows.stop, count)
         return docs, scores
 
     def scatter(self, scores: torch.Tensor, queries: scipy.sparse.csr_matrix) -> None:
