@@ -155,7 +155,10 @@ class SparseTorchSearcher:
             pair = torch.repeat_interleave(ids, on_device["lengths"][first:last], output_size=end - begin)
             position = torch.arange(begin, end, device=self.device) + on_device["shifts"][pair]
             target = on_device["targets"][pair] + self.indices[position]
-            flat.index_add_(0, target, self.data[position] * on_device["counts"][pair])
+            weights = self.data[position]
+            if not (pairs.counts[first:last] == 1).all():  # a term twice in a query: its weight twice (exact for 1)
+                weights = weights * on_device["counts"][pair]
+            flat.index_add_(0, target, weights)
 
 
 def add_nonoccurrence(scores: torch.Tensor, extra: torch.Tensor) -> None:
