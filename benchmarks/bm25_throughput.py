@@ -10,7 +10,8 @@ repeated in order up to that number) with each backend of ``--backend``:
 - ``torch``: `stages.ml.sparse_search` on ``--device`` (default: cuda where torch sees one, else cpu), every query,
   after a warm-up on the first 256 (not timed; nor is copying the index to the device, ``upload_seconds``).
 
-Each time includes tokenizing the queries, as in the stage (``tokenize_seconds``: that alone, once). bm25s'
+Each time includes tokenizing the queries, as in the stage (``tokenize_seconds``: that alone, once;
+``postings_per_query``: the postings a query's terms hold, what the torch path scatters). bm25s'
 ``BM25.retrieve`` (numpy backend, ``n_threads`` = the most threads) runs on the first ``--reference-queries``.
 Agreement of each backend with bm25s over that sample, and of torch with scipy over the queries both ran:
 ``identical_sets`` (the same top-k documents), ``same_up_to_ties`` (the same number of documents, rank by rank the
@@ -207,8 +208,10 @@ def measure(args: argparse.Namespace, index, texts: list[str], k: int) -> tuple[
     """{backend: its measurements}, {backend: its (documents, scores)}."""
     measured, found = {}, {}
     started = time.perf_counter()
-    query_matrix(index, tokenize(texts, index.settings["stopwords"], index.settings["stemmer"]))
+    queries = query_matrix(index, tokenize(texts, index.settings["stopwords"], index.settings["stemmer"]))
     measured["tokenize_seconds"] = round(time.perf_counter() - started, 3)
+    postings = np.diff(index.term_docs.indptr)[queries.indices]  # what term at a time reads: a query's posting lists
+    measured["postings_per_query"] = round(float(postings.sum()) / max(1, len(texts)), 1)
     if "scipy" in args.backend:
         threads = [int(t) for t in args.threads.split(",")]
         most = min(len(texts), args.scipy_queries or len(texts))
