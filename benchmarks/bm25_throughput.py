@@ -1,19 +1,29 @@
-"""BM25 throughput: the `bm25` stage's batched sparse retrieval against bm25s' own retrieve, on one index.
+"""BM25 throughput: the `bm25` stage's two backends (scipy's batched sparse product on the CPU threads, torch's
+term-at-a-time scatter on a GPU) against bm25s' own retrieve, on one index.
 
 Builds the `bm25_index` artifact of a dataset (a BEIR or MS MARCO folder, ingested by `stages.prepare`) or of a
 prepared artifact, then retrieves the top ``--top-k`` of ``--queries`` queries (the dataset's queries of every split,
-repeated in order up to that number) with ``--threads`` threads (a comma list measures each; fewer threads than the
-most run a proportional share of the queries, at least 2,000), and bm25s' ``BM25.retrieve`` (numpy backend,
-``n_threads`` = the most threads) on the first ``--reference-queries`` of them. Agreement over those:
-``identical_sets`` (the same top-k documents), ``same_up_to_ties`` (rank by rank the same scores within 1e-4
-relative, and the same documents above the last score) and the largest relative score difference. Prints one JSON
-object (and writes it to ``--out``); asserts nothing.
+repeated in order up to that number) with each backend of ``--backend``:
+
+- ``scipy``: ``--threads`` threads (a comma list measures each; fewer threads than the most run a proportional share
+  of the queries, at least 2,000; ``--scipy-queries`` caps the share of the most threads);
+- ``torch``: `stages.ml.sparse_search` on ``--device`` (default: cuda where torch sees one, else cpu), every query,
+  after a warm-up on the first 256 (not timed; nor is copying the index to the device, ``upload_seconds``).
+
+Each time includes tokenizing the queries, as in the stage (``tokenize_seconds``: that alone, once;
+``postings_per_query``: the postings a query's terms hold, what the torch path scatters). bm25s'
+``BM25.retrieve`` (numpy backend, ``n_threads`` = the most threads) runs on the first ``--reference-queries``.
+Agreement of each backend with bm25s over that sample, and of torch with scipy over the queries both ran:
+``identical_sets`` (the same top-k documents), ``same_up_to_ties`` (the same number of documents, rank by rank the
+same scores within 1e-5 relative, and every document in one set but not the other scoring within 1e-5 relative of
+its set's k-th score: the sets differ only where the k-th and (k+1)-th scores do by less than that), and the largest
+relative score difference. Prints one JSON object (and writes it to ``--out``); asserts nothing.
 
     python benchmarks/repeated_corpus.py --docs 1000000 --out /tmp/scifact-1m
     python benchmarks/bm25_throughput.py --dataset /tmp/scifact-1m --queries 100000 --threads 1,16
     python benchmarks/msmarco_synthetic.py /tmp/msmarco-1m --passages 1000000
     python benchmarks/bm25_throughput.py --dataset /tmp/msmarco-1m --format msmarco --splits train,dev
-    python benchmarks/bm25_throughput.py --prepared results/prepare/<key> --work /tmp/bm25-bench
+    python benchmarks/bm25_throughput.py --prepared results/prepare/<key> --work /tmp/bm25-bench --backend torch
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 import stages.bm25
-from stages.bm25 import search
+from stages.bm25 import query_matrix, search
 from stages.bm25_index import Bm25IndexParams, build_index
 from stages.ml.lexical import import_bm25s, load_index, tokenize
 from stages.core.dataset_formats import dataset_files
@@ -76,11 +86,11 @@ def query_texts(prepared: Path, count: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(count)]
 
 
-def ours(index, texts: list[str], k: int, threads: list[int]) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
-    """Every query with the most threads; fewer threads run a share of the queries (at least 2,000)."""
+def ours(index, texts: list[str], k: int, threads: list[int], most: int) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """The scipy path: ``most`` queries with the most threads; fewer threads run a share (at least 2,000)."""
     measured = {}
     for count in sorted(threads, reverse=True):
-        share = texts[: max(2000, len(texts) * count // max(threads))]
+        share = texts[: max(2000, most * count // max(threads))]
         started = time.perf_counter()
         found = search(index, share, k, count)
         seconds = time.perf_counter() - started
@@ -94,6 +104,37 @@ def ours(index, texts: list[str], k: int, threads: list[int]) -> tuple[dict, tup
     return measured, result
 
 
+def on_torch(index, texts: list[str], k: int, device: str, max_batch: int) -> tuple[dict, tuple]:
+    """The torch path on ``device``: the index copied there once, a warm-up, then every query."""
+    import torch
+
+    from stages.ml.sparse_search import SparseTorchSearcher
+
+    started = time.perf_counter()
+    searcher = SparseTorchSearcher(index.term_docs, index.nonoccurrence, device, max_batch=max_batch)
+    if searcher.device.type == "cuda":
+        torch.cuda.synchronize()
+    uploaded = time.perf_counter()
+    search(index, texts[:256], k, searcher=searcher)
+    if searcher.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    found = search(index, texts, k, searcher=searcher)
+    seconds = time.perf_counter() - began
+    measured = {
+        "device": torch.cuda.get_device_name(searcher.device) if searcher.device.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "batch_queries": searcher.batch,
+        "upload_seconds": round(uploaded - started, 3),
+        "queries": len(texts),
+        "seconds": round(seconds, 3),
+        "queries_per_s": round(len(texts) / seconds, 1),
+    }
+    if searcher.device.type == "cuda":
+        measured["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return measured, found
+
+
 def reference(index_dir: Path, texts: list[str], k: int, threads: int, settings: dict) -> tuple[dict, tuple]:
     bm25s = import_bm25s()
     retriever = bm25s.BM25.load(index_dir)
@@ -105,28 +146,39 @@ def reference(index_dir: Path, texts: list[str], k: int, threads: int, settings:
     return measured | {"queries_per_s": round(len(texts) / seconds, 1)}, (docs, scores)
 
 
-def agreement(mine: tuple[np.ndarray, np.ndarray], theirs: tuple[np.ndarray, np.ndarray]) -> dict:
+def agreement(
+    mine: tuple[np.ndarray, np.ndarray], theirs: tuple[np.ndarray, np.ndarray], tolerance: float = 1e-5
+) -> dict:
+    """Row by row over (documents, scores) pairs of (queries, k) arrays; missing ranks are -1 (ours) or score 0."""
     identical = same = 0
     worst = 0.0
+    k = mine[0].shape[1]
     for docs, scores, their_docs, their_scores in zip(*mine, *theirs):
-        kept = their_scores > 0  # bm25s returns k documents, matching or not
-        docs, scores = docs[docs >= 0], scores[docs >= 0]
-        their_docs, their_scores = their_docs[kept], their_scores[kept]
-        identical += set(docs.tolist()) == set(their_docs.tolist())
-        if len(docs) != len(their_docs):
+        docs, scores = docs[scores > 0], scores[scores > 0]  # bm25s returns k documents, matching or not
+        their_docs, their_scores = their_docs[their_scores > 0], their_scores[their_scores > 0]
+        equal = set(docs.tolist()) == set(their_docs.tolist())
+        identical += equal
+        if len(docs) != len(their_docs) or (len(docs) < k and not equal):  # fewer than k: every match, no tie
             continue
         if len(docs) == 0:
             same += 1
             continue
         error = float(np.max(np.abs(scores - their_scores) / np.abs(their_scores)))
         worst = max(worst, error)
-        above = scores[-1] * (1 + 1e-4)
-        same += error <= 1e-4 and set(docs[scores > above].tolist()) == set(their_docs[their_scores > above].tolist())
+        same += error <= tolerance and only_ties_differ(docs, scores, their_docs, tolerance) and only_ties_differ(
+            their_docs, their_scores, docs, tolerance)
     count = len(mine[0])
-    return {"identical_sets": identical / count, "same_up_to_ties": same / count, "max_relative_score_error": worst}
+    return {"queries": count, "identical_sets": identical / count, "same_up_to_ties": same / count,
+            "max_relative_score_error": worst}
 
 
-def main() -> None:
+def only_ties_differ(docs: np.ndarray, scores: np.ndarray, other: np.ndarray, tolerance: float) -> bool:
+    """Every document of ``docs`` that ``other`` lacks scores within ``tolerance`` (relative) of the last score."""
+    missing = ~np.isin(docs, other)
+    return bool(np.all(scores[missing] <= scores[-1] * (1 + tolerance)))
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="a BEIR or MS MARCO folder (see --format)")
@@ -136,12 +188,57 @@ def main() -> None:
     parser.add_argument("--index", help="a `bm25_index` artifact of the same corpus (default: build one)")
     parser.add_argument("--work", type=Path, help="folder for the prepared data and the index (default: a temp one)")
     parser.add_argument("--queries", type=int, default=100_000)
-    parser.add_argument("--threads", default=str(len(os.sched_getaffinity(0))), help="comma list, e.g. 1,8,16")
+    parser.add_argument("--backend", default="scipy,torch", help="comma list of scipy, torch")
+    parser.add_argument("--threads", default=str(len(os.sched_getaffinity(0))), help="scipy: comma list, e.g. 1,8,16")
+    parser.add_argument("--scipy-queries", type=int, default=0, help="scipy: at most this many (0: all)")
+    parser.add_argument("--device", help="torch: cuda or cpu (default: cuda where torch sees one)")
+    parser.add_argument("--max-batch", type=int, default=1024, help="torch: queries a batch at most")
     parser.add_argument("--top-k", type=int, default=200)
     parser.add_argument("--reference-queries", type=int, default=5000, help="bm25s' sample (0: skip bm25s)")
-    parser.add_argument("--batch-postings", type=int, default=stages.bm25.BATCH_POSTINGS)
+    parser.add_argument("--batch-postings", type=int, default=stages.bm25.BATCH_POSTINGS, help="scipy")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    args.backend = args.backend.split(",")
+    if not set(args.backend) <= {"scipy", "torch"}:
+        parser.error(f"--backend: {args.backend} (allowed: scipy, torch)")
+    return args
+
+
+def measure(args: argparse.Namespace, index, texts: list[str], k: int) -> tuple[dict, dict]:
+    """{backend: its measurements}, {backend: its (documents, scores)}."""
+    measured, found = {}, {}
+    started = time.perf_counter()
+    queries = query_matrix(index, tokenize(texts, index.settings["stopwords"], index.settings["stemmer"]))
+    measured["tokenize_seconds"] = round(time.perf_counter() - started, 3)
+    postings = np.diff(index.term_docs.indptr)[queries.indices]  # what term at a time reads: a query's posting lists
+    measured["postings_per_query"] = round(float(postings.sum()) / max(1, len(texts)), 1)
+    if "scipy" in args.backend:
+        threads = [int(t) for t in args.threads.split(",")]
+        most = min(len(texts), args.scipy_queries or len(texts))
+        measured["scipy_by_threads"], found["scipy"] = ours(index, texts, k, threads, most)
+    if "torch" in args.backend:
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        measured["torch"], found["torch"] = on_torch(index, texts, k, device, args.max_batch)
+    return measured, found
+
+
+def agreements(found: dict, index_dir: Path, texts: list[str], k: int, threads: int, settings: dict) -> dict:
+    """bm25s' measurements and each backend's agreement with it (on the sample), and torch's with scipy."""
+    result, agree = {}, {}
+    if texts:
+        result["bm25s"], theirs = reference(index_dir, texts, k, threads, settings)
+        for backend, (docs, scores) in found.items():
+            agree[f"{backend}_vs_bm25s"] = agreement((docs[: len(texts)], scores[: len(texts)]), theirs)
+    if len(found) == 2:
+        both = len(found["scipy"][0])
+        agree["torch_vs_scipy"] = agreement((found["torch"][0][:both], found["torch"][1][:both]), found["scipy"])
+    return result | {"agreement": agree}
+
+
+def main() -> None:
+    args = arguments()
     stages.bm25.BATCH_POSTINGS = args.batch_postings
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
@@ -152,8 +249,6 @@ def main() -> None:
         load_seconds = time.perf_counter() - started
         texts = query_texts(prepared, args.queries)
         k = min(args.top_k, built["documents"])  # bm25s refuses a k above the corpus size
-        threads = [int(t) for t in args.threads.split(",")]
-        measured, mine = ours(index, texts, k, threads)
         result = {
             "documents": built["documents"],
             "terms": built["terms"],
@@ -166,12 +261,11 @@ def main() -> None:
             "top_k": k,
             "batch_postings": args.batch_postings,
             "cpus": len(os.sched_getaffinity(0)),
-            "ours_by_threads": measured,
         }
-        sample = texts[: args.reference_queries]
-        if sample:
-            result["bm25s"], theirs = reference(index_dir, sample, k, max(threads), index.settings)
-            result["agreement"] = agreement((mine[0][: len(sample)], mine[1][: len(sample)]), theirs)
+        measured, found = measure(args, index, texts, k)
+        result |= measured
+        threads = max(int(t) for t in args.threads.split(","))
+        result |= agreements(found, index_dir, texts[: args.reference_queries], k, threads, index.settings)
     print(text := json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(text + "\n")

@@ -1,14 +1,21 @@
 """Stage `bm25`: one split's BM25 run over a `bm25_index` artifact (built once per corpus and settings).
 
 Inputs: ``prepared`` (the split's queries) and ``index`` (a `bm25_index` artifact of the same corpus). Output:
-run.parquet (query_id, doc_id, rank, score), run.trec, summary.json with timings.
+run.parquet (query_id, doc_id, rank, score), run.trec, summary.json with timings and the backend that searched.
 
 A batch of queries is a (queries x terms) matrix of term counts; times the index's (terms x documents) BM25 weights
-it gives every score of the batch at once (a scipy sparse product, which releases the GIL, so batches run on a
-thread pool), and the top k of each row are kept. Same documents and scores as bm25s' retrieve (up to float
-rounding); only documents sharing a term with the query are retrieved (score > 0; for bm25l and bm25+, which give
-every document the query's score for absent terms, not the documents that get only that); equal scores rank the
-lower corpus row first, so the run does not depend on the thread count or the batches.
+it gives every score of the batch at once, and the top k of each row are kept. Two backends, the same run:
+
+- ``torch-cuda`` where a CUDA device is visible (the stage is started as a GPU stage, `stages.core.launch`): the
+  weights stay on the GPU and each batch's scores are scattered term at a time into a dense buffer sized to the
+  card, then ``topk`` (`stages.ml.sparse_search`);
+- ``scipy`` otherwise: a scipy sparse product, which releases the GIL, so batches run on the rule's threads. This
+  path imports no torch (`stages.core.resources.gpu_may_be_visible` decides without it where it can).
+
+Both give the same float32 scores (the same sums in the same order) and the same documents as bm25s' retrieve (up to
+float rounding); only documents sharing a term with the query are retrieved (score > 0; for bm25l and bm25+, which
+give every document the query's score for absent terms, not the documents that get only that); equal scores rank
+the lower corpus row first, so the run depends neither on the backend, the thread count nor the batches.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import scipy.sparse as sp
 from .ml.lexical import Bm25Index, load_index, tokenize
 from .core.cli import run_stage
 from .core.errors import ConfigError
-from .core.resources import available_threads
+from .core.resources import available_threads, gpu_may_be_visible
 from .core.tables import read_queries, run_from_topk, write_run
 
 VERSION = 2
@@ -50,15 +57,20 @@ def bm25_run(params: Bm25Params, inputs: Mapping[str, Path], out_dir: Path) -> d
     index = load_index(inputs["index"])
     queries = read_queries(inputs["prepared"], params.split)
     k = min(params.top_k, index.term_docs.shape[1])
+    searcher = device_searcher(index)
+    backend = "scipy" if searcher is None else f"torch-{searcher.device.type}"
     loaded = time.perf_counter()
     threads = available_threads()  # the rule's threads (OMP_NUM_THREADS), within this process's CPUs
-    docs, scores = search(index, queries["text"].tolist(), k, threads)
+    docs, scores = search(index, queries["text"].tolist(), k, threads, searcher)
     searched = time.perf_counter()
     run = run_from_topk(queries["query_id"].tolist(), index.doc_ids, docs, scores)
     write_run(run, out_dir, tag="bm25")
     seconds = searched - loaded
-    log.info("bm25: %d %s queries, top %d, %d threads: %.1f s", len(queries), params.split, k, threads, seconds)
+    log.info("bm25: %d %s queries, top %d, %s, %d threads: %.1f s", len(queries), params.split, k, backend, threads,
+             seconds)
     return {
+        "backend": backend,
+        "batch_queries": None if searcher is None else searcher.batch,
         "items": {"queries": len(queries), "query_passage_pairs": len(queries) * int(index.term_docs.shape[1])},
         "queries": len(queries),
         "top_k": k,
@@ -69,10 +81,29 @@ def bm25_run(params: Bm25Params, inputs: Mapping[str, Path], out_dir: Path) -> d
     }
 
 
-def search(index: Bm25Index, texts: list[str], k: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(documents, scores): (queries, k) arrays of corpus rows (-1 where fewer than k documents match) and scores."""
+def device_searcher(index: Bm25Index):
+    """The index's weights on the visible CUDA device (`stages.ml.sparse_search`), or None (no GPU: the scipy path,
+    without importing torch where the environment already says there is no GPU)."""
+    if not gpu_may_be_visible():
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from .ml.sparse_search import SparseTorchSearcher
+
+    return SparseTorchSearcher(index.term_docs, index.nonoccurrence, "cuda")
+
+
+def search(
+    index: Bm25Index, texts: list[str], k: int, threads: int = 1, searcher=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(documents, scores): (queries, k) arrays of corpus rows (-1 where fewer than k documents match) and scores;
+    with ``searcher`` (a `stages.ml.sparse_search.SparseTorchSearcher` of the index) on its device, else with scipy."""
     settings = index.settings
     queries = query_matrix(index, tokenize(texts, settings["stopwords"], settings["stemmer"]))
+    if searcher is not None:
+        return searcher.search(queries, k)
     docs = np.full((len(texts), k), -1, dtype=np.int32)
     scores = np.zeros((len(texts), k), dtype=np.float32)
 

@@ -1,5 +1,7 @@
 """Stages bm25_index and bm25 on the slice and on the full embedded SciFact (reference: nDCG@10 0.6863 with bm25s
-0.3.16): the same documents and scores as bm25s' own retrieve, ties by corpus row, one index for every split."""
+0.3.16): the same documents and scores as bm25s' own retrieve, ties by corpus row, one index for every split; the
+torch backend (`stages.ml.sparse_search`, run here on the CPU device) gives the scipy path's run, and the stage
+without a GPU imports no torch."""
 
 from __future__ import annotations
 
@@ -13,11 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from helpers import prepare_params
 import stages.bm25
 from stages.bm25 import Bm25Params, bm25_run, search, top_k
+from stages.core.declarations import STAGES
+from stages.core.resources import gpu_may_be_visible
+from stages.ml import sparse_search
+from stages.ml.sparse_search import SparseTorchSearcher, batch_size, settle_ties
 from stages.bm25_index import Bm25IndexParams, build_index
 from stages.ml.lexical import import_bm25s, load_index, tokenize
 from stages.core import settings
@@ -209,3 +216,72 @@ def test_duplicate_documents_every_measure_scores_the_run_order(tmp_path):
     stated = (1 / judged.where(judged <= 10)).reindex(values.index).fillna(0.0)
     assert np.allclose(values["MRR@10"], stated)  # the rank the run file states, not a re-sort of tied scores
     assert values["MRR@10"].mean() > 0
+
+
+@pytest.mark.parametrize("method", ["lucene", "bm25+"])
+def test_the_torch_searcher_gives_the_scipy_run(prepared, method, tmp_path):
+    """Every query of the slice, in batches of 7 queries and scatter calls of ~500 postings; k=300 is more than the
+    slice's 210 documents, so every row ends in -1 padding; bm25+ adds each query's score for absent terms."""
+    build_index(settings.params(Bm25IndexParams, "bm25", method=method), {"prepared": prepared}, tmp_path)
+    index, texts = load_index(tmp_path), all_queries(prepared)
+    assert (index.nonoccurrence is not None) == (method == "bm25+")
+    searcher = SparseTorchSearcher(index.term_docs, index.nonoccurrence, "cpu", max_batch=7, gather=500)
+    assert searcher.batch == 7 < len(texts)
+    for k in (20, 300):
+        docs, scores = search(index, texts, k, threads=2)
+        their_docs, their_scores = search(index, texts, k, searcher=searcher)
+        assert np.array_equal(docs, their_docs)  # sets, and the ranks too: ties by the lower row
+        np.testing.assert_allclose(their_scores, scores, rtol=1e-5)
+        assert (scores[docs >= 0] > 0).all() and (scores[docs < 0] == 0).all()
+    assert (docs[:, -1] == -1).all() and (docs[:, 0] >= 0).all()
+
+
+def test_ties_at_the_kth_score_keep_the_lowest_rows():
+    """Rows with long runs of equal scores: the torch top k is the CPU path's `top_k`, also where topk's own pick
+    among the tied documents would be another (`settle_ties` given the highest rows)."""
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 6, (9, 400)).astype(np.float32) / 2  # a sixth of them 0: no document
+    found, values = sparse_search.top_k(torch.from_numpy(scores), 50, chunk=2)
+    for row in range(len(scores)):
+        expected = top_k(np.arange(400, dtype=np.int32), scores[row], 50)
+        assert found[row].tolist() == expected[0].tolist() and values[row].tolist() == expected[1].tolist()
+    row = torch.tensor([5.0, 3.0, 3.0, 3.0, 3.0, 1.0])[None, :]
+    values, picked = torch.tensor([[5.0, 3.0, 3.0]]), torch.tensor([[0, 4, 3]])  # the highest tied rows
+    settle_ties(row, values, picked, torch.tensor([0]), chunk=1)
+    assert picked.tolist() == [[0, 1, 2]]
+
+
+def test_batches_fit_the_memory_and_the_32_bit_index():
+    cpu = torch.device("cpu")
+    assert batch_size(1000, cpu) == sparse_search.MAX_BATCH and batch_size(1000, cpu, limit=5) == 5
+    documents = sparse_search.HOST_MEMORY // (sparse_search.BYTES_PER_SCORE * 10)
+    assert batch_size(documents, cpu) == 10
+    assert batch_size(10**12, cpu) == 1  # no room for one row: batches of one (a warning)
+
+
+def test_no_gpu_is_decided_without_torch(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert not gpu_may_be_visible()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    assert not gpu_may_be_visible()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # torch must tell
+    assert gpu_may_be_visible()
+
+
+def test_the_stage_without_a_gpu_imports_no_torch(prepared, slice_index, tmp_path):
+    """The stage started as its rule starts it (through `stages.core.launch`, a GPU stage) on a machine without
+    nvidia-smi nor CUDA_VISIBLE_DEVICES: the scipy backend, and no torch among the imports (-X importtime)."""
+    out, bin_dir = tmp_path / "run", tmp_path / "bin"
+    bin_dir.mkdir()
+    params = json.dumps(vars(settings.params(Bm25Params, "bm25", split="test", top_k=10)))
+    inputs = json.dumps({"prepared": str(prepared), "index": str(slice_index)})
+    command = STAGES["bm25"].command([str(out), "--params", params, "--inputs", inputs, "--no-check-key"])
+    assert "stages.core.launch" in command
+    env = {key: value for key, value in os.environ.items() if key not in ("CUDA_VISIBLE_DEVICES", "HARDNEG_GPU_IDS")}
+    env |= {"PATH": str(bin_dir), "PYTHONPROFILEIMPORTTIME": "1", "HARDNEG_GPU_LOCKS": str(tmp_path / "locks")}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "scipy.sparse" in imported and not {name for name in imported if name.split(".")[0] == "torch"}
+    assert json.loads((out / "summary.json").read_text())["backend"] == "scipy"

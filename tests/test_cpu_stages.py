@@ -25,7 +25,7 @@ def test_rules_of_cpu_stages_hide_the_gpus_and_gpu_rules_do_not():
 
 def test_run_plan_isolates_cpu_stages_without_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    assert run_plan.stage_env("bm25")["CUDA_VISIBLE_DEVICES"] == ""
+    assert run_plan.stage_env("bm25_index")["CUDA_VISIBLE_DEVICES"] == ""
     assert run_plan.stage_env("train_star")["CUDA_VISIBLE_DEVICES"] == "0,1"
     seen = {}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,16 @@ def available_threads() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     limit = os.environ.get("OMP_NUM_THREADS", "").strip()
     return max(1, min(cores, int(limit))) if limit.isdigit() and int(limit) > 0 else cores
+
+
+def gpu_may_be_visible() -> bool:
+    """Whether this process may see a CUDA device, decided without importing torch: not where CUDA_VISIBLE_DEVICES is
+    set empty (a CPU stage's rule, or a launch with no GPU), nor where it is unset and no ``nvidia-smi`` is on the
+    PATH (no NVIDIA driver). Otherwise torch must tell (``torch.cuda.is_available()``)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return bool(visible.strip())
+    return shutil.which("nvidia-smi") is not None
 
 
 def _reset_peak_rss() -> bool:

@@ -2,8 +2,8 @@
 
 A stage's seconds are its ``resources.wall_s`` (the whole stage: loading, work, writing), or its ``seconds`` where an
 older summary has no resources block. GPU stages (`stages.core.declarations`) split into training and the rest
-(corpus encodes and retrievals, e.g. the mining runs); every other stage (BM25, index builds, mining negatives from a
-run, tokenizing) counts as CPU seconds.
+(corpus encodes and retrievals, BM25 runs included, e.g. the mining runs); every other stage (the BM25 index, index
+builds, mining negatives from a run, tokenizing) counts as CPU seconds.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ ACCOUNTING = (
     " (summary.json resources.wall_s) of everything the scored retriever was built from,"
     " its final corpus encode and index included, its test retrieval and scoring left out; ANCE's refreshes count"
     " towards ANCE, STAR's one mining pass towards STAR; the shared warm-up model and BM25 (and the tokenized corpus)"
-    " count in full towards every method built on them ('GPU s shared': the warm-up's part of the total); index builds"
-    " and mining negatives from a run are CPU stages here"
+    " count in full towards every method built on them ('GPU s shared': the warm-up's and the BM25 runs' part of the"
+    " total; BM25 runs are a GPU stage, on the CPU where there is no GPU); the BM25 index, index builds and mining"
+    " negatives from a run are CPU stages here"
 )
