@@ -78,7 +78,8 @@ def test_streamed_embeddings_are_checked_batch_by_batch(tmp_path):
     path = tmp_path / EMBEDDINGS
     write_embeddings(path, [f"d{i}" for i in range(4000)], np.random.default_rng(0).normal(size=(4000, 16)))
     assert sum(len(ids) for ids, _ in iter_embeddings([path], batch_rows=512)) == 4000
-    values = pq.ParquetFile(path).metadata.row_group(0).column(1).dictionary_page_offset + 4096  # among the values
+    column = pq.ParquetFile(path).metadata.row_group(0).column(1)
+    values = column.data_page_offset + column.total_compressed_size - 4096  # among the vectors, past the levels
     damage(path, count=8, at=values)
     unchecked = pq.read_table(path).column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     assert len(unchecked) == 4000 * 16  # read without the checksums, the damage passes for data
