@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages.core.declarations import STAGES
 from stages.core.store import hash_tree
 from test_workflow import ENV, planned_jobs, snakemake, write_config
 
@@ -85,7 +86,7 @@ def test_profile_asks_for_gpus_on_a_gpu_partition():
     """The shipped profile: GPU rules ask for a GPU, CPUs per GPU, memory and time on a (placeholder) partition."""
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    for rule in ("train_warmup", "train_star", "train_adore", "encode_corpus", "retrieve_dense"):
+    for rule in (stage.rule for stage in STAGES.values() if stage.gpu):  # every GPU rule the declarations make
         resources = profile["set-resources"][rule]
         assert resources["gpu"] == 1 and resources["cpus_per_gpu"] >= 1 and "CHANGE-ME" in resources["slurm_partition"]
         assert resources["mem_mb"] > 0 and resources["runtime"] > 0
