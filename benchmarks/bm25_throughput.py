@@ -132,7 +132,45 @@ def on_torch(index, texts: list[str], k: int, device: str, max_batch: int) -> tu
     }
     if searcher.device.type == "cuda":
         measured["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    measured["parts"] = parts(searcher, index, texts, k)
     return measured, found
+
+
+def parts(searcher, index, texts: list[str], k: int) -> dict:
+    """Where the torch path's time goes, from a second pass with the device synchronized around its parts (so the
+    pass is slower than the timed one, and its parts are shares, not a sum of it): the postings located on the host
+    (`batch_pairs`), the scatter on the device (the rest of `scatter`), the top k (`top_k`, ties settled, the copy
+    back), and everything else (tokenizing, zeroing the buffer)."""
+    import torch
+
+    from stages.ml import sparse_search
+
+    seconds = {"batch_pairs": 0.0, "scatter": 0.0, "top_k": 0.0}
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            torch.cuda.synchronize() if searcher.device.type == "cuda" else None
+            began = time.perf_counter()
+            result = function(*args, **kwargs)
+            torch.cuda.synchronize() if searcher.device.type == "cuda" else None
+            seconds[name] += time.perf_counter() - began
+            return result
+
+        return wrapper
+
+    originals = (sparse_search.batch_pairs, sparse_search.top_k, type(searcher).scatter)
+    sparse_search.batch_pairs = timed("batch_pairs", originals[0])
+    sparse_search.top_k = timed("top_k", originals[1])
+    type(searcher).scatter = timed("scatter", originals[2])
+    began = time.perf_counter()
+    try:
+        search(index, texts, k, searcher=searcher)
+    finally:
+        sparse_search.batch_pairs, sparse_search.top_k, type(searcher).scatter = originals
+    total = time.perf_counter() - began
+    seconds["scatter"] -= seconds["batch_pairs"]  # batch_pairs runs inside scatter
+    return {"total_s": round(total, 3), **{f"{name}_s": round(value, 3) for name, value in seconds.items()},
+            "other_s": round(total - sum(seconds.values()), 3)}
 
 
 def reference(index_dir: Path, texts: list[str], k: int, threads: int, settings: dict) -> tuple[dict, tuple]:
