@@ -53,6 +53,7 @@ def rows(results: Path) -> list[dict]:
                 "key": key,
                 "roles": named.get(key, []),
                 "wall_s": block["wall_s"],
+                "fixed_s": block.get("fixed_s"),
                 "job_s": job_seconds(results, stage, key),
                 "items": block["items"],
                 "items_per_s": block["items_per_s"],
@@ -66,14 +67,17 @@ def rows(results: Path) -> list[dict]:
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| stage | role | items | seconds | items/s | peak RSS GiB | peak GPU GiB |", "|---|---|---|---|---|---|---|"]
+    lines = ["| stage | role | items | work s | before work s | items/s | peak RSS GiB | peak GPU GiB |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in table:
         items = ", ".join(f"{count:,} {name}" for name, count in row["items"].items())
         rates = ", ".join(f"{rate:,.0f} {name}/s" for name, rate in row["items_per_s"].items() if rate is not None)
         role = row["roles"][0] if row["roles"] else ""
         gpu = "-" if row["peak_gpu_gib"] is None else f"{row['peak_gpu_gib']:.2f}"
+        fixed = "-" if row["fixed_s"] is None else f"{row['fixed_s']:.1f}"
         lines.append(
-            f"| {row['stage']} | {role} | {items} | {row['wall_s']:.1f} | {rates} | {row['peak_rss_gib']:.2f} | {gpu} |"
+            f"| {row['stage']} | {role} | {items} | {row['wall_s']:.1f} | {fixed} | {rates} | {row['peak_rss_gib']:.2f} "
+            f"| {gpu} |"
         )
     return "\n".join(lines)
 

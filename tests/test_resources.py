@@ -45,3 +45,20 @@ def test_threads_are_the_affinity_capped_by_omp_num_threads(monkeypatch):
     assert available_threads() == cores
     monkeypatch.setenv("OMP_NUM_THREADS", "")
     assert available_threads() == cores
+
+
+def test_fixed_seconds_are_the_process_start_up_to_the_first_stages_work_and_none_for_a_later_one(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, time; from stages.core.resources import Meter, process_started\n"
+        "time.sleep(0.3)\n"  # start-up the first stage's Meter sees as fixed
+        "first = Meter().block(); second = Meter().block()\n"
+        "print(json.dumps([first['fixed_s'], second['fixed_s'], time.time() - process_started()]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    first, second, age = json.loads(done.stdout)
+    assert 0.3 <= first <= age + 0.05 and second == 0.0  # the start is known to a clock tick (10 ms)

@@ -56,15 +56,35 @@ def _cuda():
     return torch.cuda if torch is not None and torch.cuda.is_available() else None
 
 
+def process_started() -> float | None:
+    """When this process started, on the ``time.time()`` clock (Linux: /proc; None elsewhere)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return time.time() - uptime + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start, in ticks since boot
+
+
+_JOB_STARTED: list[float] = []
+"""When the first stage of this process started (the process's start); a later stage run in the same process
+(`stages.pipeline.run_plan`) starts at its `Meter`."""
+
+
 class Meter:
-    """Started before a stage's work; `block` after it."""
+    """Started before a stage's work; `block` after it. ``fixed_s`` of its block is the job's wall time outside the
+    work: the process's start (interpreter, imports, arguments, the artifact lock) up to the work, for the first stage
+    a process runs; 0 for a later one."""
 
     def __init__(self) -> None:
+        self.job_started = None if _JOB_STARTED else process_started()
+        _JOB_STARTED.append(time.time())
         self.rss_reset = _reset_peak_rss()
         cuda = _cuda()
         if cuda is not None and cuda.is_initialized():
             cuda.reset_peak_memory_stats()
         self.began = time.perf_counter()
+        self.fixed = max(0.0, time.time() - self.job_started) if self.job_started is not None else 0.0
 
     def block(self, items: Mapping[str, int] | None = None) -> dict[str, Any]:
         wall = time.perf_counter() - self.began
@@ -73,6 +93,7 @@ class Meter:
         gpu = None if cuda is None else (cuda.max_memory_allocated() if cuda.is_initialized() else 0)
         return {
             "wall_s": round(wall, 3),
+            "fixed_s": round(self.fixed, 3),
             "threads": available_threads(),
             "items": items,
             "items_per_s": {name: round(count / wall, 1) if wall > 0 else None for name, count in items.items()},
