@@ -160,6 +160,7 @@ CASES = {
     # --- datasets read by id (the `dataset` section comes from HUB[name]) ---
     "hf-tevatron-two-texts": (hub("tevatron_two_texts"), 1, "(default/train) row:2", "first given in"),
     "hf-empty-folder": (hub("hf_empty_folder"), 2, "dataset.path", "no data files"),
+    "hf-path-missing": (hub("hf_path_missing"), 2, "dataset.path: ", "not a local folder"),
     "hf-loading-script": (hub("hf_loading_script"), 2, "dataset.path", "loading script"),
     "irds-cache-not-a-zip": (hub("irds_not_a_zip"), 2, "source.zip", "damaged"),
 }
@@ -231,6 +232,10 @@ def hf_empty_folder(root: Path) -> dict:
     return {"format": "hf", "path": str(root / "empty"), "layout": "beir"}
 
 
+def hf_path_missing(root: Path) -> dict:
+    return {"format": "hf", "path": str(root / "nosuch"), "layout": "beir"}
+
+
 def hf_loading_script(root: Path) -> dict:
     folder = root / "scifact"
     folder.mkdir()
@@ -256,7 +261,7 @@ def irds_not_a_zip(root: Path) -> dict:
     return {"format": "ir_datasets", "id": name}
 
 
-HUB = {f.__name__: f for f in (tevatron_two_texts, hf_empty_folder, hf_loading_script, irds_not_a_zip)}
+HUB = {f.__name__: f for f in (tevatron_two_texts, hf_empty_folder, hf_path_missing, hf_loading_script, irds_not_a_zip)}
 
 
 def config_for(root: Path, case: dict, tiny_model_dir: Path) -> Path:

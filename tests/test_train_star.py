@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 from helpers import assert_same_weights, killed_then_resumed, tiny_training
@@ -16,8 +17,10 @@ from helpers import assert_same_weights, killed_then_resumed, tiny_training
 from stages.ml import star_training as train_star_module
 from stages.bm25 import Bm25Params, bm25_run
 from stages.bm25_index import Bm25IndexParams, build_index
-from stages.core import settings
-from stages.core.errors import ConfigError
+from stages.core import parquet_io, settings
+from stages.core.artifacts import NEGATIVES
+from stages.core.errors import ConfigError, DataError
+from stages.core.tables import NEGATIVES_SCHEMA
 from stages.mine_negatives import MineParams, mine
 from stages.ml.star_training import StarParams, StepInputs, batch_loss, inputs_loss, load_training_data, prepare_inputs, sample_batch, train_star
 from stages.ml.training import CHECKPOINT
@@ -207,6 +210,17 @@ def test_modes_that_need_mined_negatives_require_them(prepared, tiny_model_dir, 
             train_star(tiny_params(tiny_model_dir, negatives=mode), {"prepared": prepared}, tmp_path)
     with pytest.raises(ConfigError, match="unknown negatives mode"):
         train_star(tiny_params(tiny_model_dir, negatives="ance"), {"prepared": prepared}, tmp_path)
+
+
+def test_negatives_that_hold_no_query_stop_with_what_to_change(prepared, tiny_model_dir, tmp_path):
+    """Given negatives (a Tevatron dataset's) that are all empty: a DataError with the fix, not a bare failure."""
+    queries = pd.read_parquet(prepared / "queries.parquet")
+    train = queries[queries["split"] == "train"]["query_id"].tolist()
+    empty = pa.Table.from_pydict({"query_id": train, "doc_ids": [[] for _ in train]}, schema=NEGATIVES_SCHEMA)
+    parquet_io.write_table(empty, tmp_path / NEGATIVES)
+    with pytest.raises(DataError, match="no train query has a judged positive and negatives") as caught:
+        load_training_data(tiny_params(tiny_model_dir), {"prepared": prepared, "negatives": tmp_path})
+    assert "negative passages" in caught.value.fix
 
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(prepared, negatives, tiny_model_dir, tmp_path):

@@ -72,7 +72,7 @@ def locate_hf(dataset: Mapping[str, Any]) -> HubSource:
             check_hf_folder(folder, key, local=True)
             source.folders[role] = folder
         else:
-            snapshot = cached_hf_dataset(spec, role)
+            snapshot = cached_hf_dataset(spec, role, key=key)
             check_hf_folder(snapshot, key, local=False)
             source.datasets[role] = {"id": spec, "revision": snapshot.name}
     return source
@@ -100,13 +100,14 @@ def check_hf_folder(folder: Path, key: str, local: bool) -> None:
         raise DataError(f"{key}: no data files in this folder", path=folder, fix=HF_FOLDER_FIX)
 
 
-def cached_hf_dataset(repo_id: str, role: str = "dataset", revision: str | None = None) -> Path:
-    """The snapshot folder of a Hub dataset in the local Hugging Face cache (never downloaded)."""
+def cached_hf_dataset(repo_id: str, role: str = "dataset", revision: str | None = None, key: str = "") -> Path:
+    """The snapshot folder of a Hub dataset in the local Hugging Face cache (never downloaded); ``key``: the setting
+    that named it (default: dataset.id, or dataset.<role>)."""
     hub = need("huggingface_hub")
     try:
         return Path(hub.snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True))
     except Exception as error:  # not cached, or not a valid id
-        key = "dataset.id" if role == "dataset" else f"dataset.{role}"
+        key = key or ("dataset.id" if role == "dataset" else f"dataset.{role}")
         raise DataError(
             f"{key}: {repo_id!r} is not a local folder and not a Hugging Face dataset in the local cache "
             f"({hub.constants.HF_HUB_CACHE}): {type(error).__name__}; stages never download",

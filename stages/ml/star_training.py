@@ -114,7 +114,12 @@ def load_training_data(params: StarParams, inputs: Mapping[str, Path]) -> Traini
             " or no mined negative" if mined is not None else "",
         )
     if not keep:
-        raise DataError("no train query has a positive (and mined negatives)", path=prepared)
+        raise DataError(
+            "no train query has a judged positive" + (" and negatives" if mined is not None else ""),
+            path=prepared,
+            fix="check the train split's judgments; with mine.source: given, the dataset's rows need negative "
+            "passages (else set mine.source: bm25 or warmup, or star.negatives: inbatch)",
+        )
     doc_text = dict(zip(corpus["doc_id"], document_texts(corpus)))
     if mined is not None:
         unknown = sorted({d for q in keep for d in mined[q]} - doc_text.keys())
