@@ -259,8 +259,8 @@ def embedding_dim(files: list[Path]) -> int:
 def iter_embeddings(paths: Iterable[Path], batch_rows: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
     """Stream (ids, float32 matrix) batches from embedding files, never holding more than one batch."""
     for path in paths:
-        dim = parquet_io.open_file(path).schema_arrow.field("embedding").type.list_size
         for batch in parquet_io.iter_batches(path, batch_size=batch_rows):
+            dim = batch.schema.field("embedding").type.list_size
             flat = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
             yield batch.column("id").to_pylist(), flat.reshape(-1, dim).astype(np.float32, copy=False)
 
