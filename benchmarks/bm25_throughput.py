@@ -8,7 +8,9 @@ repeated in order up to that number) with each backend of ``--backend``:
 - ``scipy``: ``--threads`` threads (a comma list measures each; fewer threads than the most run a proportional share
   of the queries, at least 2,000; ``--scipy-queries`` caps the share of the most threads);
 - ``torch``: `stages.ml.sparse_search` on ``--device`` (default: cuda where torch sees one, else cpu), every query,
-  after a warm-up on the first 256 (not timed; nor is copying the index to the device, ``upload_seconds``).
+  after a warm-up on the first 256 (not timed; nor is copying the index to the device, ``upload_seconds``), its
+  scatter by torch's ``index_add_``;
+- ``triton``: the same with the fused Triton scatter (`stages.ml.bm25_kernels`), what the stage runs on CUDA.
 
 Each time includes tokenizing the queries, as in the stage (``tokenize_seconds``: that alone, once;
 ``postings_per_query``: the postings a query's terms hold, what the torch path scatters). bm25s'
@@ -46,6 +48,9 @@ from stages.core.dataset_formats import dataset_files
 from stages.core import settings
 from stages.prepare import PrepareParams, prepare
 from stages.core.tables import read_queries
+
+
+TORCH_KERNELS = ("torch", "triton")  # `stages.ml.sparse_search`'s scatter kernels
 
 
 def prepared_folder(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
@@ -104,14 +109,15 @@ def ours(index, texts: list[str], k: int, threads: list[int], most: int) -> tupl
     return measured, result
 
 
-def on_torch(index, texts: list[str], k: int, device: str, max_batch: int) -> tuple[dict, tuple]:
-    """The torch path on ``device``: the index copied there once, a warm-up, then every query."""
+def on_torch(index, texts: list[str], k: int, device: str, max_batch: int, kernel: str) -> tuple[dict, tuple]:
+    """The torch path on ``device`` with the ``kernel`` scatter: the index copied there once, a warm-up, then every
+    query."""
     import torch
 
     from stages.ml.sparse_search import SparseTorchSearcher
 
     started = time.perf_counter()
-    searcher = SparseTorchSearcher(index.term_docs, index.nonoccurrence, device, max_batch=max_batch)
+    searcher = SparseTorchSearcher(index.term_docs, index.nonoccurrence, device, max_batch=max_batch, kernel=kernel)
     if searcher.device.type == "cuda":
         torch.cuda.synchronize()
     uploaded = time.perf_counter()
@@ -226,7 +232,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--index", help="a `bm25_index` artifact of the same corpus (default: build one)")
     parser.add_argument("--work", type=Path, help="folder for the prepared data and the index (default: a temp one)")
     parser.add_argument("--queries", type=int, default=100_000)
-    parser.add_argument("--backend", default="scipy,torch", help="comma list of scipy, torch")
+    parser.add_argument("--backend", default="scipy,torch", help="comma list of scipy, torch, triton")
     parser.add_argument("--threads", default=str(len(os.sched_getaffinity(0))), help="scipy: comma list, e.g. 1,8,16")
     parser.add_argument("--scipy-queries", type=int, default=0, help="scipy: at most this many (0: all)")
     parser.add_argument("--device", help="torch: cuda or cpu (default: cuda where torch sees one)")
@@ -237,8 +243,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.backend = args.backend.split(",")
-    if not set(args.backend) <= {"scipy", "torch"}:
-        parser.error(f"--backend: {args.backend} (allowed: scipy, torch)")
+    if not set(args.backend) <= {"scipy", *TORCH_KERNELS}:
+        parser.error(f"--backend: {args.backend} (allowed: scipy, torch, triton)")
     return args
 
 
@@ -254,11 +260,12 @@ def measure(args: argparse.Namespace, index, texts: list[str], k: int) -> tuple[
         threads = [int(t) for t in args.threads.split(",")]
         most = min(len(texts), args.scipy_queries or len(texts))
         measured["scipy_by_threads"], found["scipy"] = ours(index, texts, k, threads, most)
-    if "torch" in args.backend:
-        import torch
+    for kernel in TORCH_KERNELS:
+        if kernel in args.backend:
+            import torch
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        measured["torch"], found["torch"] = on_torch(index, texts, k, device, args.max_batch)
+            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            measured[kernel], found[kernel] = on_torch(index, texts, k, device, args.max_batch, kernel)
     return measured, found
 
 
@@ -269,9 +276,13 @@ def agreements(found: dict, index_dir: Path, texts: list[str], k: int, threads: 
         result["bm25s"], theirs = reference(index_dir, texts, k, threads, settings)
         for backend, (docs, scores) in found.items():
             agree[f"{backend}_vs_bm25s"] = agreement((docs[: len(texts)], scores[: len(texts)]), theirs)
-    if len(found) == 2:
-        both = len(found["scipy"][0])
-        agree["torch_vs_scipy"] = agreement((found["torch"][0][:both], found["torch"][1][:both]), found["scipy"])
+    for kernel in TORCH_KERNELS:
+        if kernel in found and "scipy" in found:
+            both = len(found["scipy"][0])
+            docs, scores = found[kernel]
+            agree[f"{kernel}_vs_scipy"] = agreement((docs[:both], scores[:both]), found["scipy"])
+            agree[f"{kernel}_equals_scipy"] = bool(np.array_equal(docs[:both], found["scipy"][0])
+                                                   and np.array_equal(scores[:both], found["scipy"][1]))
     return result | {"agreement": agree}
 
 

@@ -1,7 +1,7 @@
 """Corpus-encoding throughput of the pipeline's encoder against the bare model, on a GPU.
 
-- pretokenized: what the `encode` stage runs with a ``tokens`` input: SciFact's documents repeated to ``--docs``
-  texts (so the lengths follow SciFact's) as a tokens Parquet file (the `tokenize` stage's format, written from one
+- pretokenized: what the `encode` stage runs with a ``tokens`` input: SciFact's documents (or ``--corpus``'s)
+  repeated to ``--docs`` texts (so the lengths follow the corpus's) as a tokens Parquet file (the `tokenize` stage's format, written from one
   tokenization of the distinct documents; the stage's own speed is timed apart on ``--tokenize-docs`` texts), then
   `Encoder.encode_tokens` over its chunks as the stage runs it: bf16 weights (`Encoder.for_inference`), packed
   batches (no padding; flash variable-length attention), pooling + normalisation;
@@ -12,7 +12,7 @@
 Diagnostics: ``agreement`` (cosines between the stages' embeddings and padded batches' or float32 weights'),
 ``pretokenized_fp32_weights`` (float32 weights under bf16 autocast, as training runs the encoder),
 ``pretokenized_padded`` (length-sorted padded batches: the path of models that `stages.ml.packed` does not know),
-``bare_scifact_lengths`` (the bare model on SciFact's lengths in sorted padded batches, inputs made ahead) and
+``bare_corpus_lengths`` (the bare model on the corpus's lengths in sorted padded batches, inputs made ahead) and
 ``profile`` (torch.profiler's busiest kernels in the stages' encoding).
 
 Tokens/s count non-padding tokens only. FLOPs per text: 2 x non-embedding parameters x tokens + attention
@@ -42,6 +42,7 @@ from stages.tokenize import write_tokens
 
 SCIFACT = Path(__file__).resolve().parent.parent / "resources" / "scifact" / "corpus.jsonl.gz"
 MATMUL_PEAK, SPEC_PEAK = 798e12, 989e12
+CORPUS = SCIFACT  # --corpus
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # main() insists on CUDA; the functions also run on CPU
 
 
@@ -87,15 +88,15 @@ def bare(model_path: str, batch_size: int, length: int, batches: int) -> dict:
     }
 
 
-def bare_scifact_lengths(model_path: str, batch_size: int, max_length: int, docs: int) -> dict:
-    """The bare bf16 model on SciFact's token lengths: length-sorted batches cut to their longest, with a padding
+def bare_corpus_lengths(model_path: str, batch_size: int, max_length: int, docs: int) -> dict:
+    """The bare bf16 model on the corpus's token lengths: length-sorted batches cut to their longest, with a padding
     mask, every input made on the GPU before the clock starts. What the pipeline could reach on this corpus."""
     from transformers import AutoModel
 
     from stages.ml.models import load_tokenizer, token_chunk
 
     model = AutoModel.from_pretrained(model_path, dtype=torch.bfloat16).cuda().eval()
-    _, sample = token_chunk(load_tokenizer(model_path), scifact_texts(5183), max_length)
+    _, sample = token_chunk(load_tokenizer(model_path), corpus_texts(0)[:100_000], max_length)
     lengths = np.sort(np.resize(sample, docs))[::-1]
     batches = []
     for start in range(0, docs, batch_size):
@@ -114,9 +115,15 @@ def bare_scifact_lengths(model_path: str, batch_size: int, max_length: int, docs
     return {"tokens_per_s": lengths.sum() / seconds, "tflops": total / seconds / 1e12, "docs": docs, "seconds": seconds}
 
 
-def scifact_texts(docs: int) -> list[str]:
-    """SciFact's documents repeated to ``docs`` texts; 0: each once."""
-    texts = document_texts(pd.read_json(SCIFACT, lines=True, dtype={"_id": str}))
+def corpus_texts(docs: int, corpus: Path | None = None) -> list[str]:
+    """The corpus's documents (default SciFact's; ``--corpus``: a BEIR corpus.jsonl[.gz] or an MS MARCO
+    collection.tsv, e.g. `benchmarks/msmarco_synthetic.py`'s passages) repeated to ``docs`` texts; 0: each once."""
+    corpus = corpus or CORPUS
+    if corpus.suffix == ".tsv":
+        table = pd.read_csv(corpus, sep="\t", header=None, names=["_id", "text"], dtype=str, quoting=3)
+        texts = table["text"].fillna("").tolist()
+    else:
+        texts = document_texts(pd.read_json(corpus, lines=True, dtype={"_id": str}))
     return (texts * (docs // len(texts) + 1))[:docs] if docs else texts
 
 
@@ -136,13 +143,13 @@ def tokenize(model_path: str, texts: list[str], max_length: int, tokens: Path) -
 
 
 def repeated_tokens(model_path: str, docs: int, max_length: int, tokens: Path) -> None:
-    """The tokens file of SciFact repeated to ``docs`` texts, written from one tokenization of SciFact's distinct
+    """The tokens file of the corpus repeated to ``docs`` texts, written from one tokenization of its distinct
     documents (the same ids as tokenizing every copy, without the wait)."""
     from stages.ml.models import token_chunk
     from stages.core.tables import TOKENS_SCHEMA, token_rows
     import pyarrow.parquet as pq
 
-    distinct = scifact_texts(0)
+    distinct = corpus_texts(0)[:docs]
     ids, lengths = token_chunk(load_encoder(model_path).tokenizer, distinct, max_length)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     with pq.ParquetWriter(tokens, TOKENS_SCHEMA, compression="zstd") as writer:
@@ -249,11 +256,14 @@ def main() -> None:
     parser.add_argument("--bare-batches", type=int, default=200)
     parser.add_argument("--tokenize-docs", type=int, default=100_000, help="texts the tokenize timing runs on")
     parser.add_argument("--skip", nargs="*", default=[], help="runs to leave out, by name (e.g. pipeline)")
+    parser.add_argument("--corpus", type=Path, default=SCIFACT, help="BEIR corpus.jsonl[.gz] or MS MARCO collection.tsv")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    global CORPUS
+    CORPUS = args.corpus
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
-    model, texts = resolve_model(args.model), scifact_texts(args.docs)
+    model, texts = resolve_model(args.model), corpus_texts(args.docs)
     common = (args.batch_size, args.max_length)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as folder:
@@ -266,7 +276,7 @@ def main() -> None:
             "pretokenized": lambda: pipeline(model, texts, *common, tokens=tokens),
             "pretokenized_fp32_weights": lambda: pipeline(model, texts, *common, tokens=tokens, weights="fp32"),
             "pretokenized_padded": lambda: pipeline(model, texts, *common, tokens=tokens, padded=True),
-            "bare_scifact_lengths": lambda: bare_scifact_lengths(model, args.batch_size, args.max_length, args.docs),
+            "bare_corpus_lengths": lambda: bare_corpus_lengths(model, args.batch_size, args.max_length, args.docs),
             "profile": lambda: profile(model, texts[:32768], *common, tokens=tokens),
             "pipeline": lambda: pipeline(model, texts, *common),
         }

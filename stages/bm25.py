@@ -8,7 +8,8 @@ it gives every score of the batch at once, and the top k of each row are kept. T
 
 - ``torch-cuda`` where a CUDA device is visible (the stage is started as a GPU stage, `stages.core.launch`): the
   weights stay on the GPU and each batch's scores are scattered term at a time into a dense buffer sized to the
-  card, then ``topk`` (`stages.ml.sparse_search`);
+  card (one fused Triton kernel where triton is installed, else torch's ``index_add_``), then ``topk``
+  (`stages.ml.sparse_search`);
 - ``scipy`` otherwise: a scipy sparse product, which releases the GIL, so batches run on the rule's threads. This
   path imports no torch (`stages.core.resources.gpu_may_be_visible` decides without it where it can).
 
@@ -71,6 +72,7 @@ def bm25_run(params: Bm25Params, inputs: Mapping[str, Path], out_dir: Path) -> d
     return {
         "backend": backend,
         "batch_queries": None if searcher is None else searcher.batch,
+        "scatter": None if searcher is None else searcher.kernel,
         "items": {"queries": len(queries), "query_passage_pairs": len(queries) * int(index.term_docs.shape[1])},
         "queries": len(queries),
         "top_k": k,

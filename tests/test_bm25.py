@@ -236,6 +236,47 @@ def test_the_torch_searcher_gives_the_scipy_run(prepared, method, tmp_path):
     assert (docs[:, -1] == -1).all() and (docs[:, 0] >= 0).all()
 
 
+KERNEL_CHECK = """
+import numpy as np, scipy.sparse as sp, torch
+from stages.ml.sparse_search import SparseTorchSearcher
+rng = np.random.default_rng(0)
+term_docs = sp.random(60, 3000, density=0.05, format="csr", random_state=1, dtype=np.float32)  # up to 3 blocks a term
+term_docs.data[:] = rng.random(term_docs.nnz, dtype=np.float32) * 3
+queries = sp.random(40, 60, density=0.15, format="csr", random_state=2, dtype=np.float32)
+queries.data[:] = rng.integers(1, 4, queries.nnz)  # terms twice or three times in a query too
+queries.sort_indices()
+device = "cuda" if torch.cuda.is_available() else "cpu"
+for kernel in ("triton", "torch"):
+    searcher = SparseTorchSearcher(term_docs, None, device, max_batch=16, gather=700, kernel=kernel)
+    scores = torch.zeros((40, 3000), device=device)
+    for start in range(0, 40, 16):
+        searcher.scatter(scores[start:start + 16], queries[start:start + 16])
+    if kernel == "triton":
+        fused = scores.cpu().numpy()
+    else:
+        assert np.array_equal(fused, scores.cpu().numpy())  # bitwise: same sums in the same order
+expected = (queries @ term_docs).toarray()
+assert np.allclose(fused, expected, rtol=1e-6) and (fused > 0).sum() == (expected > 0).sum()
+print("ok")
+"""
+
+
+def test_the_triton_scatter_gives_the_torch_scores_bitwise():
+    """On a GPU for real; without one in Triton's CPU interpreter (a fresh process: it is chosen at import)."""
+    pytest.importorskip("triton")
+    env = os.environ | ({} if torch.cuda.is_available() else {"TRITON_INTERPRET": "1"})
+    result = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_the_scatter_kernel_is_chosen_by_device():
+    cpu = torch.device("cpu")
+    assert sparse_search.scatter_kernel("auto", cpu) == "torch"
+    assert sparse_search.scatter_kernel("triton", cpu) == "triton"  # Triton's interpreter runs it on the CPU
+    with pytest.raises(ValueError, match="auto"):
+        sparse_search.scatter_kernel("cuda", cpu)
+
+
 def test_ties_at_the_kth_score_keep_the_lowest_rows():
     """Rows with long runs of equal scores: the torch top k is the CPU path's `top_k`, also where topk's own pick
     among the tied documents would be another (`settle_ties` given the highest rows)."""

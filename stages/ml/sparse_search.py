@@ -13,6 +13,9 @@ CPU path does. ``topk`` keeps the k best; where the k-th score ties with documen
 are kept, and equal scores rank the lower row first, as on the CPU; documents without a positive score are left out
 (-1, score 0).
 
+On CUDA with triton installed the scatter is one fused kernel a slot (`stages.ml.bm25_kernels`: postings read once,
+no temporaries, the same sums); the torch path above is the fallback and the CPU reference.
+
 B is sized to the card: ``BYTES_PER_SCORE`` bytes a score (the buffer's 4, its temporaries) out of
 ``MEMORY_FRACTION`` of the free device memory (`HOST_MEMORY` on the CPU), after ``GATHER_POSTINGS`` postings'
 temporaries (``BYTES_PER_POSTING`` each: one scatter call gathers at most about that many), at most ``MAX_BATCH``
@@ -21,6 +24,7 @@ queries and 2^31 - 1 scores (32-bit index arithmetic in the kernels). At 8.8M do
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -98,8 +102,10 @@ class SparseTorchSearcher:
         device: str | torch.device | None = None,
         max_batch: int = MAX_BATCH,
         gather: int = GATHER_POSTINGS,
+        kernel: str = "auto",
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.kernel = scatter_kernel(kernel, self.device)
         self.terms, self.documents = (int(size) for size in term_docs.shape)
         self.indptr = np.asarray(term_docs.indptr, dtype=np.int64)
         self.indices = torch.from_numpy(np.asarray(term_docs.indices, dtype=np.int32)).to(self.device)
@@ -107,7 +113,8 @@ class SparseTorchSearcher:
         self.nonoccurrence = nonoccurrence
         self.gather = gather
         self.batch = batch_size(self.documents, self.device, max_batch, gather)
-        log.info("bm25 on %s: %d postings resident, batches of %d queries", self.device, len(self.data), self.batch)
+        log.info("bm25 on %s (%s scatter): %d postings resident, batches of %d queries", self.device, self.kernel,
+                 len(self.data), self.batch)
 
     @torch.inference_mode()
     def search(self, queries: scipy.sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,6 +146,10 @@ class SparseTorchSearcher:
         pairs = batch_pairs(queries, self.indptr, self.gather)
         if not len(pairs.rows):
             return
+        if self.kernel == "triton":
+            from .bm25_kernels import scatter_pairs
+
+            return scatter_pairs(scores.view(-1), self.indices, self.data, pairs, self.documents)
         on_device = {
             name: torch.from_numpy(values).to(self.device)
             for name, values in (
@@ -159,6 +170,19 @@ class SparseTorchSearcher:
             if not (pairs.counts[first:last] == 1).all():  # a term twice in a query: its weight twice (exact for 1)
                 weights = weights * on_device["counts"][pair]
             flat.index_add_(0, target, weights)
+
+
+KERNELS = ("auto", "triton", "torch")
+
+
+def scatter_kernel(kernel: str, device: torch.device) -> str:
+    """'triton' (`stages.ml.bm25_kernels`: one fused kernel) where asked, or for 'auto' on CUDA with triton installed;
+    else 'torch' (index_add_ over gathered postings). Both give the same float32 scores."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown BM25 scatter kernel {kernel!r}; use one of {KERNELS}")
+    if kernel == "auto":
+        return "triton" if device.type == "cuda" and importlib.util.find_spec("triton") else "torch"
+    return kernel
 
 
 def add_nonoccurrence(scores: torch.Tensor, extra: torch.Tensor) -> None:
