@@ -2,10 +2,11 @@
 
 Inputs: ``prepared`` (a `prepare` artifact), optionally ``model`` (a training artifact; its ``model/`` folder is
 the encoder and wins over the ``model`` param) and ``tokens`` (a `tokenize` artifact of the corpus: its ids are
-encoded instead of tokenizing the texts here; the encoder's tokenizer and ``max_length`` must match it). Shard i of n holds rows [i*N/n, (i+1)*N/n) in file order, so the
-shards concatenated in order are the whole table. Output: embeddings.parquet (id, embedding: fixed-size list of
-float16 or float32) and summary.json (rows, dim, seconds, texts/s, non-padding tokens/s). Runs on the GPU when
-there is one (bf16 weights there by default; see `Encoder.for_inference`).
+encoded instead of tokenizing the texts here, and no text is read; the encoder's tokenizer and ``max_length`` must
+match it). Shard i of n holds rows [i*N/n, (i+1)*N/n) in file order, so the shards concatenated in order are the
+whole table. Output: embeddings.parquet (id, embedding: fixed-size list of float16 or float32), written chunk by
+chunk while the next chunk encodes, and summary.json (rows, dim, seconds, texts/s, non-padding tokens/s). Runs on
+the GPU when there is one (bf16 weights there by default; see `Encoder.for_inference`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+import pyarrow as pa
+
 from .core.cli import run_stage
 from .core.errors import ConfigError
 from .ml.encoder_spec import EncoderSpec
-from .core.tables import iter_token_chunks, read_corpus, read_queries, write_embeddings
+from .core import parquet_io
+from .core.tables import EmbeddingWriter, iter_token_chunks, read_corpus, read_queries
 from .ml.models import check_tokens
-from .core.artifacts import EMBEDDINGS, TOKENS
+from .core.artifacts import CORPUS, EMBEDDINGS, TOKENS
 
 VERSION = 1
 log = logging.getLogger("stages.encode")
@@ -72,19 +76,13 @@ def shard_range(rows: int, shard: int, num_shards: int) -> tuple[int, int]:
 def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
     import torch
 
-    from .ml.models import TOKENIZE_CHUNK, document_texts, load_encoder, model_spec
+    from .ml.models import TOKENIZE_CHUNK, load_encoder, model_spec
 
     check_params(params)
-    if params.what == "corpus":
-        table = read_corpus(inputs["prepared"])
-        ids_column, texts_of = "doc_id", document_texts
-    else:
-        table = read_queries(inputs["prepared"], params.split)
-        ids_column, texts_of = "query_id", lambda frame: frame["text"].tolist()
-    total = len(table)
+    pretokenized = "tokens" in inputs and params.what == "corpus"
+    ids, texts, total = rows_to_encode(params, inputs, pretokenized)
     start, stop = shard_range(total, params.shard, params.num_shards)
-    table = table.iloc[start:stop]
-    ids, texts = table[ids_column].tolist(), texts_of(table)
+    ids = ids.slice(start, stop - start)
 
     spec = model_spec(params.model, inputs)
     encoder = load_encoder(spec, pooling=params.pooling, normalize=params.normalize)
@@ -93,14 +91,15 @@ def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> d
     options = {"batch_size": params.batch_size, "autocast": encoder.for_inference(params.autocast)}
     options["desc"] = f"encode {params.what} {params.shard + 1}/{params.num_shards}"
     began = time.perf_counter()
-    if "tokens" in inputs and params.what == "corpus":
-        check_tokens(Path(inputs["tokens"]), encoder, params.max_length, total)
-        chunks = iter_token_chunks(Path(inputs["tokens"]) / TOKENS, start, stop, TOKENIZE_CHUNK)
-        embeddings, lengths = encoder.encode_tokens(chunks, len(ids), **options)
-    else:
-        embeddings, lengths = encoder.encode_counted(texts, params.max_length, **options)
+    with EmbeddingWriter(Path(out_dir) / EMBEDDINGS, encoder.dim, params.dtype) as writer:
+        options["sink"] = lambda first, rows: writer.write(ids.slice(first, len(rows)), rows)  # written while encoding
+        if pretokenized:
+            check_tokens(Path(inputs["tokens"]), encoder, params.max_length, total)
+            chunks = iter_token_chunks(Path(inputs["tokens"]) / TOKENS, start, stop, TOKENIZE_CHUNK)
+            _, lengths = encoder.encode_tokens(chunks, len(ids), **options)
+        else:
+            _, lengths = encoder.encode_counted(texts[start:stop], params.max_length, **options)
     seconds = time.perf_counter() - began
-    write_embeddings(Path(out_dir) / EMBEDDINGS, ids, embeddings, params.dtype)
     log.info("encoded %d %s rows [%d, %d) on %s in %.1f s", len(ids), params.what, start, stop, device, seconds)
     return {
         "items": {"documents" if params.what == "corpus" else "queries": len(ids), "tokens": int(lengths.sum())},
@@ -118,6 +117,21 @@ def encode(params: EncodeParams, inputs: Mapping[str, Path], out_dir: Path) -> d
         "tokens": int(lengths.sum()),
         "tokens_per_s": round(float(lengths.sum()) / seconds, 1) if seconds > 0 else None,
     }
+
+
+def rows_to_encode(params: EncodeParams, inputs: Mapping[str, Path], pretokenized: bool) -> tuple[pa.Array, list, int]:
+    """(every row's id, their texts (empty when pretokenized: the tokens file has the ids and no text is read),
+    the number of rows)."""
+    from .ml.models import document_texts
+
+    if pretokenized:  # the corpus's rows, which check_tokens compares with the tokens file's
+        ids = parquet_io.read_table(Path(inputs["tokens"]) / TOKENS, columns=["id"]).column("id").combine_chunks()
+        return ids, [], parquet_io.open_file(Path(inputs["prepared"]) / CORPUS).metadata.num_rows
+    if params.what == "corpus":
+        table = read_corpus(inputs["prepared"])
+        return pa.array(table["doc_id"], pa.string()), document_texts(table), len(table)
+    table = read_queries(inputs["prepared"], params.split)
+    return pa.array(table["query_id"], pa.string()), table["text"].tolist(), len(table)
 
 
 def main(argv: list[str] | None = None) -> int:

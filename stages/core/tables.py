@@ -240,13 +240,55 @@ def embedding_schema(dim: int, dtype: str) -> pa.Schema:
 
 def write_embeddings(path: Path, ids: list[str], embeddings: np.ndarray, dtype: str = "float16") -> None:
     """Embeddings as Parquet: ``id`` and ``embedding`` as a fixed-size list of float16 or float32."""
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float16 if dtype == "float16" else np.float32)
-    rows, dim = embeddings.shape
-    values = pa.array(embeddings.reshape(-1))
-    column = pa.FixedSizeListArray.from_arrays(values, dim)
-    table = pa.Table.from_arrays([pa.array(ids, pa.string()), column], schema=embedding_schema(dim, dtype))
-    # no dictionary: the vectors (and the ids) barely repeat, and decoding one costs 6x the read (1M x 384 on 2 cores)
-    parquet_io.write_table(table, path, compression="none", row_group_size=65536, use_dictionary=False)
+    with EmbeddingWriter(path, embeddings.shape[1], dtype) as writer:
+        writer.write(ids, embeddings)
+
+
+class EmbeddingWriter:
+    """Embedding rows appended in order to one Parquet file, written in row groups of ``GROUP_ROWS`` as they fill, so
+    that an encoder's output goes to disk while it encodes (the same bytes as one `write_embeddings` call)."""
+
+    GROUP_ROWS = 65536
+
+    def __init__(self, path: Path, dim: int, dtype: str = "float16"):
+        self.dim, self.dtype = dim, np.float16 if dtype == "float16" else np.float32
+        self.schema = embedding_schema(dim, dtype)
+        # no dictionary: the vectors (and the ids) barely repeat, and decoding one costs 6x the read (1M x 384 on 2 cores)
+        self._writer = parquet_io.writer(path, self.schema, compression="none", use_dictionary=False)
+        self._ids: list[pa.Array] = []
+        self._rows: list[np.ndarray] = []
+        self._pending = 0
+        self._written = False
+
+    def write(self, ids: list[str] | pa.Array, embeddings: np.ndarray) -> None:
+        self._ids.append(ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string()))
+        self._rows.append(np.ascontiguousarray(embeddings, dtype=self.dtype))
+        self._pending += len(ids)
+        if self._pending >= self.GROUP_ROWS:
+            self._flush(self._pending - self._pending % self.GROUP_ROWS)
+
+    def _flush(self, count: int) -> None:
+        rows = np.concatenate([np.zeros((0, self.dim), self.dtype), *self._rows])
+        ids = pa.concat_arrays([pa.array([], pa.string()), *self._ids])
+        column = pa.FixedSizeListArray.from_arrays(pa.array(rows[:count].reshape(-1)), self.dim)
+        table = pa.Table.from_arrays([ids.slice(0, count), column], schema=self.schema)
+        self._writer.write_table(table, row_group_size=self.GROUP_ROWS)
+        self._written = True
+        self._ids, self._rows, self._pending = [ids.slice(count)], [rows[count:]], self._pending - count
+
+    def close(self) -> None:
+        if self._pending or not self._written:
+            self._flush(self._pending)
+        self._writer.close()
+
+    def __enter__(self) -> "EmbeddingWriter":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._writer.close()
 
 
 def embedding_dim(files: list[Path]) -> int:
@@ -301,23 +343,35 @@ def token_slice(ids: np.ndarray, offsets: np.ndarray, start: int, stop: int) -> 
 
 def iter_token_chunks(path: Path, start: int, stop: int, chunk_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Rows [start, stop) of a tokens file as (first row counted from ``start``, the rows' ids one after another
-    (int32, as stored), tokens per row), ``chunk_rows`` rows at a time."""
+    (int32, as stored), tokens per row), ``chunk_rows`` rows at a time, read a row group at a time."""
     parquet = parquet_io.open_file(path)
-    groups, first_row, row = [], None, 0  # read only the row groups that hold [start, stop)
+    pending: list[pa.Array] = []
+    first = 0  # of the pending rows, counted from start
+    for table in _row_groups_between(parquet, path, start, stop):
+        pending.append(table.column("input_ids").combine_chunks())
+        while sum(map(len, pending)) >= chunk_rows:
+            column = pa.concat_arrays(pending)
+            yield first, *_flat_tokens(column.slice(0, chunk_rows))
+            first += chunk_rows
+            pending = [column.slice(chunk_rows)]
+    if sum(map(len, pending)):
+        yield first, *_flat_tokens(pa.concat_arrays(pending))
+
+
+def _row_groups_between(parquet, path: Path, start: int, stop: int) -> Iterator[pa.Table]:
+    """The ``input_ids`` of rows [start, stop), one row group's share at a time."""
+    row = 0
     for number in range(parquet.num_row_groups):
         count = parquet.metadata.row_group(number).num_rows
         if row + count > start and row < stop:
-            groups.append(number)
-            first_row = row if first_row is None else first_row
+            table = parquet_io.read_row_groups(parquet, path, [number], columns=["input_ids"])
+            yield table.slice(max(0, start - row), min(stop, row + count) - max(start, row))
         row += count
-    if not groups:
-        return
-    table = parquet_io.read_row_groups(parquet, path, groups, columns=["input_ids"]).slice(start - first_row, stop - start)
-    for first in range(0, len(table), chunk_rows):
-        column = table.column("input_ids").slice(first, chunk_rows).combine_chunks()
-        offsets = column.offsets.to_numpy()
-        lengths = np.diff(offsets).astype(np.int64)
-        yield first, column.values.to_numpy()[offsets[0] : offsets[-1]], lengths
+
+
+def _flat_tokens(column: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
+    offsets = column.offsets.to_numpy()
+    return column.values.to_numpy()[offsets[0] : offsets[-1]], np.diff(offsets).astype(np.int64)
 
 
 def read_negatives(artifact: Path) -> dict[str, list[str]]:

@@ -203,8 +203,11 @@ class Encoder(torch.nn.Module):
         autocast: str | None = "auto",
         progress: bool = True,
         desc: str = "encode",
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings and token counts of ``rows`` texts given as token chunks (first row, ids, lengths).
+        sink: Callable[[int, np.ndarray], None] | None = None,
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Embeddings and token counts of ``rows`` texts given as token chunks (first row, ids, lengths). With a
+        ``sink``, each chunk's embeddings (float32) go to ``sink(first row, rows)`` in order as they come back, and
+        none are kept (None instead of the embeddings).
 
         A worker thread produces the chunks (tokenizing or reading them) up to two ahead of the GPU. Each chunk goes
         to the device in one copy and its results come back in one. On a GPU in bf16/fp16, models that
@@ -225,7 +228,8 @@ class Encoder(torch.nn.Module):
         dtype, enabled = AUTOCAST_DTYPES.get(autocast, torch.bfloat16), autocast in AUTOCAST_DTYPES
         was_training = self.training
         self.eval()
-        embeddings = np.empty((rows, self.dim), dtype=np.float32)
+        embeddings = None if sink else np.empty((rows, self.dim), dtype=np.float32)
+        sink = sink or (lambda start, block: embeddings.__setitem__(slice(start, start + len(block)), block))
         lengths = np.zeros(rows, dtype=np.int64)
         bar = tqdm(total=rows, desc=desc, unit="text", disable=not progress)
         packed = packing_pays(self.model, dtype if enabled else next(self.parameters()).dtype)
@@ -237,11 +241,11 @@ class Encoder(torch.nn.Module):
                     chunk = encode_chunk(ids, chunk_lengths, batch_size, bar)
                 # waiting for a chunk's results only once the next one is queued keeps the GPU busy in between
                 if pending is not None:
-                    pending.write_to(embeddings)
+                    pending.deliver(sink)
                 pending = HostCopy(start, chunk.float())
                 lengths[start : start + len(chunk_lengths)] = chunk_lengths
         if pending is not None:
-            pending.write_to(embeddings)
+            pending.deliver(sink)
         bar.close()
         self.train(was_training)
         return embeddings, lengths
@@ -357,10 +361,11 @@ class HostCopy:
         else:
             self.rows = rows
 
-    def write_to(self, out: np.ndarray) -> None:
+    def deliver(self, sink: Callable[[int, np.ndarray], None]) -> None:
+        """``sink(start, rows)`` once the copy is done."""
         if self.event is not None:
             self.event.synchronize()
-        out[self.start : self.start + len(self.rows)] = self.rows.numpy()
+        sink(self.start, self.rows.numpy())
 
 
 def prefetched(
