@@ -15,6 +15,6 @@ tar -xJf .gpu/all-MiniLM-L6-v2-fp16.tar.xz -C /tmp
 timeout "${PLAN_TIMEOUT:-3600}" python3 -m stages.pipeline.run_plan --keep-going --deadline "${PLAN_DEADLINE:-0}" --configfile "$config" ${PLAN_ARGS:-} > "$OUT/run_plan.txt" 2>&1
 echo "run_plan exit $?"; tail -5 "$OUT/run_plan.txt"
 tar -czf "$OUT/results.tgz" --exclude='*/model' --exclude=embeddings.parquet --exclude=run.parquet \
-    --exclude=run.trec --exclude=index.faiss --exclude=negatives.parquet --exclude='results/prepare' \
+    --exclude=run.trec --exclude=index.faiss --exclude=vectors --exclude=negatives.parquet --exclude='results/prepare' \
     --exclude='results/work' --exclude='results/export' results
 box_benchmarks "$@"

@@ -1,10 +1,12 @@
-"""Stage `index`: a faiss inner-product index over the corpus embeddings, built by streaming the encode shards.
+"""Stage `index`: an inner-product index over the corpus embeddings, from the encode shards.
 
-Inputs: ``shard_0``, ``shard_1``, ... (`encode` artifacts, taken in the order of their number). Never holds all
-embeddings in memory: the kind (`stages.ml.index_kinds`) makes the empty index, training it first where it needs to
-(PQ, optionally behind an OPQ rotation: on up to ``train_size`` vectors sampled with a seeded choice), then the
-vectors are added batch by batch. Outputs: index.faiss, doc_ids.parquet (row -> doc_id), kind.json (the kind, which
-readers go by), summary.json (ntotal, dim, kind, bytes, seconds).
+Inputs: ``shard_0``, ``shard_1``, ... (`encode` artifacts, taken in the order of their number). The kind
+(`stages.ml.index_kinds`) writes its files. flat (exact): the shards' embeddings.parquet files themselves, hard-linked
+into the artifact as vectors/shard_<n>.parquet (copied, with a warning, where a link cannot be made), so the
+embeddings are stored once; searchers read them from there. pq: index.faiss, trained first (optionally behind an OPQ
+rotation: on up to ``train_size`` vectors sampled with a seeded choice), then the vectors are added batch by batch;
+never all embeddings in memory. Every kind: doc_ids.parquet (row -> doc_id), kind.json (the kind, which readers go
+by), summary.json (ntotal, dim, kind, bytes, seconds).
 """
 
 from __future__ import annotations
@@ -18,16 +20,14 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from .core import parquet_io
 from .core.cli import run_stage
 from .core.errors import ConfigError, DataError
 from .ml.index_kinds import KINDS, IndexKind, write_kind
-from .core.artifacts import DOC_IDS_FILE, INDEX_FILE, shard_files
-from .core.tables import embedding_dim, iter_embeddings, write_table
+from .core.artifacts import DOC_IDS_FILE, shard_files
+from .core.tables import embedding_dim, embedding_ids, embedding_rows, iter_vectors, write_table
 
-VERSION = 1
+VERSION = 2
 log = logging.getLogger("stages.index")
 
 @dataclass
@@ -46,10 +46,6 @@ class IndexParams:
     """Seeds the training sample and faiss k-means."""
 
 
-def count_rows(files: list[Path]) -> int:
-    return sum(parquet_io.open_file(f).metadata.num_rows for f in files)
-
-
 def check_params(params: IndexParams, dim: int) -> IndexKind:
     """The kind the params name, once it accepts them."""
     if params.kind not in KINDS:
@@ -64,7 +60,7 @@ def training_sample(files: list[Path], total: int, size: int, seed: int) -> np.n
     """Up to ``size`` vectors at seeded random rows, gathered in one streaming pass."""
     rows = np.sort(np.random.default_rng(seed).choice(total, size=min(size, total), replace=False))
     sample, offset, taken = [], 0, 0
-    for _, batch in iter_embeddings(files):
+    for batch in iter_vectors(files, np.float32):
         stop = np.searchsorted(rows, offset + len(batch))
         sample.append(batch[rows[taken:stop] - offset])
         offset, taken = offset + len(batch), stop
@@ -72,35 +68,31 @@ def training_sample(files: list[Path], total: int, size: int, seed: int) -> np.n
 
 
 def build_index(params: IndexParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
-    import faiss
-
     files = shard_files(inputs)
-    dim, total = embedding_dim(files), count_rows(files)
+    dim, total = embedding_dim(files), embedding_rows(files)
     kind = check_params(params, dim)
-    began = time.perf_counter()
-    index, train_vectors = kind.build(params, dim, lambda: training_sample(files, total, params.train_size, params.seed))
-    doc_ids: list[str] = []
-    with tqdm(total=total, desc=f"index {params.kind}", unit="vec") as bar:
-        for ids, batch in iter_embeddings(files):
-            index.add(np.ascontiguousarray(batch, dtype=np.float32))
-            doc_ids += ids
-            bar.update(len(ids))
+    doc_ids = embedding_ids(files)
     if len(set(doc_ids)) != len(doc_ids):
         raise DataError("the shards hold duplicate document ids", path=files[0].parent, fix="index each shard once")
+    began = time.perf_counter()
+    sample = lambda: training_sample(files, total, params.train_size, params.seed)  # noqa: E731 - PQ calls it
+    train_vectors = kind.build(params, dim, files, Path(out_dir), sample)
     seconds = time.perf_counter() - began
-    faiss.write_index(index, str(Path(out_dir) / INDEX_FILE))
+    size = sum(p.stat().st_size for p in Path(out_dir).rglob("*") if p.is_file())  # the kind's files
+    shared = sum(p.stat().st_size for p in Path(out_dir).rglob("*") if p.is_file() and p.stat().st_nlink > 1)
     write_table(pd.DataFrame({"doc_id": doc_ids}), Path(out_dir) / DOC_IDS_FILE)
     write_kind(out_dir, kind.name)
-    size = (Path(out_dir) / INDEX_FILE).stat().st_size
-    log.info("%s index: %d vectors of dim %d, %.1f MB, %.1f s", params.kind, index.ntotal, dim, size / 1e6, seconds)
+    log.info("%s index: %d vectors of dim %d, %.1f MB (%.1f MB of it linked), %.1f s", params.kind, total, dim,
+             size / 1e6, shared / 1e6, seconds)  # fmt: skip
     return {
-        "items": {"documents": int(index.ntotal)},
+        "items": {"documents": total},
         "kind": params.kind,
-        "ntotal": int(index.ntotal),
+        "ntotal": total,
         "dim": dim,
         "shards": len(files),
         "train_vectors": train_vectors,
         "bytes": size,
+        "linked_bytes": shared,
         "build_seconds": round(seconds, 3),
     }
 

@@ -20,7 +20,7 @@ from stages.core import settings
 from stages.core.artifacts import EMBEDDINGS
 from stages.encode import EncodeParams
 from stages.index import IndexParams, build_index
-from stages.core.artifacts import INDEX_FILE
+from stages.core.artifacts import DOC_IDS_FILE, KIND_FILE, SUMMARY
 from stages.prepare import PrepareParams
 from stages.core.tables import write_embeddings
 from stages.ml.training import CHECKPOINT, STOP_AFTER_ENV, STOPPED_EXIT_CODE
@@ -127,5 +127,6 @@ def index_artifact(folder: Path, vectors: np.ndarray, shards: int = 1, **params)
     out.mkdir(parents=True)
     index_params = settings.params(IndexParams, "index", **params)
     summary = build_index(index_params, write_shards(folder / "shards", vectors, shards), out)
-    assert summary["ntotal"] == len(vectors) and summary["bytes"] == (out / INDEX_FILE).stat().st_size
+    kind_files = [p for p in out.rglob("*") if p.is_file() and p.name not in (DOC_IDS_FILE, KIND_FILE, SUMMARY)]
+    assert summary["ntotal"] == len(vectors) and summary["bytes"] == sum(p.stat().st_size for p in kind_files)
     return out

@@ -47,7 +47,10 @@ PACKAGES = {
 
 
 NOT_IMPORTED = {
-    "report": ({"faiss", "torch", "triton"}, "it reads the index kinds' registry (lossy or not), never builds or searches"),
+    "report": (
+        {"faiss", "torch", "triton", "tqdm"},
+        "it reads the index kinds' registry (lossy or not), never builds or searches",
+    ),
 }
 """stage -> (packages that modules it imports name only inside functions it never calls, why)."""
 

@@ -4,6 +4,8 @@ go by the record (never the faiss class); older artifacts fall back to summary.j
 from __future__ import annotations
 
 import json
+import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +13,9 @@ import torch
 from helpers import clustered, index_artifact
 
 from stages.core.errors import ArtifactError, ConfigError
-from stages.ml.index_kinds import KINDS, IndexKind, build_flat, open_index, recorded_kind, searcher_for
+from stages.ml.index_kinds import (
+    KINDS, IndexKind, build_flat, open_flat, open_index, recorded_kind, searcher_for,
+)
 from stages.core.artifacts import KIND_FILE
 from stages.ml.frozen_documents import frozen_documents
 
@@ -53,13 +57,12 @@ def test_each_kind_is_recorded_and_its_torch_searcher_scores_what_faiss_ranks_by
 
 def test_searchers_go_by_the_record_not_the_faiss_class(flat_artifact, tmp_path, monkeypatch):
     artifact = tmp_path / "index"
-    artifact.mkdir()
-    for path in flat_artifact.iterdir():
-        (artifact / path.name).write_bytes(path.read_bytes())
-    monkeypatch.setitem(KINDS, "toy", IndexKind("toy", build_flat, lambda index, doc_ids, device: ("toy", index.ntotal)))
+    shutil.copytree(flat_artifact, artifact)
+    toy = lambda artifact, doc_ids, device: SimpleNamespace(name="toy", ntotal=len(doc_ids))  # noqa: E731
+    monkeypatch.setitem(KINDS, "toy", IndexKind("toy", build_flat, open_flat, toy))
     (artifact / KIND_FILE).write_text(json.dumps({"kind": "toy"}))
-    assert searcher_for(artifact, "torch") == ("toy", 2000)
-    monkeypatch.setitem(KINDS, "toy", IndexKind("toy", build_flat, None))
+    assert searcher_for(artifact, "torch").name == "toy" and searcher_for(artifact, "torch").ntotal == 2000
+    monkeypatch.setitem(KINDS, "toy", IndexKind("toy", build_flat, open_flat, None))
     assert searcher_for(artifact, "auto").ntotal == 2000  # faiss, as a kind with no torch searcher is searched
     with pytest.raises(ConfigError, match="a toy index has no torch searcher"):
         searcher_for(artifact, "torch")
@@ -68,9 +71,8 @@ def test_searchers_go_by_the_record_not_the_faiss_class(flat_artifact, tmp_path,
 
 
 def test_older_artifacts_read_the_kind_from_summary_json_else_fail_clearly(flat_artifact, tmp_path):
-    for path in flat_artifact.iterdir():
-        if path.name != KIND_FILE:
-            (tmp_path / path.name).write_bytes(path.read_bytes())
+    shutil.copytree(flat_artifact, tmp_path, dirs_exist_ok=True)
+    (tmp_path / KIND_FILE).unlink()
     with pytest.raises(ArtifactError, match="rerun the index stage"):
         recorded_kind(tmp_path)
     (tmp_path / "summary.json").write_text(json.dumps({"kind": "pq", "ntotal": 2000}))  # as the stage used to write

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from stages.core.errors import ArtifactError, ConfigError
-from stages.ml.index_kinds import searcher_for, write_kind
-from stages.ml.search import FlatTorchSearcher, faiss_search, load_index
-from stages.core.artifacts import DOC_IDS_FILE, INDEX_FILE
-from stages.core.tables import write_table
+from stages.ml.index_kinds import open_index, searcher_for, write_kind
+from stages.ml.search import FlatTorchSearcher, faiss_search
+from stages.core.artifacts import DOC_IDS_FILE, VECTORS_DIR, vector_file
+from stages.core.tables import write_embeddings, write_table
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +29,9 @@ def flat_index(vectors: np.ndarray):
 
 
 def write_index_artifact(folder, vectors: np.ndarray):
-    import faiss
-
-    folder.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(flat_index(vectors), str(folder / INDEX_FILE))
+    """A flat index artifact as the stage writes one: the vectors (float32 here), the doc ids, the kind."""
+    (folder / VECTORS_DIR).mkdir(parents=True, exist_ok=True)
+    write_embeddings(folder / vector_file(0), [f"d{i}" for i in range(len(vectors))], vectors, dtype="float32")
     write_table(pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(vectors))]}), folder / DOC_IDS_FILE)
     write_kind(folder, "flat")
     return folder
@@ -59,7 +58,7 @@ def test_torch_searcher_pads_when_k_exceeds_the_corpus(data):
 def test_searcher_for_backends_agree(data, tmp_path):
     docs, queries = data
     artifact = write_index_artifact(tmp_path / "index", docs)
-    index, doc_ids = load_index(artifact)
+    _, index, doc_ids = open_index(artifact)
     assert index.ntotal == 1000 and doc_ids[:2] == ["d0", "d1"]
     by_faiss = searcher_for(artifact, "auto")  # no GPU here: faiss on CPU
     by_torch = searcher_for(artifact, "torch")
@@ -76,4 +75,25 @@ def test_searcher_for_rejects_bad_backends_and_artifacts(data, tmp_path):
     with pytest.raises(ConfigError, match="unknown search backend"):
         searcher_for(artifact, "annoy")
     with pytest.raises(ArtifactError, match="not an index artifact"):
-        load_index(tmp_path)
+        open_index(tmp_path)
+
+
+def test_flat_searchers_read_float16_files_as_stored(data, tmp_path, monkeypatch):
+    import torch
+
+    from stages.core.tables import EmbeddingWriter
+    from stages.ml.search import flat_faiss_index
+
+    docs, queries = data
+    monkeypatch.setattr(EmbeddingWriter, "GROUP_ROWS", 128)  # many row groups, read by threads ahead, kept in order
+    files = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    write_embeddings(files[0], [f"d{i}" for i in range(600)], docs[:600])  # float16, as encode writes them
+    write_embeddings(files[1], [f"d{i}" for i in range(600, 1000)], docs[600:])
+    stored = docs.astype(np.float16).astype(np.float32)
+    searcher = FlatTorchSearcher.from_files(files, device="cpu", doc_ids=["x"] * 1000)
+    assert searcher.matrix.dtype == torch.float32 and torch.equal(searcher.matrix, torch.from_numpy(stored))
+    index = flat_faiss_index(files)
+    assert np.array_equal(index.reconstruct_n(0, index.ntotal), stored)
+    expected = faiss_search(flat_index(stored), queries, 10)
+    assert all(np.array_equal(a, b) for a, b in zip(faiss_search(index, queries, 10), expected))
+    assert np.array_equal(searcher.search(queries, 10)[1], expected[1])

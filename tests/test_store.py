@@ -94,6 +94,26 @@ def test_verify_reports_changed_missing_and_added_files(tmp_path):
     assert store.main(["--results", str(results), "verify"]) == 1
 
 
+def test_a_file_linked_from_an_input_is_stored_and_hashed_once(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    source, out = results / "encode" / "k1", results / "index" / "k2"
+    with store.write_artifact(source, "encode", {}, {}, check_key=False) as tmp:
+        (tmp / "big.bin").write_bytes(os.urandom(4096))
+    hashed, sha256 = [], store.file_sha256
+    monkeypatch.setattr(store, "file_sha256", lambda path: hashed.append(Path(path).name) or sha256(path))
+    with store.write_artifact(out, "index", {}, {"shard_0": source}, check_key=False) as tmp:
+        assert store.link_or_copy(source / "big.bin", tmp / "vectors" / "big.bin")
+        (tmp / "own.txt").write_text("own")
+    assert hashed == ["own.txt"]  # the link's hash is the input's, as its manifest records it
+    files, source_files = store.read_manifest(out)["files"], store.read_manifest(source)["files"]
+    assert files["vectors/big.bin"] == source_files["big.bin"]
+    assert (out / "vectors" / "big.bin").samefile(source / "big.bin")
+    monkeypatch.setattr(store, "file_sha256", sha256)
+    assert store.verify(results) == [] and store.damage(out) is None
+    os.utime(source / "big.bin")  # a touch of one name is a touch of both: re-hashed, not damage
+    assert store.damage(out) is None and store.damage(source) is None
+
+
 def test_pointers_are_relative_symlinks(tmp_path):
     results = tmp_path / "results"
     artifact = results / "bm25" / "abc"

@@ -24,12 +24,13 @@ from helpers import (
 )
 
 from stages.encode import encode
-from stages.core.artifacts import EMBEDDINGS
+from stages.core.artifacts import EMBEDDINGS, vector_files
 from stages.core import settings
 from stages.core.errors import ConfigError
 from stages.index import IndexParams, build_index
 from stages.retrieve import RetrieveParams, retrieve
-from stages.ml.search import faiss_search, load_index
+from stages.ml.index_kinds import open_index
+from stages.ml.search import faiss_search
 from stages.core.tables import read_embeddings, read_run
 from stages.train_adore import AdoreParams, Positives, QueryTokens, TrainingData, batch_loss, batch_queries, load_training_data, train_adore
 from stages.ml.timing import Interval
@@ -304,9 +305,9 @@ def test_only_the_query_encoder_learns(prepared, flat_index, tiny_model_dir, tmp
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
     assert not documents.searcher.matrix.requires_grad and documents.searcher.matrix.grad is None
 
-    index_hash = sha256(flat_index / "index.faiss")
+    index_hash = [sha256(file) for file in vector_files(flat_index)]
     train_adore(params, {"prepared": prepared, "index": flat_index}, tmp_path)
-    assert sha256(flat_index / "index.faiss") == index_hash
+    assert [sha256(file) for file in vector_files(flat_index)] == index_hash
     assert torch.equal(documents.searcher.matrix, frozen)
     before, after = tensors_under(tiny_model_dir), model_tensors(tmp_path)
     assert any(not torch.equal(before[name], after[name]) for name in before if name in after)
@@ -385,7 +386,7 @@ def test_pq_scoring_reconstructed_scores_what_the_index_ranks_by(prepared, pq_in
     documents, _ = frozen_documents(params.pq_scoring, {"index": pq_index}, torch.device("cpu"))
     assert documents.scoring == "reconstructed"
     queries = torch.randn(3, 32)
-    index, _ = load_index(pq_index)
+    _, index, _ = open_index(pq_index)
     expected_scores, expected_rows = faiss_search(index, queries.numpy(), 10)
     rows = documents.search(queries, 10)
     assert_same_topk(documents.scores(queries, rows).numpy(), rows.numpy(), expected_scores, expected_rows)
@@ -470,7 +471,7 @@ def test_flat_scores_are_what_the_search_ranks_by(flat_index):
     queries = torch.randn(2, 32, requires_grad=True)
     rows = documents.search(queries, 5)
     scores = documents.scores(queries, rows)
-    index, _ = load_index(flat_index)
+    _, index, _ = open_index(flat_index)
     expected, expected_rows = faiss_search(index, queries.detach().numpy(), 5)
     assert_same_topk(scores.detach().numpy(), rows.numpy(), expected, expected_rows)
     scores.sum().backward()

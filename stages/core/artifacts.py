@@ -30,8 +30,10 @@ TOKENS = "tokens.parquet"
 # encode
 EMBEDDINGS = "embeddings.parquet"
 
-# index
+# index (flat: vectors/shard_<n>.parquet, the encode shards' embeddings.parquet hard-linked; pq: index.faiss)
 INDEX_FILE, DOC_IDS_FILE, KIND_FILE = "index.faiss", "doc_ids.parquet", "kind.json"
+VECTORS_DIR = "vectors"
+VECTOR_FILE = re.compile(r"shard_(\d+)\.parquet")
 
 # bm25_index (beside bm25s' own files, `stages.ml.lexical`)
 BM25_SETTINGS = "settings.json"
@@ -74,3 +76,24 @@ def shard_files(inputs: Mapping[str, Path]) -> list[Path]:
         if not file.is_file():
             raise ArtifactError(f"no {EMBEDDINGS}: not an encode artifact", path=file.parent)
     return files
+
+
+def vector_file(number: int) -> str:
+    """The name in a flat index artifact of the embeddings of its ``number``-th shard (rows in shard order)."""
+    return f"{VECTORS_DIR}/shard_{number}.parquet"
+
+
+def vector_files(artifact: Path) -> list[Path]:
+    """A flat index artifact's embeddings files (`vector_file`), in row order."""
+    folder = Path(artifact) / VECTORS_DIR
+    numbered = {}
+    for path in folder.iterdir() if folder.is_dir() else []:
+        if match := VECTOR_FILE.fullmatch(path.name):
+            numbered[int(match.group(1))] = path
+    if not numbered or sorted(numbered) != list(range(len(numbered))):
+        raise ArtifactError(
+            f"no {VECTORS_DIR}/shard_0.parquet .. shard_<n-1>.parquet: not a flat index artifact",
+            path=artifact,
+            fix="rerun the index stage",
+        )
+    return [numbered[n] for n in range(len(numbered))]

@@ -4,7 +4,9 @@ Every stage writes to ``results/<stage>/<key>/`` where ``key`` is a short sha256
 code version (``VERSION`` in ``stages/<stage>.py``, or ``stages/<stage>/__init__.py`` for a package), the canonical
 JSON of its parameters and the keys of its inputs (an upstream artifact's key, or a raw file's content hash). Outputs
 appear atomically: a stage writes into a temporary sibling directory that is renamed into place, with a
-``manifest.json``, once everything is written.
+``manifest.json``, once everything is written. Artifacts never change once written, so one may hold a file of its
+input as a hard link (`link_or_copy`: a flat index, its encode shards' embeddings): stored once, hashed once (the
+input's manifest has it), and each artifact keeps it when the other is removed.
 
 CLI: ``python -m stages.core.store verify`` re-hashes artifacts (``stages.pipeline.prune`` removes what no config reaches).
 """
@@ -17,6 +19,7 @@ import datetime
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -29,6 +32,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from .artifacts import MANIFEST
 from .errors import ArtifactError
+
+log = logging.getLogger("stages.core.store")
 
 KEY_LENGTH = 16
 # Files that tools put into artifact directories after they are written; never part of an artifact.
@@ -155,21 +160,59 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def artifact_files(directory: Path) -> list[Path]:
+    """The files that make up an artifact (its manifest and foreign files aside), sorted."""
+    files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
+    return [p for p in files if p.name != MANIFEST and p.name not in FOREIGN_FILES]
+
+
 def hash_tree(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): file_sha256(p)
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != MANIFEST and p.name not in FOREIGN_FILES
-    }
+    return {str(p.relative_to(directory)): file_sha256(p) for p in artifact_files(directory)}
 
 
-def file_records(directory: Path) -> dict[str, dict]:
-    """What the manifest records of each file: sha256, size and mtime_ns (the last two for the cheap check)."""
+def file_records(directory: Path, known: Mapping[tuple, str] | None = None) -> dict[str, dict]:
+    """What the manifest records of each file: sha256, size and mtime_ns (the last two for the cheap check). A file
+    in ``known`` (`shared_hashes`: one an input artifact holds too, hard-linked) is not hashed again."""
     records = {}
-    for name, digest in hash_tree(directory).items():
-        stat = (directory / name).stat()
-        records[name] = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    for path in artifact_files(directory):
+        stat = path.stat()
+        digest = (known or {}).get(_identity(stat)) or file_sha256(path)
+        record = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        records[str(path.relative_to(directory))] = record
     return records
+
+
+def _identity(stat: os.stat_result) -> tuple:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def shared_hashes(inputs: Mapping[str, Path]) -> dict[tuple, str]:
+    """The recorded sha256 of the input artifacts' files, by (device, inode, size, mtime_ns) as they are now: what a
+    hard link to one of them in a new artifact holds (`check_inputs` found them as recorded)."""
+    known = {}
+    for artifact in map(Path, inputs.values()):
+        if not (artifact / MANIFEST).is_file():
+            continue
+        for name, value in read_manifest(artifact)["files"].items():
+            record = file_record(value)
+            with contextlib.suppress(OSError):
+                stat = (artifact / name).stat()
+                if (record.get("size"), record.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
+                    known[_identity(stat)] = record["sha256"]
+    return known
+
+
+def link_or_copy(source: Path, target: Path) -> bool:
+    """``target`` as a hard link to ``source``: artifacts never change once written, so two may hold one file, stored
+    once. A copy, with a warning, where linking fails (another filesystem). Whether it linked."""
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+        return True
+    except OSError as error:
+        log.warning("cannot hard-link %s (%s): copying it, which takes its size on disk again", source, error)
+        shutil.copy2(source, target)
+        return False
 
 
 def damage(artifact: Path, cache: HashCache | None = None) -> str | None:
@@ -316,7 +359,7 @@ def write_artifact(
             "key": key,
             "params": params,
             "inputs": {name: {"key": input_keys[name], "path": str(path)} for name, path in inputs.items()},
-            "files": file_records(tmp),
+            "files": file_records(tmp, shared_hashes(inputs)),
             "packages": package_versions(),
             "host": platform.node(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -298,13 +299,51 @@ def embedding_dim(files: list[Path]) -> int:
     return dims.pop()
 
 
+def embedding_rows(files: list[Path]) -> int:
+    return sum(parquet_io.open_file(f).metadata.num_rows for f in files)
+
+
+def embedding_ids(files: list[Path]) -> list[str]:
+    """The ids of embedding files' rows, in order (the ``id`` column only)."""
+    return [i for f in files for i in parquet_io.read_table(f, columns=["id"]).column("id").to_pylist()]
+
+
+def _matrix(batch: pa.RecordBatch, dtype: type | None) -> np.ndarray:
+    """A batch's embeddings as a (rows, dim) array: ``dtype``, or as stored (float16 or float32) for None."""
+    flat = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
+    flat = flat.reshape(-1, batch.schema.field("embedding").type.list_size)
+    return flat if dtype is None else flat.astype(dtype, copy=False)
+
+
 def iter_embeddings(paths: Iterable[Path], batch_rows: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
     """Stream (ids, float32 matrix) batches from embedding files, never holding more than one batch."""
     for path in paths:
         for batch in parquet_io.iter_batches(path, batch_size=batch_rows):
-            dim = batch.schema.field("embedding").type.list_size
-            flat = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
-            yield batch.column("id").to_pylist(), flat.reshape(-1, dim).astype(np.float32, copy=False)
+            yield batch.column("id").to_pylist(), _matrix(batch, np.float32)
+
+
+def iter_vectors(paths: Iterable[Path], dtype: type | None, threads: int | None = None) -> Iterator[np.ndarray]:
+    """Stream the embeddings alone (no ids read), a row group at a time in order, as ``dtype`` or as stored (None).
+    Decoding the list levels is what a read costs, so ``threads`` (default: the available ones, at most 8) decode the
+    next row groups meanwhile."""
+    groups = []
+    for path in paths:
+        metadata = parquet_io.open_file(path).metadata
+        groups += [(path, g) for g in range(metadata.num_row_groups) if metadata.row_group(g).num_rows]
+    workers = max(1, min(threads or available_threads(), 8))
+    with ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+        for path, group in groups:
+            pending.append(pool.submit(_row_group_vectors, path, group, dtype))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _row_group_vectors(path: Path, group: int, dtype: type | None) -> np.ndarray:
+    table = parquet_io.read_row_groups(parquet_io.open_file(path), path, [group], columns=["embedding"])
+    return _matrix(table.combine_chunks().to_batches()[0], dtype)
 
 
 def read_embeddings(paths: Iterable[Path]) -> tuple[list[str], np.ndarray]:

@@ -83,16 +83,15 @@ def frozen_documents(
     pq_scoring: str, inputs: Mapping[str, Path], device: torch.device
 ) -> tuple[FrozenDocuments, list[str]]:
     """FrozenDocuments over the index input on ``device`` (its recorded kind's torch searcher), and its doc ids."""
-    from .index_kinds import open_index
+    from .index_kinds import open_torch_searcher
 
-    kind, index, doc_ids = open_index(inputs["index"])
-    if kind.torch_searcher is None:
+    kind, searcher, doc_ids = open_torch_searcher(inputs["index"], device)
+    if searcher is None:
         raise ConfigError(
             f"ADORE searches its index in torch, and a {kind.name} index has no torch searcher",
             path=inputs["index"],
             fix="train on an index of another kind",
         )
-    searcher = kind.torch_searcher(index, doc_ids, device)
     scoring = pq_scoring if kind.lossy else "flat"
     shards = sorted(name for name in inputs if SHARD_INPUT.fullmatch(name))
     if not kind.scores_with_shards(pq_scoring):

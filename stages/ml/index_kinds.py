@@ -1,7 +1,9 @@
-"""Index kinds (the ``index.kind`` setting): how the `index` stage builds each one, how torch searches it (`retrieve`
-on a GPU without faiss-gpu; ADORE, whose loss scores with that searcher), and whether ADORE may score with the
-uncompressed embeddings instead. The index artifact records its kind (kind.json); readers look the kind up here and
-never guess it from a faiss class. A new kind is one entry of `KINDS` (and the schema's enum) plus its test.
+"""Index kinds (the ``index.kind`` setting): what the `index` stage writes for each one (flat: the encode shards'
+embeddings files themselves, hard-linked as vectors/shard_<n>.parquet, no second copy; pq: index.faiss), how faiss
+opens it, how torch searches it (`retrieve` on a GPU without faiss-gpu; ADORE, whose loss scores with that searcher),
+and whether ADORE may score with the uncompressed embeddings instead. The index artifact records its kind
+(kind.json); readers look the kind up here and never guess it from a faiss class. A new kind is one entry of `KINDS`
+(and the schema's enum) plus its test.
 
 The plan reads `KINDS`, so faiss, torch and the searchers are imported where they are used, not at the top.
 """
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.artifacts import KIND_FILE, SUMMARY
+from ..core.artifacts import INDEX_FILE, KIND_FILE, SUMMARY, vector_file, vector_files
 from ..core.errors import ArtifactError, ConfigError
 
 log = logging.getLogger("stages.ml.index_kinds")
@@ -25,12 +27,14 @@ BACKENDS = ("auto", "faiss", "faiss-gpu", "torch")
 @dataclass(frozen=True)
 class IndexKind:
     name: str
-    build: Callable[[Any, int, Callable[[], Any]], tuple[Any, int]]
-    """(IndexParams, dim, a function giving the training sample) -> (an empty faiss index, ready for adding; the
-    number of vectors it was trained on)."""
-    torch_searcher: Callable[[Any, list[str], Any], Any] | None
-    """(faiss index, doc ids, device or None) -> a `stages.ml.search` torch searcher (``topk``, and ``scores``: what
-    ADORE's loss scores with); None: searched by faiss only, and ADORE cannot train on it."""
+    build: Callable[[Any, int, list[Path], Path, Callable[[], Any]], int]
+    """(IndexParams, dim, the encode shards' embeddings files in row order, the artifact folder being written, a
+    function giving the training sample) -> the number of vectors it trained on; writes the kind's files."""
+    open: Callable[[Path], Any]
+    """(index artifact) -> the faiss index (CPU) the faiss backends search, row n = doc_ids.parquet's row n."""
+    torch_searcher: Callable[[Path, list[str], Any], Any] | None
+    """(index artifact, doc ids, device or None) -> a `stages.ml.search` torch searcher (``topk``, and ``scores``:
+    what ADORE's loss scores with); None: searched by faiss only, and ADORE cannot train on it."""
     lossy: bool = False
     """It stores approximations of the embeddings, so ADORE may score with the encode shards instead."""
     check: Callable[[Any, int], None] | None = None
@@ -43,19 +47,28 @@ class IndexKind:
         return self.lossy and pq_scoring == "uncompressed"
 
 
-# --- flat: exact inner product -------------------------------------------------------------------------------------
+# --- flat: exact inner product over the encode shards' own files ----------------------------------------------------
 
 
-def build_flat(params: Any, dim: int, sample: Callable[[], Any]) -> tuple[Any, int]:
-    import faiss
+def build_flat(params: Any, dim: int, files: list[Path], out_dir: Path, sample: Callable[[], Any]) -> int:
+    """The shards' embeddings files themselves, hard-linked into the artifact (`vector_file`): no second copy."""
+    from ..core.store import link_or_copy
 
-    return faiss.IndexFlatIP(dim), 0
+    for number, file in enumerate(files):
+        link_or_copy(file, Path(out_dir) / vector_file(number))
+    return 0
 
 
-def flat_torch_searcher(index: Any, doc_ids: list[str], device: Any) -> Any:
-    from .search import FlatTorchSearcher, flat_vectors
+def open_flat(artifact_dir: Path) -> Any:
+    from .search import flat_faiss_index
 
-    return FlatTorchSearcher(flat_vectors(index), device=device, doc_ids=doc_ids)
+    return flat_faiss_index(vector_files(artifact_dir))
+
+
+def flat_torch_searcher(artifact_dir: Path, doc_ids: list[str], device: Any) -> Any:
+    from .search import FlatTorchSearcher
+
+    return FlatTorchSearcher.from_files(vector_files(artifact_dir), device=device, doc_ids=doc_ids)
 
 
 # --- pq: product quantisation (IndexPQ, optionally behind an OPQ rotation) -----------------------------------------
@@ -71,7 +84,8 @@ def check_pq(params: Any, dim: int) -> None:
         raise ConfigError(f"pq_bits={params.pq_bits}", fix="choose pq_bits between 1 and 16 (8 is usual)")
 
 
-def build_pq(params: Any, dim: int, sample: Callable[[], Any]) -> tuple[Any, int]:
+def trained_pq(params: Any, dim: int, sample: Callable[[], Any]) -> tuple[Any, int]:
+    """An empty IndexPQ (behind OPQ with ``params.opq``) trained on the sample, and the sample's size."""
     import faiss
 
     vectors = sample()
@@ -90,17 +104,40 @@ def build_pq(params: Any, dim: int, sample: Callable[[], Any]) -> tuple[Any, int
     return index, len(vectors)
 
 
-def pq_torch_searcher(index: Any, doc_ids: list[str], device: Any) -> Any:
+def build_pq(params: Any, dim: int, files: list[Path], out_dir: Path, sample: Callable[[], Any]) -> int:
+    """index.faiss: the trained index with every vector added, streamed a batch at a time."""
+    import faiss
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ..core.tables import embedding_rows, iter_vectors
+
+    index, trained = trained_pq(params, dim, sample)
+    with tqdm(total=embedding_rows(files), desc="index pq", unit="vec") as bar:
+        for batch in iter_vectors(files, np.float32):
+            index.add(np.ascontiguousarray(batch))
+            bar.update(len(batch))
+    faiss.write_index(index, str(Path(out_dir) / INDEX_FILE))
+    return trained
+
+
+def open_pq(artifact_dir: Path) -> Any:
+    from .search import read_faiss_index
+
+    return read_faiss_index(artifact_dir)
+
+
+def pq_torch_searcher(artifact_dir: Path, doc_ids: list[str], device: Any) -> Any:
     from .search import PQTorchSearcher
 
-    return PQTorchSearcher.from_faiss(index, doc_ids=doc_ids, device=device)
+    return PQTorchSearcher.from_faiss(open_pq(artifact_dir), doc_ids=doc_ids, device=device)
 
 
 KINDS: dict[str, IndexKind] = {
     kind.name: kind
     for kind in (
-        IndexKind("flat", build_flat, flat_torch_searcher, exact=True),
-        IndexKind("pq", build_pq, pq_torch_searcher, lossy=True, check=check_pq),
+        IndexKind("flat", build_flat, open_flat, flat_torch_searcher, exact=True),
+        IndexKind("pq", build_pq, open_pq, pq_torch_searcher, lossy=True, check=check_pq),
     )
 }
 
@@ -138,12 +175,32 @@ def recorded_kind(artifact_dir: Path) -> IndexKind:
     return KINDS[name]
 
 
-def open_index(artifact_dir: Path) -> tuple[IndexKind, Any, list[str]]:
-    """(its recorded kind, the faiss index, the document id of each row) of an index artifact."""
-    from .search import load_index
+def checked_rows(searcher: Any, doc_ids: list[str], artifact_dir: Path) -> Any:
+    """The searcher (or faiss index), once it holds a row for each document id."""
+    if searcher.ntotal != len(doc_ids):
+        raise ArtifactError(f"index holds {searcher.ntotal} vectors but {len(doc_ids)} doc ids", path=artifact_dir)
+    return searcher
 
-    index, doc_ids = load_index(artifact_dir)
-    return recorded_kind(artifact_dir), index, doc_ids
+
+def open_index(artifact_dir: Path) -> tuple[IndexKind, Any, list[str]]:
+    """(its recorded kind, its faiss index on the CPU, the document id of each row) of an index artifact."""
+    from .search import read_doc_ids
+
+    doc_ids = read_doc_ids(artifact_dir)
+    kind = recorded_kind(artifact_dir)
+    return kind, checked_rows(kind.open(artifact_dir), doc_ids, artifact_dir), doc_ids
+
+
+def open_torch_searcher(artifact_dir: Path, device: Any) -> tuple[IndexKind, Any | None, list[str]]:
+    """(its recorded kind, the kind's torch searcher on ``device`` (None for a kind without one), the document id of
+    each row) of an index artifact; no faiss index is made."""
+    from .search import read_doc_ids
+
+    doc_ids = read_doc_ids(artifact_dir)
+    kind = recorded_kind(artifact_dir)
+    if kind.torch_searcher is None:
+        return kind, None, doc_ids
+    return kind, checked_rows(kind.torch_searcher(artifact_dir, doc_ids, device), doc_ids, artifact_dir), doc_ids
 
 
 def searcher_for(index_artifact: Path, backend: str = "auto") -> Any:
@@ -159,7 +216,7 @@ def searcher_for(index_artifact: Path, backend: str = "auto") -> Any:
 
     if backend not in BACKENDS:
         raise ConfigError(f"unknown search backend {backend!r}", fix=f"use one of {BACKENDS}")
-    kind, index, doc_ids = open_index(index_artifact)
+    kind = recorded_kind(index_artifact)
     if backend == "auto":
         if not torch.cuda.is_available():
             backend = "faiss"
@@ -170,11 +227,13 @@ def searcher_for(index_artifact: Path, backend: str = "auto") -> Any:
     if backend == "torch":
         if kind.torch_searcher is None:
             raise ConfigError(f"a {kind.name} index has no torch searcher", fix="use search backend 'auto' or 'faiss'")
-        log.info("search: torch %s searcher over %d vectors", kind.name, index.ntotal)
-        return kind.torch_searcher(index, doc_ids, None)
+        searcher = open_torch_searcher(index_artifact, None)[1]
+        log.info("search: torch %s searcher over %d vectors", kind.name, searcher.ntotal)
+        return searcher
+    if backend == "faiss-gpu" and not faiss_has_gpu():
+        raise ConfigError("faiss has no GPU support here", fix="use backend 'auto', 'faiss' or 'torch'")
+    _, index, doc_ids = open_index(index_artifact)
     if backend == "faiss-gpu":
-        if not faiss_has_gpu():
-            raise ConfigError("faiss has no GPU support here", fix="use backend 'auto', 'faiss' or 'torch'")
         resources = faiss.StandardGpuResources()
         log.info("search: faiss GPU over %d vectors", index.ntotal)
         return FaissSearcher(faiss.index_cpu_to_gpu(resources, 0, index), doc_ids, resources)

@@ -1,8 +1,10 @@
 """Inner-product search backends shared by `index`, `retrieve` (and ADORE's training loop); which one searches an
 index artifact is up to its kind (`stages.ml.index_kinds`).
 
-- faiss (CPU, or GPU when faiss was built with it) over an `index` artifact (index.faiss + doc_ids.parquet);
-- ``FlatTorchSearcher``: exact search as chunked matmul + top-k in torch, for a GPU when faiss has no GPU support;
+- faiss (CPU, or GPU when faiss was built with it) over an `index` artifact: a PQ one's index.faiss, or for flat an
+  IndexFlatIP built in memory from the artifact's embeddings files (`flat_faiss_index`); doc_ids.parquet maps rows;
+- ``FlatTorchSearcher``: exact search as chunked matmul + top-k in torch, for a GPU when faiss has no GPU support,
+  its matrix read straight from the embeddings files (``from_files``);
 - ``PQTorchSearcher``: a PQ (optionally OPQ) index's codes on the device, scored by asymmetric distance computation
   (a Triton kernel on CUDA, `stages.ml.pq_kernels`), with the same scores as faiss's IndexPQ.
 
@@ -14,6 +16,7 @@ also ``.scores(queries, rows)``, what they rank by, with gradient to the queries
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ import torch
 from ..core import parquet_io
 from ..core.artifacts import DOC_IDS_FILE, INDEX_FILE
 from ..core.errors import ArtifactError, ConfigError
+from ..core.tables import embedding_dim, embedding_rows, iter_vectors
 
 log = logging.getLogger("stages.ml.search")
 
@@ -49,6 +53,16 @@ class FlatTorchSearcher:
         self.doc_ids = doc_ids
         self.chunk_size = chunk_size
         self.query_batch = query_batch
+
+    @classmethod
+    def from_files(cls, files: list[Path], device=None, doc_ids: list[str] | None = None) -> "FlatTorchSearcher":
+        """Over embeddings files (`stages.core.tables`), read a row group at a time into the device matrix (float16
+        as stored on CUDA, float32 on CPU): no host copy of all of them besides."""
+        searcher = cls(torch.empty((0, embedding_dim(files))), device=device, doc_ids=doc_ids)
+        shape = (embedding_rows(files), searcher.dim)
+        searcher.matrix = torch.empty(shape, dtype=searcher.dtype, device=searcher.device)
+        fill_rows(searcher.matrix, files)
+        return searcher
 
     @property
     def ntotal(self) -> int:
@@ -127,32 +141,53 @@ class FaissSearcher:
         return faiss_search(self.index, queries, k)
 
 
-def load_index(artifact_dir: Path) -> tuple["faiss.Index", list[str]]:  # noqa: F821
-    """The faiss index and the document id of each of its rows."""
+def read_doc_ids(artifact_dir: Path) -> list[str]:
+    """The document id of each row of an index artifact."""
+    path = Path(artifact_dir) / DOC_IDS_FILE
+    if not path.is_file():
+        raise ArtifactError(f"no {DOC_IDS_FILE}: not an index artifact", path=artifact_dir, fix="rerun the index stage")
+    return parquet_io.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist()
+
+
+def read_faiss_index(artifact_dir: Path) -> "faiss.Index":  # noqa: F821
+    """The faiss index an index artifact stores (index.faiss)."""
     import faiss
 
-    artifact_dir = Path(artifact_dir)
-    for name in (INDEX_FILE, DOC_IDS_FILE):
-        if not (artifact_dir / name).is_file():
-            raise ArtifactError(f"no {name}: not an index artifact", path=artifact_dir, fix="rerun the index stage")
-    index = faiss.read_index(str(artifact_dir / INDEX_FILE))
-    doc_ids = parquet_io.read_table(artifact_dir / DOC_IDS_FILE, columns=["doc_id"]).column("doc_id").to_pylist()
-    if len(doc_ids) != index.ntotal:
-        raise ArtifactError(f"index holds {index.ntotal} vectors but {len(doc_ids)} doc ids", path=artifact_dir)
-    return index, doc_ids
+    path = Path(artifact_dir) / INDEX_FILE
+    if not path.is_file():
+        raise ArtifactError(f"no {INDEX_FILE}: not an index artifact", path=artifact_dir, fix="rerun the index stage")
+    return faiss.read_index(str(path))
+
+
+def flat_faiss_index(files: list[Path]) -> "faiss.IndexFlatIP":  # noqa: F821
+    """An exact inner-product index in memory over embeddings files, float32, filled a batch at a time into storage
+    sized once (adding would grow it by doubling)."""
+    import faiss
+
+    rows, dim = embedding_rows(files), embedding_dim(files)
+    index = faiss.IndexFlatIP(dim)
+    index.codes.resize(rows * dim * 4)
+    if rows:
+        fill_rows(torch.from_numpy(faiss.rev_swig_ptr(index.get_xb(), rows * dim).reshape(rows, dim)), files)
+    index.ntotal = rows
+    return index
+
+
+def fill_rows(matrix: torch.Tensor, files: list[Path]) -> None:
+    """``matrix`` (rows, d), any dtype and device, filled with the embeddings files' rows a row group at a time,
+    converted by torch (vectorised; numpy's float16 conversion is 3x slower)."""
+    start = 0
+    with warnings.catch_warnings():  # arrow's arrays are read-only; they are only read from
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        for batch in iter_vectors(files, None):
+            matrix[start : start + len(batch)].copy_(torch.from_numpy(batch))
+            start += len(batch)
 
 
 def faiss_has_gpu() -> bool:
     import faiss
 
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def flat_vectors(index) -> np.ndarray:
-    """A flat index's stored vectors as an (ntotal, d) float32 view (no copy)."""
-    import faiss
-
-    return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
 
 
 # --- product quantisation in torch ---------------------------------------------------------------------------------
