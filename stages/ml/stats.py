@@ -28,11 +28,23 @@ per_query.parquet. Exit status 2: a wrong path, a measure the artifacts lack, or
 
 def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over queries."""
-    values = np.asarray(values, dtype=np.float64)
+    return bootstrap_cis(np.asarray(values, dtype=np.float64)[:, None], samples, seed, level)[0]
+
+
+def bootstrap_cis(
+    columns: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95
+) -> list[tuple[float, float]]:
+    """`bootstrap_ci` of each column of ``columns`` (one row a query), the same resampled queries for all: each
+    interval is the one `bootstrap_ci` gives for its column alone."""
+    columns = np.asarray(columns, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
+    draws = rng.integers(0, len(columns), size=(samples, len(columns)))
     tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+    intervals = []
+    for column in columns.T:
+        means = column[draws].mean(axis=1)
+        intervals.append((float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))))
+    return intervals
 
 
 def seed_averaged(frames: list[pd.DataFrame], measure: str) -> pd.Series:
