@@ -24,7 +24,7 @@ from .core import parquet_io
 from .core.cli import run_stage
 from .core.errors import ArtifactError, ConfigError, DataError
 from .core.artifacts import NEGATIVES, RUN_PARQUET
-from .core.tables import NEGATIVES_SCHEMA, read_qrels
+from .core.tables import NEGATIVES_SCHEMA, lookup, read_qrels
 
 VERSION = 1
 BATCH_ROWS = 1 << 22
@@ -99,14 +99,6 @@ class Positives:
         keys = pa.array(queries[maybe] * len(self.doc_ids) + docs[maybe])
         found[maybe] = pc.is_in(keys, value_set=self.keys).to_numpy(zero_copy_only=False)
         return found
-
-
-def lookup(values: pa.Array, value_set: pa.Array) -> np.ndarray:
-    """The position of each value in ``value_set`` (int64), -1 where it is not there; one hash of a dictionary
-    array's dictionary, not of each row."""
-    if pa.types.is_dictionary(values.type):
-        return lookup(values.dictionary, value_set)[values.indices.to_numpy(zero_copy_only=False)]
-    return pc.fill_null(pc.index_in(values, value_set=value_set), -1).to_numpy().astype(np.int64)
 
 
 @dataclass

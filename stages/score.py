@@ -24,7 +24,7 @@ from .core.errors import DataError
 from .ml.measures import check, evaluate_arrays
 from .ml.stats import bootstrap_cis
 from .core.artifacts import PER_QUERY
-from .core.tables import read_qrels, read_run_table
+from .core.tables import read_qrels_table, read_run_table
 
 VERSION = 2
 log = logging.getLogger("stages.score")
@@ -45,11 +45,11 @@ class ScoreParams:
 def score(params: ScoreParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
     for name in params.measures:
         check(name)
-    qrels = read_qrels(inputs["prepared"], params.split)
-    if qrels.empty:
+    qrels = read_qrels_table(inputs["prepared"], params.split)
+    if not qrels.num_rows:
         raise DataError(f"no judgments for split {params.split!r}", path=inputs["prepared"])
     run = read_run_table(inputs["run"])
-    unjudged = len(set(distinct(run["query_id"]).to_pylist()) - set(qrels["query_id"]))
+    unjudged = len(set(distinct(run["query_id"]).to_pylist()) - set(qrels["query_id"].to_pylist()))
     if unjudged:
         log.warning("%d run queries have no judgments in split %s and are ignored", unjudged, params.split)
     query_ids, names, values = evaluate_arrays(run, qrels, params.measures, params.relevance_level)

@@ -5,6 +5,7 @@ gives each measure's own interval."""
 
 from __future__ import annotations
 
+import ir_measures
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from stages.bm25 import Bm25Params, bm25_run
 from stages.bm25_index import Bm25IndexParams, build_index
 from stages.core import settings
-from stages.core.tables import read_qrels, read_run, read_run_table
+from stages.core.tables import qrels_dict, read_qrels, read_qrels_table, read_run, read_run_table
 from stages.ml import measures, rank_measures
 from stages.ml.stats import bootstrap_ci, bootstrap_cis
 
@@ -33,10 +34,17 @@ def bm25_runs(prepared, tmp_path_factory) -> dict[str, object]:
     return runs
 
 
-def ir_measures_reference(run, qrels: pd.DataFrame, names: list[str], level: int) -> np.ndarray:
-    objects = {name: measures.ir_measure(name, level) for name in names}
-    judged = rank_measures.Judgments.of(qrels).query_ids
-    return measures.ir_measures_values(measures.run_table(run), qrels, objects, judged)
+def ir_measures_reference(run: pd.DataFrame, qrels: pd.DataFrame, names: list[str], level: int) -> np.ndarray:
+    """ir-measures' values (scores minus the ranks), a row a judged query in the qrels' order; 0 where it gives none."""
+    ranked: dict[str, dict[str, float]] = {}
+    for query_id, doc_id, rank in run[["query_id", "doc_id", "rank"]].itertuples(index=False):
+        ranked.setdefault(query_id, {})[doc_id] = -float(rank)
+    rows = {query_id: row for row, query_id in enumerate(qrels["query_id"].unique())}
+    values = np.zeros((len(rows), len(names)))
+    for column, name in enumerate(names):
+        for metric in ir_measures.iter_calc([measures.ir_measure(name, level)], qrels_dict(qrels), ranked):
+            values[rows[metric.query_id], column] = metric.value
+    return values
 
 
 def graded(qrels: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
@@ -91,9 +99,8 @@ def test_tied_ranks_and_other_measures_go_to_ir_measures(prepared, bm25_runs, mo
 
 
 def test_frames_and_tables_give_one_result(prepared, bm25_runs):
-    qrels = read_qrels(prepared, "test")
-    frame = measures.evaluate(read_run(bm25_runs["test"]), qrels, ["nDCG@10", "MRR@10"], 1)
-    table = measures.evaluate(read_run_table(bm25_runs["test"]), qrels, ["nDCG@10", "MRR@10"], 1)
+    frame = measures.evaluate(read_run(bm25_runs["test"]), read_qrels(prepared, "test"), ["nDCG@10", "MRR@10"], 1)
+    table = measures.evaluate(read_run_table(bm25_runs["test"]), read_qrels_table(prepared, "test"), ["nDCG@10", "MRR@10"], 1)
     assert frame.equals(table) and list(frame.columns) == ["query_id", "measure", "value"]
     assert list(frame["measure"][:2]) == ["nDCG@10", "MRR@10"] and frame["query_id"][0] == frame["query_id"][1]
 

@@ -304,3 +304,25 @@ def test_two_processes_making_one_artifact_run_the_work_once(tmp_path):
     errors = sorted(log.read_text() for log in logs)
     assert sum("reusing it" in e for e in errors) == 1 and sum(f"wrote {out}" in e for e in errors) == 1
     assert store.verify_artifact(out) == [] and sorted(p.name for p in out.parent.iterdir()) == [key]
+
+
+def test_a_stage_takes_raw_inputs_hashes_from_the_results_cache(tmp_path, monkeypatch):
+    """The DAG hashed the dataset when it planned: the stage's process reads results/.hash-cache.json instead of
+    hashing it again (at 8.8M passages, ~3 GB), and never writes that file."""
+    data = tmp_path / "collection.tsv"
+    data.write_text("1\tsome passage\n")
+    results = tmp_path / "results"
+    planned = store.HashCache(results / store.HASH_CACHE)
+    key = store.expected_key("prepare", {"a": 1}, {"corpus": data}, planned)[2]
+    planned.save()
+    written = (results / store.HASH_CACHE).read_text()
+
+    hashed, file_sha256 = [], store.file_sha256
+    monkeypatch.setattr(store, "file_sha256", lambda path: hashed.append(Path(path)) or file_sha256(path))
+    with store.write_artifact(results / "prepare" / key, "prepare", {"a": 1}, {"corpus": data}) as tmp:
+        (tmp / "corpus.parquet").write_text("x")
+    assert data not in hashed and [path.name for path in hashed] == ["corpus.parquet"]  # the output only
+    assert (results / store.HASH_CACHE).read_text() == written
+    data.write_text("1\tanother passage\n")  # a changed file is hashed anew
+    changed = store.expected_key("prepare", {"a": 1}, {"corpus": data}, store.results_cache(results / "prepare" / key))
+    assert changed[2] != key and data in hashed

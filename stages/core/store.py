@@ -26,16 +26,20 @@ import re
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from .artifacts import MANIFEST
 from .errors import ArtifactError
+from .resources import available_threads
 
 log = logging.getLogger("stages.core.store")
 
 KEY_LENGTH = 16
+HASH_CACHE = ".hash-cache.json"
+"""``results/<this>``: raw inputs' content hashes (`HashCache`), which the DAG keeps and a stage reads for its key."""
 # Files that tools put into artifact directories after they are written; never part of an artifact.
 FOREIGN_FILES = {".snakemake_timestamp"}
 PACKAGES = ("torch", "transformers", "faiss-cpu", "bm25s", "ir-measures", "pyarrow", "pandas", "numpy")
@@ -83,10 +87,12 @@ def file_sha256(path: Path) -> str:
 
 
 class HashCache:
-    """Content hashes of raw input files, cached by (path, size, mtime) so large files are hashed once."""
+    """Content hashes of raw input files, cached by (path, size, mtime) so large files are hashed once; a read-only
+    cache never saves."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, read_only: bool = False):
         self.path = path
+        self.read_only = read_only
         self.entries: dict[str, list] = {}
         if path is not None and path.exists():
             with contextlib.suppress(ValueError, OSError):
@@ -105,7 +111,7 @@ class HashCache:
         return digest
 
     def save(self) -> None:
-        if self.path is None or not self.dirty:
+        if self.path is None or self.read_only or not self.dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
@@ -166,17 +172,29 @@ def artifact_files(directory: Path) -> list[Path]:
     return [p for p in files if p.name != MANIFEST and p.name not in FOREIGN_FILES]
 
 
+def hash_files(files: list[Path]) -> list[str]:
+    """Each file's sha256, several files at once (hashlib and reads release the GIL): a large artifact's files on the
+    job's threads."""
+    if len(files) < 2:
+        return [file_sha256(path) for path in files]
+    with ThreadPoolExecutor(min(len(files), available_threads())) as pool:
+        return list(pool.map(file_sha256, files))
+
+
 def hash_tree(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): file_sha256(p) for p in artifact_files(directory)}
+    files = artifact_files(directory)
+    return {str(p.relative_to(directory)): digest for p, digest in zip(files, hash_files(files))}
 
 
 def file_records(directory: Path, known: Mapping[tuple, str] | None = None) -> dict[str, dict]:
     """What the manifest records of each file: sha256, size and mtime_ns (the last two for the cheap check). A file
     in ``known`` (`shared_hashes`: one an input artifact holds too, hard-linked) is not hashed again."""
-    records = {}
-    for path in artifact_files(directory):
-        stat = path.stat()
-        digest = (known or {}).get(_identity(stat)) or file_sha256(path)
+    known, records = known or {}, {}
+    files = [(path, path.stat()) for path in artifact_files(directory)]
+    unknown = [path for path, stat in files if _identity(stat) not in known]
+    digests = dict(zip(unknown, hash_files(unknown)))
+    for path, stat in files:
+        digest = known.get(_identity(stat)) or digests[path]
         record = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         records[str(path.relative_to(directory))] = record
     return records
@@ -272,11 +290,20 @@ def set_aside_damaged(artifacts: Iterable[Path], cache: HashCache | None = None,
     return moved
 
 
-def expected_key(stage: str, params: Mapping[str, Any], inputs: Mapping[str, Path]) -> tuple[int, dict, str]:
-    """(stage version, input keys, key) of the artifact that ``stage`` makes from ``params`` and ``inputs``."""
+def expected_key(
+    stage: str, params: Mapping[str, Any], inputs: Mapping[str, Path], cache: HashCache | None = None
+) -> tuple[int, dict, str]:
+    """(stage version, input keys, key) of the artifact that ``stage`` makes from ``params`` and ``inputs``; raw
+    inputs hashed through ``cache``."""
     version = stage_version(stage)
-    input_keys = {name: input_key(Path(path)) for name, path in inputs.items()}
+    input_keys = {name: input_key(Path(path), cache) for name, path in inputs.items()}
     return version, input_keys, artifact_key(stage, version, params, input_keys)
+
+
+def results_cache(out_dir: Path) -> HashCache:
+    """The hash cache of the results folder that holds ``out_dir`` (``results/<stage>/<key>``), read only: a raw input
+    the DAG hashed (a dataset, a model folder) is not hashed again while its size and mtime are unchanged."""
+    return HashCache(Path(out_dir).parent.parent / HASH_CACHE, read_only=True)  # jobs run at once: none writes it
 
 
 def made_already(out_dir: Path, stage: str, params: Mapping[str, Any], inputs: Mapping[str, Path]) -> bool:
@@ -285,7 +312,7 @@ def made_already(out_dir: Path, stage: str, params: Mapping[str, Any], inputs: M
         return False
     try:
         key = read_manifest(out_dir)["key"]
-        return key == expected_key(stage, params, inputs)[2] and damage(Path(out_dir)) is None
+        return key == expected_key(stage, params, inputs, results_cache(out_dir))[2] and damage(Path(out_dir)) is None
     except ArtifactError:
         return False
 
@@ -339,7 +366,7 @@ def write_artifact(
     """
     out_dir = Path(out_dir)
     check_inputs(inputs)
-    version, input_keys, key = expected_key(stage, params, inputs)
+    version, input_keys, key = expected_key(stage, params, inputs, results_cache(out_dir))
     if check_key and out_dir.name != key:
         raise ArtifactError(
             f"artifact directory is named {out_dir.name!r} but its stage, params and inputs give key {key!r}",

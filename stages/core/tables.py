@@ -53,6 +53,27 @@ def read_qrels(prepared: Path, split: str) -> pd.DataFrame:
     return qrels[qrels["split"] == split].reset_index(drop=True)
 
 
+def read_qrels_table(prepared: Path, split: str) -> pa.Table:
+    """`read_qrels` as an Arrow table (query_id, doc_id, relevance), no frame made."""
+    path = Path(prepared) / QRELS
+    if not path.is_file():
+        raise ArtifactError("missing table", path=path, fix="rerun the stage that writes it")
+    qrels = parquet_io.read_table(path)
+    return qrels.filter(pc.equal(qrels["split"], split)).select(["query_id", "doc_id", "relevance"])
+
+
+def lookup(values: pa.Array | pa.ChunkedArray, value_set: pa.Array) -> np.ndarray:
+    """The position of each value in ``value_set`` (int64), -1 where it is not there; a dictionary array's values are
+    looked up once each, not once a row."""
+    if isinstance(values, pa.ChunkedArray):
+        return np.concatenate([np.zeros(0, np.int64)] + [lookup(chunk, value_set) for chunk in values.chunks])
+    if pa.types.is_dictionary(values.type):
+        return lookup(values.dictionary, value_set)[values.indices.to_numpy(zero_copy_only=False)]
+    if values.type != value_set.type:
+        values = values.cast(value_set.type)
+    return pc.fill_null(pc.index_in(values, value_set=value_set), -1).to_numpy().astype(np.int64)
+
+
 def qrels_dict(qrels: pd.DataFrame) -> dict[str, dict[str, int]]:
     judged: dict[str, dict[str, int]] = {}
     for query_id, doc_id, relevance in qrels[["query_id", "doc_id", "relevance"]].itertuples(index=False):

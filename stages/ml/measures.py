@@ -16,7 +16,6 @@ import pandas as pd
 import pyarrow as pa
 
 from ..core.errors import ConfigError
-from ..core.tables import qrels_dict
 from . import rank_measures
 
 NAMED = {"nDCG@10": "nDCG@10", "MRR@10": "RR@10", "R@100": "R@100", "R@1000": "R@1000", "MAP": "AP"}
@@ -57,9 +56,9 @@ def depth(name: str) -> int:
     return _parsed(name).params.get("cutoff") or DEEPEST
 
 
-def evaluate(run, qrels: pd.DataFrame, measures: list[str], relevance_level: int) -> pd.DataFrame:
+def evaluate(run, qrels, measures: list[str], relevance_level: int) -> pd.DataFrame:
     """Per-query values (query_id, measure, value) for every judged query; a query the run misses counts 0. The run
-    is a frame or an Arrow table with query_id, doc_id and rank (`evaluate_arrays`)."""
+    and the qrels are frames or Arrow tables (`evaluate_arrays`)."""
     query_ids, names, values = evaluate_arrays(run, qrels, measures, relevance_level)
     ids = np.asarray(query_ids.to_pylist(), dtype=object)
     return pd.DataFrame(
@@ -68,8 +67,9 @@ def evaluate(run, qrels: pd.DataFrame, measures: list[str], relevance_level: int
     )  # fmt: skip
 
 
-def evaluate_arrays(run, qrels: pd.DataFrame, measures: list[str], relevance_level: int):
-    """(judged query ids in the qrels' order, measure names, values: one row a query, one column a measure).
+def evaluate_arrays(run, qrels, measures: list[str], relevance_level: int):
+    """(judged query ids in the qrels' order, measure names, values: one row a query, one column a measure), of a
+    run (query_id, doc_id, rank) and qrels (query_id, doc_id, relevance), each a frame or an Arrow table.
 
     Every measure sees the order the run states (its rank column). The registry's own measures (`rank_measures`)
     are computed in numpy; any other, and a run that ranks two documents of a query alike, by ir-measures, whose
@@ -88,7 +88,7 @@ def evaluate_arrays(run, qrels: pd.DataFrame, measures: list[str], relevance_lev
             values[:, column] = rank_measures.compute(natives[name], hits, judgments)
     others = [name for name in names if hits is None or natives[name] is None]
     if others:
-        found = ir_measures_values(run, qrels, {name: objects[name] for name in others}, judgments.query_ids)
+        found = ir_measures_values(run, judgments, {name: objects[name] for name in others})
         values[:, [names.index(name) for name in others]] = found
     return judgments.query_ids, names, values
 
@@ -100,9 +100,9 @@ def run_table(run) -> pa.Table:
     return pa.table({name: pa.array(run[name]) for name in ("query_id", "doc_id", "rank")})
 
 
-def ir_measures_values(run: pa.Table, qrels: pd.DataFrame, objects: dict, query_ids: pa.Array) -> np.ndarray:
-    """Values of the ir-measures ``objects`` (name -> measure), one row a query of ``query_ids``; 0 where it gives
-    none (a query the run misses)."""
+def ir_measures_values(run: pa.Table, judgments: rank_measures.Judgments, objects: dict) -> np.ndarray:
+    """Values of the ir-measures ``objects`` (name -> measure), one row a judged query; 0 where it gives none (a
+    query the run misses)."""
     import ir_measures
 
     ranked: dict[str, dict[str, float]] = {}
@@ -112,10 +112,10 @@ def ir_measures_values(run: pa.Table, qrels: pd.DataFrame, objects: dict, query_
     names: dict[str, list[str]] = {}  # two names may be one measure (MRR@10, RR@10)
     for name, measure in objects.items():
         names.setdefault(str(measure), []).append(name)
-    row = {query_id: number for number, query_id in enumerate(query_ids.to_pylist())}
+    row = {query_id: number for number, query_id in enumerate(judgments.query_ids.to_pylist())}
     column = {name: number for number, name in enumerate(objects)}
     values = np.zeros((len(row), len(column)))
-    for metric in ir_measures.iter_calc(list(set(objects.values())), qrels_dict(qrels), ranked):
+    for metric in ir_measures.iter_calc(list(set(objects.values())), judgments.as_dict(), ranked):
         for name in names[str(metric.measure)]:
             values[row[metric.query_id], column[name]] = float(metric.value)
     return values

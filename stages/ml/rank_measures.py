@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..core.tables import lookup
+
 KINDS = ("nDCG", "RR", "R", "P", "AP")
 """The ir-measures measures computed here."""
 
@@ -48,27 +50,47 @@ def native(measure) -> Native | None:
 
 @dataclass(frozen=True)
 class Judgments:
-    """Qrels as arrays: the judged queries in the order the qrels first name them, and each judgment (the last one
-    where a (query, document) pair is judged twice, as ir-measures keeps it)."""
+    """Qrels as arrays: the judged queries in the order the qrels first name them, the judged documents, and each
+    judgment (the last one where a (query, document) pair is judged twice, as ir-measures keeps it)."""
 
     query_ids: pa.Array
+    documents: pa.Array
     query: np.ndarray
-    """Each judgment's query number (a position in ``query_ids``)."""
-    doc_ids: pa.Array
+    """Each judgment's query (a position in ``query_ids``)."""
+    doc: np.ndarray
+    """Each judgment's document (a position in ``documents``)."""
     relevance: np.ndarray
 
     @classmethod
     def of(cls, qrels) -> Judgments:
-        """From a qrels frame (query_id, doc_id, relevance)."""
-        query_ids = pa.array(qrels["query_id"].unique(), pa.string())
-        qrels = qrels.drop_duplicates(["query_id", "doc_id"], keep="last")
-        query = pc.index_in(pa.array(qrels["query_id"], pa.string()), value_set=query_ids).to_numpy()
-        relevance = qrels["relevance"].to_numpy().astype(np.int64)
-        return cls(query_ids, query.astype(np.int64), pa.array(qrels["doc_id"], pa.string()), relevance)
+        """From qrels (query_id, doc_id, relevance): an Arrow table or a frame."""
+        query_ids, doc_ids = string_column(qrels, "query_id"), string_column(qrels, "doc_id")
+        relevance = np.asarray(qrels["relevance"]).astype(np.int64)
+        judged, documents = pc.unique(query_ids), pc.unique(doc_ids)
+        query, doc = lookup(query_ids, judged), lookup(doc_ids, documents)
+        pairs = query * len(documents) + doc
+        kept = np.sort(len(pairs) - 1 - np.unique(pairs[::-1], return_index=True)[1])  # each pair's last row
+        return cls(judged, documents, query[kept], doc[kept], relevance[kept])
 
     def relevant(self, rel: int) -> np.ndarray:
         """Relevant documents per query at level ``rel``."""
         return np.bincount(self.query[self.relevance >= rel], minlength=len(self.query_ids))
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        """query id -> {doc id: relevance}, as ir-measures takes qrels."""
+        judged: dict[str, dict[str, int]] = {query_id: {} for query_id in self.query_ids.to_pylist()}
+        queries, docs = self.query_ids.to_pylist(), self.documents.to_pylist()
+        for query, doc, relevance in zip(self.query.tolist(), self.doc.tolist(), self.relevance.tolist()):
+            judged[queries[query]][docs[doc]] = relevance
+        return judged
+
+
+def string_column(table, name: str) -> pa.Array:
+    """A column of an Arrow table or a frame as one Arrow string array."""
+    column = table[name]
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks().cast(pa.string())
+    return pa.array(column, pa.string())
 
 
 @dataclass(frozen=True)
@@ -79,19 +101,6 @@ class Hits:
     query: np.ndarray
     position: np.ndarray
     relevance: np.ndarray
-
-
-def row_numbers(ids: pa.ChunkedArray | pa.Array, known: pa.Array) -> np.ndarray:
-    """Each row's position in ``known`` (-1 where it is not there); a dictionary-encoded value is looked up once."""
-    chunks = ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]
-    parts = [np.zeros(0, np.int32)]
-    for chunk in chunks:
-        if pa.types.is_dictionary(chunk.type):
-            lookup = pc.index_in(chunk.dictionary.cast(pa.string()), value_set=known).fill_null(-1).to_numpy()
-            parts.append(lookup[chunk.indices.to_numpy(zero_copy_only=False)])
-        else:
-            parts.append(pc.index_in(chunk.cast(pa.string()), value_set=known).fill_null(-1).to_numpy())
-    return np.concatenate(parts)
 
 
 def group_starts(query: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -120,7 +129,7 @@ def judged_positions(query: np.ndarray, rank: np.ndarray, doc: np.ndarray):
     first_row = np.zeros(int(query.max()) + 1 if len(query) else 0, np.int64)
     first_row[query[starts]] = starts
     rows = np.flatnonzero(doc >= 0)
-    return query[rows].astype(np.int64), rows - first_row[query[rows]], doc[rows].astype(np.int64)
+    return query[rows], rows - first_row[query[rows]], doc[rows]
 
 
 def first_in_group(groups: np.ndarray) -> np.ndarray:
@@ -137,14 +146,13 @@ def within_group(groups: np.ndarray) -> np.ndarray:
 def ranked_hits(query_ids, doc_ids, ranks: np.ndarray, judgments: Judgments) -> Hits | None:
     """The `Hits` of a run's columns (query ids plain or dictionary-encoded, document ids, ranks); None where a query
     ranks two rows alike or a judged document twice."""
-    docs = judgments.doc_ids.unique()
-    query = row_numbers(query_ids, judgments.query_ids)
-    found = judged_positions(query, np.asarray(ranks), row_numbers(doc_ids, docs))
+    docs = judgments.documents
+    found = judged_positions(lookup(query_ids, judgments.query_ids), np.asarray(ranks), lookup(doc_ids, docs))
     if found is None:
         return None
     query, position, doc = found
     pairs = query * len(docs) + doc
-    judged_pairs = judgments.query * len(docs) + row_numbers(judgments.doc_ids, docs)
+    judged_pairs = judgments.query * len(docs) + judgments.doc
     sort = np.argsort(judged_pairs)
     slot = sort[np.searchsorted(judged_pairs, pairs, sorter=sort).clip(max=len(sort) - 1)]
     match = judged_pairs[slot] == pairs

@@ -20,7 +20,7 @@ from ..ml.negative_samplers import SAMPLERS
 from .config import validate_config
 from .costs import cost_nodes
 from .methods import DOCUMENT_ENCODERS, METHODS
-from ..core.store import HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
+from ..core.store import HASH_CACHE, HashCache, artifact_key, raw_key, set_aside_damaged, stage_version
 
 RESULTS = Path("results")
 NOT_OVERRIDABLE = {"dataset", "evaluate", "experiments"}
@@ -63,7 +63,7 @@ class Plan:
     def __init__(self, config: Mapping[str, Any], results: Path = RESULTS, dry_run: bool = False):
         self.config = config
         self.results = Path(results)
-        self.cache = HashCache(self.results / ".hash-cache.json")
+        self.cache = HashCache(self.results / HASH_CACHE)
         self._nodes: dict[tuple[str, str], Node] = {}
         self.models: dict[str, tuple[ModelSource, int | None]] = {}
         self.experiments: dict[str, dict[str, Node]] = {}
