@@ -3,7 +3,7 @@
 # snakemake, faiss-cpu, bm25s, ... for Python 3.12), make a randomly initialised all-MiniLM-L6-v2 from its carried
 # config (.gpu/minilm-config, benchmarks/random_encoder.py --config-only), generate an MS MARCO-shaped dataset
 # (benchmarks/msmarco_synthetic.py, msmarco layout), run workflow/configs/scale.yaml (+ scale-SIZE.yaml) with
-#   snakemake --cores all --resources gpu=1 --scheduler greedy
+#   snakemake --cores all --resources gpu=1 mem_mb=<90% of the box's> --scheduler greedy
 # and bring back the per-stage table (scale-SIZE.json), snakemake's output, logs and summaries (never models, runs
 # or embeddings), then run optional benchmark commands, each appending to $OUT/benchmarks.txt.
 #
@@ -25,7 +25,8 @@ echo "setup $(( $(date +%s) - began )) s" | tee -a "$OUT/device.txt"
 configs="workflow/configs/scale.yaml"
 [ -f "workflow/configs/scale-$size.yaml" ] && configs="$configs workflow/configs/scale-$size.yaml"
 began=$(date +%s)
-timeout "${SMK_TIMEOUT:-540}" python3 -m snakemake --cores all --resources gpu=1 --scheduler greedy \
+memory=$(( $(free -m | awk '/^Mem:/ {print $2}') * 9 / 10 ))  # Snakemake enforces mem_mb only when given it
+timeout "${SMK_TIMEOUT:-540}" python3 -m snakemake --cores all --resources gpu=1 mem_mb=$memory --scheduler greedy \
     --configfile $configs ${SMK_ARGS:-} > "$OUT/snakemake.txt" 2>&1
 echo "snakemake exit $? after $(( $(date +%s) - began )) s" | tee -a "$OUT/device.txt"
 tail -4 "$OUT/snakemake.txt"
