@@ -5,16 +5,24 @@ model's tokenizer; tokenizing once takes the tokenizer (CPU-bound) off the GPU's
 does by pre-tokenizing MS MARCO. `encode` reads these ids for its shard and checks that its own tokenizer has the same
 fingerprint.
 
-The corpus is read CHUNK documents at a time (never whole as Python strings) and tokenized on every core the stage
-is given (`stages.core.resources.available_threads`: its CPU affinity, capped by OMP_NUM_THREADS, which Snakemake sets to
-the rule's threads): a pool of processes, TASK documents a task, written in corpus order, so the file is the same
-bytes for any number of threads. Processes rather than HF tokenizers' Rust threads: those scale the encoding (2.0x
-on 2 cores) but not turning encodings into arrays, Python work that would cap 16 cores at ~4M tokens/s; here only
-reading and writing (~3% of the one-core time) stay in one process.
+The corpus is tokenized on every core the stage is given (`stages.core.resources.available_threads`: its CPU
+affinity, capped by OMP_NUM_THREADS, which Snakemake sets to the rule's threads) by a pool of processes, started
+while the tokenizer loads. Each reads its own rows of the corpus table (TASK a task, `parquet_io.read_row_range`),
+joins title + " " + text (`document_texts`), tokenizes them on one core with the fast tokenizer's Rust backend and
+sends back only token arrays (int32 ids, lengths). This process reads the doc ids and writes the arrays in corpus
+order, CHUNK rows a row group, so the file is the same bytes for any number of threads (and as when this process
+read the texts and pickled them to the workers, the bound at 16 workers then). Processes rather than HF tokenizers' Rust threads: those scale the encoding but not turning encodings
+into arrays, which is Python work.
+
+Where the time goes (2-core VM, MS MARCO-shaped passages of 86 tokens, CPU ns a token, best of 5): encoding 1,855;
+a worker's reading of its rows and building the texts 58 (a row group is decoded from its start up to the rows read,
+~7x the rows read in 100k-row groups), flat ids 43; this process 28 (writing 25: zstd and dictionary pages), a
+ceiling of ~30M tokens/s. summary.json's ``cpu_s`` (workers, main) gives both rates for a run.
 
 Inputs: ``prepared``, optionally ``base_model`` (a local model folder: its content in the key). Output:
 tokens.parquet (id, input_ids: list of int32, special tokens included, truncated to ``max_length``) in corpus order,
-and summary.json (rows, tokens, the tokenizer's fingerprint, seconds).
+and summary.json (rows, tokens, the tokenizer's fingerprint, seconds of the tokenizing loop, ``cpu_s``: CPU seconds of
+the workers and of this process in it).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -41,15 +50,16 @@ from .core.cli import run_stage
 from .core.errors import ArtifactError, ConfigError
 from .core.resources import available_threads
 from .core.tables import TOKENS_SCHEMA, token_rows
+from .core.texts import document_texts
 from .core.artifacts import CORPUS, TOKENS
 
 VERSION = 1
 log = logging.getLogger("stages.tokenize")
 
-CHUNK = 16384  # documents read and written at a time (a row group of the output)
-TASK = 2048  # documents a worker process tokenizes at a time
+CHUNK = 16384  # documents written at a time (a row group of the output)
+TASK = 8192  # documents a process reads and tokenizes at a time (a chunk holds whole tasks)
 
-Chunk = tuple[list[str], list[str]]  # (ids, texts)
+Tokenized = tuple[np.ndarray, np.ndarray, float]  # (ids one after another, tokens per document, CPU seconds)
 
 
 @dataclass
@@ -60,22 +70,33 @@ class TokenizeParams:
     """Truncation in tokens (the encoder's doc_max_length)."""
 
 
+@dataclass(frozen=True)
+class Spec:
+    """What a process needs to tokenize as the stage does; small, it goes with every task."""
+
+    state: str
+    """The fast tokenizer's JSON file (written once, read once by each process)."""
+    max_length: int
+    side: str
+
+
 def tokenize(params: TokenizeParams, inputs: Mapping[str, Path], out_dir: Path) -> dict:
     from .ml.models import load_tokenizer, tokenizer_fingerprint
 
     if params.max_length < 2:
         raise ConfigError(f"tokenize max_length={params.max_length}", fix="use max_length >= 2")
-    tokenizer = load_tokenizer(params.model)
     corpus = Path(inputs["prepared"]) / CORPUS
     if not corpus.is_file():
         raise ArtifactError("missing table", path=corpus, fix="rerun the stage that writes it")
     total = parquet_io.open_file(corpus).metadata.num_rows
     threads = min(available_threads(), max(1, -(-total // TASK)))  # no process without a task
-    began = time.perf_counter()
-    rows, tokens = write_token_chunks(
-        tokenizer, corpus_chunks(corpus, CHUNK), params.max_length, Path(out_dir) / TOKENS, threads, -(-total // CHUNK)
-    )
-    seconds = time.perf_counter() - began
+    with tempfile.TemporaryDirectory() as tmp, processes(threads) as pool:  # they start while the tokenizer loads
+        tokenizer = load_tokenizer(params.model)
+        spec = Spec(str(Path(tmp) / "tokenizer.json"), params.max_length, tokenizer.truncation_side)
+        Path(spec.state).write_text(tokenizer.backend_tokenizer.to_str())
+        began = time.perf_counter()
+        rows, tokens, cpu = write_corpus_tokens(spec, corpus, Path(out_dir) / TOKENS, pool, threads)
+        seconds = time.perf_counter() - began
     log.info("tokenized %d documents (%d tokens) in %.1f s on %d threads", rows, tokens, seconds, threads)
     return {
         "items": {"documents": rows, "tokens": tokens},
@@ -85,68 +106,103 @@ def tokenize(params: TokenizeParams, inputs: Mapping[str, Path], out_dir: Path) 
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "seconds": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        "cpu_s": {part: round(value, 3) for part, value in cpu.items()},
     }
 
 
-def corpus_chunks(corpus: Path, size: int) -> Iterator[Chunk]:
-    """The corpus table's (doc ids, title + " " + text) ``size`` rows at a time, read in batches."""
-    from .ml.models import document_texts
-
-    pending: list[pa.RecordBatch] = []
-    for batch in parquet_io.iter_batches(corpus, batch_size=size, columns=["doc_id", "title", "text"]):
-        pending.append(batch)
-        while sum(b.num_rows for b in pending) >= size:
-            table = pa.Table.from_batches(pending)
-            frame = table.slice(0, size).to_pandas()
-            yield frame["doc_id"].tolist(), document_texts(frame)
-            pending = table.slice(size).to_batches()
-    if pending and sum(b.num_rows for b in pending):
-        frame = pa.Table.from_batches(pending).to_pandas()
-        yield frame["doc_id"].tolist(), document_texts(frame)
+@contextlib.contextmanager
+def processes(threads: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A pool of ``threads`` started processes (None for one thread: the work runs here, on one core)."""
+    if threads <= 1:
+        with _one_thread():
+            yield None
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    with ProcessPoolExecutor(threads, mp_context=context, initializer=_start_worker) as pool:
+        for _ in range(threads):
+            pool.submit(os.getpid)  # each submit starts a process: now, not at the first task
+        yield pool
 
 
-def write_tokens(tokenizer, ids: list[str], texts: list[str], max_length: int, path: Path, threads: int = 1) -> int:
-    """``texts`` tokenized into a tokens file, CHUNK at a time; returns the number of tokens written."""
-    chunks = ((ids[start : start + CHUNK], texts[start : start + CHUNK]) for start in range(0, len(texts), CHUNK))
-    return write_token_chunks(tokenizer, chunks, max_length, path, threads, -(-len(texts) // CHUNK))[1]
+def write_corpus_tokens(
+    spec: Spec, corpus: Path, path: Path, pool: ProcessPoolExecutor | None, threads: int
+) -> tuple[int, int, dict[str, float]]:
+    """The corpus table's documents tokenized (by the pool's processes, each reading its own rows) and written in
+    corpus order, CHUNK a row group; returns (rows, tokens, CPU seconds of the tokenizing processes and of this
+    one's reading, joining and writing)."""
+    total = parquet_io.open_file(corpus).metadata.num_rows
+    spans = [(start, min(start + CHUNK, total)) for start in range(0, total, CHUNK)]
+    chunks = [[(first, min(first + TASK, stop)) for first in range(start, stop, TASK)] for start, stop in spans]
+    cpu = {"workers": 0.0, "main": time.process_time()}
+
+    def pieces() -> Iterator[tuple[pa.Array, np.ndarray, np.ndarray]]:
+        tokenized = _tokenized(spec, corpus, chunks, pool, 2 * threads)
+        for ids, (token_ids, lengths, seconds) in zip(_id_chunks(corpus, CHUNK), tokenized):
+            cpu["workers"] += seconds
+            yield ids, token_ids, lengths
+
+    rows, tokens = _write(path, tqdm(pieces(), desc="tokenize", unit="chunk", total=len(chunks)))
+    cpu["main"] = time.process_time() - cpu["main"] - (cpu["workers"] if pool is None else 0.0)
+    return rows, tokens, cpu
 
 
-def write_token_chunks(
-    tokenizer, chunks: Iterable[Chunk], max_length: int, path: Path, threads: int = 1, total: int | None = None
-) -> tuple[int, int]:
-    """Every chunk tokenized (on ``threads`` processes) and written in order; returns (rows, tokens)."""
+def write_tokens(tokenizer, ids: list[str], texts: list[str], max_length: int, path: Path) -> int:
+    """``texts`` (in memory) tokenized here into a tokens file, CHUNK at a time; returns the number of tokens."""
+    backend = _backend(tokenizer.backend_tokenizer.to_str(), max_length, tokenizer.truncation_side)
+    starts = range(0, len(texts), CHUNK)
+    return _write(path, ((ids[s : s + CHUNK], *_encode(texts[s : s + CHUNK], backend)) for s in starts))[1]
+
+
+def _write(path: Path, pieces: Iterable[tuple[list[str] | pa.Array, np.ndarray, np.ndarray]]) -> tuple[int, int]:
+    """(document ids, their token ids one after another, tokens per document) pieces as row groups; (rows, tokens)."""
     rows = tokens = 0
-    spec = (tokenizer.backend_tokenizer.to_str(), max_length, tokenizer.truncation_side)
     with parquet_io.writer(path, TOKENS_SCHEMA) as writer:
-        progress = tqdm(tokenized(spec, chunks, threads), desc="tokenize", unit="chunk", total=total)
-        for ids, (token_ids, lengths) in progress:
+        for ids, token_ids, lengths in pieces:
             writer.write_table(token_rows(ids, token_ids, lengths))
             rows, tokens = rows + len(ids), tokens + int(lengths.sum())
     return rows, tokens
 
 
-def tokenized(spec: tuple, chunks: Iterable[Chunk], threads: int) -> Iterator[tuple[list[str], tuple]]:
-    """(ids, (token ids one after another, tokens per text)) per chunk, in order: in this process for one thread,
-    else on a pool of ``threads`` processes, TASK texts a task, two chunks or two tasks a process in flight."""
-    if threads <= 1:
-        backend = _backend(*spec)
-        with _one_thread():
-            yield from ((ids, _encode(texts, backend)) for ids, texts in chunks)
+def _id_chunks(corpus: Path, size: int) -> Iterator[pa.Array]:
+    """The corpus table's doc ids, ``size`` at a time (the last chunk shorter), read in batches."""
+    pending: list[pa.Array] = []
+    for batch in parquet_io.iter_batches(corpus, batch_size=size, columns=["doc_id"]):
+        pending.append(batch.column(0))
+        while sum(map(len, pending)) >= size:
+            ids = pa.concat_arrays(pending)
+            yield ids.slice(0, size)
+            pending = [ids.slice(size)]
+    if sum(map(len, pending)):
+        yield pa.concat_arrays(pending)
+
+
+def _tokenized(spec: Spec, corpus: Path, chunks: list[list[tuple[int, int]]], pool, most: int) -> Iterator[Tokenized]:
+    """Each chunk's tasks (row ranges) tokenized and joined, in order: here without a pool, else on its processes,
+    about ``most`` tasks in flight."""
+    if pool is None:
+        yield from (_joined([_encode_rows(spec, corpus, *task) for task in tasks]) for tasks in chunks)
         return
-    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-    with ProcessPoolExecutor(threads, mp_context=context, initializer=_start_worker, initargs=spec) as pool:
-        pending: deque = deque()
-        for ids, texts in chunks:
-            pending.append((ids, [pool.submit(_encode, texts[i : i + TASK]) for i in range(0, len(texts), TASK)]))
-            if len(pending) > 1 and sum(len(tasks) for _, tasks in pending) > 2 * threads:
-                yield _joined(*pending.popleft())  # the next chunk's tasks keep the pool busy meanwhile
-        while pending:
-            yield _joined(*pending.popleft())
+    pending: deque = deque()
+    for tasks in chunks:
+        pending.append([pool.submit(_encode_rows, spec, corpus, *task) for task in tasks])
+        while sum(map(len, pending)) > most:  # the next tasks keep the pool busy meanwhile
+            yield _joined([task.result() for task in pending.popleft()])
+    while pending:
+        yield _joined([task.result() for task in pending.popleft()])
 
 
-def _joined(ids: list[str], tasks: list) -> tuple[list[str], tuple[np.ndarray, np.ndarray]]:
-    parts = [task.result() for task in tasks]
-    return ids, (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+def _joined(parts: list[Tokenized]) -> Tokenized:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), sum(p[2] for p in parts)
+
+
+def _encode_rows(spec: Spec, corpus: Path, start: int, stop: int) -> Tokenized:
+    """Rows [start, stop) of the corpus table, read here, tokenized as title + " " + text (`document_texts`)."""
+    began = time.process_time()
+    frame = parquet_io.read_row_range(corpus, start, stop, ["title", "text"]).to_pandas()
+    token_ids, lengths = _encode(document_texts(frame), _backend_of(spec))
+    return token_ids, lengths, time.process_time() - began
 
 
 def _backend(state: str, max_length: int, side: str):
@@ -157,6 +213,16 @@ def _backend(state: str, max_length: int, side: str):
     backend.no_padding()
     backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction=side)
     return backend
+
+
+_BACKEND: tuple = (None, None)  # (spec, tokenizer) of this process
+
+
+def _backend_of(spec: Spec):
+    global _BACKEND
+    if _BACKEND[0] != spec:
+        _BACKEND = (spec, _backend(Path(spec.state).read_text(), spec.max_length, spec.side))
+    return _BACKEND[1]
 
 
 @contextlib.contextmanager
@@ -174,22 +240,19 @@ def _one_thread():
 
 
 PARALLELISM = "TOKENIZERS_PARALLELISM"
-_BACKEND = None  # a worker process's tokenizer
 
 
-def _start_worker(*spec) -> None:
-    global _BACKEND
+def _start_worker() -> None:
     os.environ[PARALLELISM] = "false"  # one core a process
-    _BACKEND = _backend(*spec)
 
 
-def _encode(texts: list[str], backend=None) -> tuple[np.ndarray, np.ndarray]:
+def _encode(texts: list[str], backend) -> tuple[np.ndarray, np.ndarray]:
     """(ids of the texts one after another, int32; tokens per text, int64), special tokens included."""
-    backend = _BACKEND if backend is None else backend
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no character offsets
-    ids = [encoding.ids for encoding in encode([str(text).strip() for text in texts])]
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum())), lengths
+    encodings = encode([str(text).strip() for text in texts])
+    lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+    ids = itertools.chain.from_iterable(encoding.ids for encoding in encodings)  # each list freed once read: 2x faster
+    return np.fromiter(ids, dtype=np.int32, count=int(lengths.sum())), lengths
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,3 +90,12 @@ def test_streamed_embeddings_are_checked_batch_by_batch(tmp_path):
 def test_a_missing_file_is_named_not_a_traceback(tmp_path):
     with pytest.raises(ArtifactError, match="missing table"):
         parquet_io.read_table(tmp_path / "nothing.parquet")
+
+
+def test_a_row_range_is_read_exactly_from_the_row_groups_that_hold_it(tmp_path):
+    path = tmp_path / "rows.parquet"
+    write_table(pd.DataFrame({"n": np.arange(100), "s": [f"r{i}" for i in range(100)]}), path)
+    pq.write_table(pq.read_table(path), path, row_group_size=7)  # groups of 7: ranges start and end inside them
+    for start, stop in [(0, 100), (0, 7), (3, 4), (5, 23), (14, 21), (98, 100), (40, 40), (90, 200)]:
+        table = parquet_io.read_row_range(path, start, stop, ["s", "n"])
+        assert table.column_names == ["s", "n"] and table["n"].to_pylist() == list(range(start, min(stop, 100)))

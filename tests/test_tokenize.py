@@ -1,9 +1,11 @@
-"""Stage `tokenize`: the ids of `token_chunk` (the tokenizer's own call), read in batches, the same bytes on any
-number of processes, and every stage's summary.json resources block (run through the CLI)."""
+"""Stage `tokenize`: the ids of `token_chunk` (the tokenizer's own call), each process reading its own rows, the same
+bytes on any number of processes, and every stage's summary.json resources block (run through the CLI)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ from stages.ml.models import document_texts, load_tokenizer, token_chunk
 from stages.core.resources import available_threads
 from stages.core.tables import read_corpus
 from stages.core.artifacts import CORPUS
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(prepared: Path, out: Path, max_length: int = 64) -> dict:
@@ -48,13 +52,32 @@ def test_ids_equal_the_tokenizers_own_call_and_bytes_equal_for_any_number_of_thr
     assert (tmp_path / "t").read_bytes() == (tmp_path / "two" / tokenize.TOKENS).read_bytes()
 
 
-def test_corpus_is_read_in_chunks_of_exactly_the_size_across_row_groups(prepared, tmp_path):
-    corpus = read_corpus(prepared)
-    pq.write_table(pa.Table.from_pandas(corpus, preserve_index=False), tmp_path / CORPUS, row_group_size=5)
-    chunks = list(tokenize.corpus_chunks(tmp_path / CORPUS, 7))
-    assert [len(ids) for ids, _ in chunks[:-1]] == [7] * (len(chunks) - 1) and 0 < len(chunks[-1][0]) <= 7
-    assert sum((ids for ids, _ in chunks), []) == corpus["doc_id"].tolist()
-    assert sum((texts for _, texts in chunks), []) == document_texts(corpus)
+def test_processes_read_their_own_rows_across_row_groups_into_the_same_bytes(prepared, tmp_path, monkeypatch):
+    corpus = read_corpus(prepared)  # row groups of 7: tasks and chunks start inside them and span them
+    (tmp_path / "odd").mkdir()
+    pq.write_table(pa.Table.from_pandas(corpus, preserve_index=False), tmp_path / "odd" / CORPUS, row_group_size=7)
+    monkeypatch.setattr(tokenize, "CHUNK", 12)
+    monkeypatch.setattr(tokenize, "TASK", 5)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    summary = run_cli(tmp_path / "odd", tmp_path / "out")
+    tokens = tmp_path / "out" / tokenize.TOKENS
+    assert pq.ParquetFile(tokens).metadata.num_row_groups == -(-len(corpus) // 12)
+    ids, texts = corpus["doc_id"].tolist(), document_texts(corpus)
+    assert tokenize.write_tokens(load_tokenizer("bundled"), ids, texts, 64, tmp_path / "t") == summary["tokens"]
+    assert (tmp_path / "t").read_bytes() == tokens.read_bytes()
+    assert summary["cpu_s"]["workers"] > 0 and summary["cpu_s"]["main"] > 0
+
+
+def test_a_worker_reads_and_tokenizes_its_rows_without_torch(prepared, tmp_path):
+    state = tmp_path / "tokenizer.json"
+    state.write_text(load_tokenizer("bundled").backend_tokenizer.to_str())
+    code = (
+        "import sys; from stages import tokenize as t; "
+        f"ids, lengths, _ = t._encode_rows(t.Spec({str(state)!r}, 64, 'right'), {str(prepared / CORPUS)!r}, 3, 9); "
+        "print(len(lengths), int(lengths.sum()) == len(ids), 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["6", "True", "False"]
 
 
 def test_summary_records_wall_time_items_per_second_and_peak_memory(prepared, tmp_path, monkeypatch):

@@ -67,6 +67,25 @@ def iter_batches(path: Path, read_dictionary: list[str] | None = None, **options
         yield batch
 
 
+def read_row_range(path: Path, start: int, stop: int, columns: list[str]) -> pa.Table:
+    """Rows [start, stop) of a file: of the row groups that hold them, each decoded from its start up to ``stop`` only
+    (Parquet has no cheaper way to a row inside a group)."""
+    file = open_file(path, pre_buffer=False)
+    batches, first = [], 0
+    for number in range(file.num_row_groups):
+        row, first = first, first + file.metadata.row_group(number).num_rows
+        if row >= stop or first <= start:
+            continue
+        with reading(path):
+            for batch in file.iter_batches(min(max(stop - start, 1), 4096), [number], columns, use_threads=False):
+                if row + batch.num_rows > start:
+                    batches.append(batch.slice(max(start - row, 0), stop - max(start, row)))
+                row += batch.num_rows
+                if row >= stop:
+                    break
+    return pa.Table.from_batches(batches, pa.schema([file.schema_arrow.field(name) for name in columns]))
+
+
 def write_table(table: pa.Table, path: Path, **options: Any) -> None:
     pq.write_table(table, path, write_page_checksum=True, **{"compression": COMPRESSION, **options})
 

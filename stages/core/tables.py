@@ -388,11 +388,14 @@ def read_embeddings(paths: Iterable[Path]) -> tuple[list[str], np.ndarray]:
 TOKENS_SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32()))])
 
 
-def token_rows(ids: list[str], token_ids: np.ndarray, lengths: np.ndarray) -> pa.Table:
-    """Rows of (id, token ids) from the rows' ids one after another and the tokens per row."""
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = pa.array(token_ids.astype(np.int32))
-    return pa.Table.from_arrays([pa.array(ids, pa.string()), pa.ListArray.from_arrays(offsets, values)], schema=TOKENS_SCHEMA)
+def token_rows(ids: list[str] | pa.Array, token_ids: np.ndarray, lengths: np.ndarray) -> pa.Table:
+    """Rows of (id, token ids) from the rows' ids (strings, or an Arrow array) one after another and the tokens per
+    row."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = pa.array(token_ids.astype(np.int32, copy=False))
+    ids = ids.cast(pa.string()) if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
+    return pa.Table.from_arrays([ids, pa.ListArray.from_arrays(offsets, values)], schema=TOKENS_SCHEMA)
 
 
 def read_tokens(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:

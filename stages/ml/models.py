@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..core.artifacts import MODEL_SUBDIR, SUMMARY
 from ..core.errors import ArtifactError, ConfigError
 from ..core.model_source import resolve_model
+from ..core.texts import document_texts  # noqa: F401 (torch-free, for the tokenize stage's workers; named here too)
 
 log = logging.getLogger("stages.ml.models")
 
@@ -50,11 +51,6 @@ def model_spec(default: str, inputs: Mapping[str, Path]) -> str:
             f"the 'model' input has no {MODEL_SUBDIR}/ folder", path=inputs["model"], fix="pass a training artifact"
         )
     return str(folder)
-
-
-def document_texts(corpus: pd.DataFrame) -> list[str]:
-    """title + " " + text, stripped (the BEIR / sentence-transformers convention)."""
-    return (corpus["title"].fillna("") + " " + corpus["text"].fillna("")).str.strip().tolist()
 
 
 def default_autocast(device: torch.device) -> str | None:
