@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -90,3 +91,12 @@ def test_streamed_embeddings_are_checked_batch_by_batch(tmp_path):
 def test_a_missing_file_is_named_not_a_traceback(tmp_path):
     with pytest.raises(ArtifactError, match="missing table"):
         parquet_io.read_table(tmp_path / "nothing.parquet")
+
+
+def test_a_row_range_reads_its_rows_across_row_groups(tmp_path):
+    path = tmp_path / "rows.parquet"
+    parquet_io.write_table(pa.table({"a": np.arange(100), "b": [str(i) for i in range(100)]}), path, row_group_size=30)
+    for start, stop in ((0, 100), (0, 30), (25, 65), (30, 60), (99, 100), (40, 40)):
+        table = parquet_io.read_row_range(path, start, stop, ["a"])
+        assert table.column_names == ["a"] and table.column("a").to_pylist() == list(range(start, stop))
+    assert parquet_io.read_row_range(path, 10, 12).column("b").to_pylist() == ["10", "11"]

@@ -52,6 +52,22 @@ def read_row_groups(file: pq.ParquetFile, path: Path, groups: list[int], **optio
         return file.read_row_groups(groups, **options)
 
 
+def read_row_range(path: Path, start: int, stop: int, columns: list[str] | None = None) -> pa.Table:
+    """Rows [start, stop) of the file: only the row groups that hold them are read."""
+    file = open_file(path, pre_buffer=False)
+    groups, first, offset = [], None, 0
+    for group in range(file.metadata.num_row_groups):
+        rows = file.metadata.row_group(group).num_rows
+        if offset < stop and offset + rows > start:
+            groups.append(group)
+            first = offset if first is None else first
+        offset += rows
+    if not groups:
+        return file.schema_arrow.empty_table().select(columns) if columns else file.schema_arrow.empty_table()
+    table = read_row_groups(file, path, groups, columns=columns)
+    return table.slice(start - first, stop - start)
+
+
 def iter_batches(path: Path, read_dictionary: list[str] | None = None, **options: Any) -> Iterator[pa.RecordBatch]:
     """The file's record batches (``batch_size``, ``columns``), each checked; opened without pre-buffering, which
     would keep every row group read until the end."""
