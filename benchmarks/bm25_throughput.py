@@ -26,11 +26,17 @@ relative score difference. Prints one JSON object (and writes it to ``--out``); 
     python benchmarks/msmarco_synthetic.py /tmp/msmarco-1m --passages 1000000
     python benchmarks/bm25_throughput.py --dataset /tmp/msmarco-1m --format msmarco --splits train,dev
     python benchmarks/bm25_throughput.py --prepared results/prepare/<key> --work /tmp/bm25-bench --backend torch
+    python benchmarks/bm25_throughput.py --prepared results/prepare/<key> --index-threads 1,16 --index-only
+
+``--index-threads`` builds the index once a thread count (``index_by_threads``: the stage's seconds, split into
+tokenizing, weighing and writing, and tokens a second a thread while tokenizing; ``index_identical_files``: every
+build wrote the same bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import tempfile
@@ -74,14 +80,44 @@ def prepared_folder(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
 
 
 def index_folder(args: argparse.Namespace, work: Path, prepared: Path) -> tuple[Path, dict]:
-    """The index (given, or built with the default settings) and its summary (sizes; build seconds when built)."""
+    """The index (given, or built with the default settings: once a count of ``--index-threads``, else on the
+    process's threads) and its summary (sizes; build seconds when built; ``by_threads`` for several builds)."""
     if args.index:
         recorded = json.loads((Path(args.index) / "settings.json").read_text())
         postings = len(np.load(Path(args.index) / "data.csc.index.npy", mmap_mode="r"))
         return Path(args.index), {**recorded, "postings": postings, "seconds": None, "tokenize_seconds": None}
-    out = work / "bm25_index"
-    out.mkdir(parents=True, exist_ok=True)
-    return out, build_index(settings.params(Bm25IndexParams, "bm25"), {"prepared": prepared}, out)
+    by_threads, files = {}, {}
+    for threads in args.index_threads or [None]:
+        out = work / f"bm25_index-{threads or 'all'}"
+        out.mkdir(parents=True, exist_ok=True)
+        saved = os.environ.get("OMP_NUM_THREADS")
+        if threads:
+            os.environ["OMP_NUM_THREADS"] = str(threads)  # the stage's threads (`available_threads`)
+        try:
+            built = build_index(settings.params(Bm25IndexParams, "bm25"), {"prepared": prepared}, out)
+        finally:
+            os.environ.pop("OMP_NUM_THREADS", None) if saved is None else os.environ.update(OMP_NUM_THREADS=saved)
+        by_threads[str(built["threads"])] = index_rates(built)
+        files[str(built["threads"])] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+    built["by_threads"] = by_threads
+    built["identical_files"] = all(hashes == next(iter(files.values())) for hashes in files.values())
+    return out, built
+
+
+def index_rates(built: dict) -> dict:
+    """A build's times, and its tokens a second a thread (tokenizing: reading and counting the corpus' terms)."""
+    tokenizing, threads = built["tokenize_seconds"], built["threads"]
+    return {
+        "seconds": built["seconds"],
+        "tokenize_seconds": tokenizing,
+        "index_seconds": built["index_seconds"],
+        "write_seconds": round(built["seconds"] - tokenizing - built["index_seconds"], 3),
+        "tokens": built["tokens"],
+        "tokens_per_s": round(built["tokens"] / built["seconds"]),
+        "tokenize_tokens_per_s_per_thread": round(built["tokens"] / tokenizing / threads),
+        "tokenize_cpu_seconds": built["tokenize_cpu_seconds"],
+        "tokens_per_cpu_second": built["tokens_per_cpu_second"],
+    }
 
 
 def query_texts(prepared: Path, count: int) -> list[str]:
@@ -230,6 +266,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--format", default="beir", choices=["beir", "msmarco"])
     parser.add_argument("--splits", default="train,test", help="the dataset's splits (each needs a qrels file)")
     parser.add_argument("--index", help="a `bm25_index` artifact of the same corpus (default: build one)")
+    parser.add_argument("--index-threads", help="build the index once a count, e.g. 1,16 (default: all threads)")
+    parser.add_argument("--index-only", action="store_true", help="build the index, search nothing")
     parser.add_argument("--work", type=Path, help="folder for the prepared data and the index (default: a temp one)")
     parser.add_argument("--queries", type=int, default=100_000)
     parser.add_argument("--backend", default="scipy,torch", help="comma list of scipy, torch, triton")
@@ -243,6 +281,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.backend = args.backend.split(",")
+    args.index_threads = [int(t) for t in args.index_threads.split(",")] if args.index_threads else None
     if not set(args.backend) <= {"scipy", *TORCH_KERNELS}:
         parser.error(f"--backend: {args.backend} (allowed: scipy, torch, triton)")
     return args
@@ -293,11 +332,6 @@ def main() -> None:
         work = args.work or Path(scratch)
         prepared, prepare_seconds = prepared_folder(args, work)
         index_dir, built = index_folder(args, work, prepared)
-        started = time.perf_counter()
-        index = load_index(index_dir)
-        load_seconds = time.perf_counter() - started
-        texts = query_texts(prepared, args.queries)
-        k = min(args.top_k, built["documents"])  # bm25s refuses a k above the corpus size
         result = {
             "documents": built["documents"],
             "terms": built["terms"],
@@ -305,19 +339,34 @@ def main() -> None:
             "prepare_seconds": round(prepare_seconds, 3),
             "index_seconds": built["seconds"],
             "index_tokenize_seconds": built["tokenize_seconds"],
-            "index_load_seconds": round(load_seconds, 3),
-            "queries": len(texts),
-            "top_k": k,
-            "batch_postings": args.batch_postings,
+            "index_by_threads": built.get("by_threads"),
+            "index_identical_files": built.get("identical_files"),
             "cpus": len(os.sched_getaffinity(0)),
         }
-        measured, found = measure(args, index, texts, k)
-        result |= measured
-        threads = max(int(t) for t in args.threads.split(","))
-        result |= agreements(found, index_dir, texts[: args.reference_queries], k, threads, index.settings)
+        if not args.index_only:
+            result |= searched(args, prepared, index_dir, built)
     print(text := json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(text + "\n")
+
+
+def searched(args: argparse.Namespace, prepared: Path, index_dir: Path, built: dict) -> dict:
+    """The queries' part: loading the index, each backend, bm25s and the agreements."""
+    started = time.perf_counter()
+    index = load_index(index_dir)
+    load_seconds = time.perf_counter() - started
+    texts = query_texts(prepared, args.queries)
+    k = min(args.top_k, built["documents"])  # bm25s refuses a k above the corpus size
+    result = {
+        "index_load_seconds": round(load_seconds, 3),
+        "queries": len(texts),
+        "top_k": k,
+        "batch_postings": args.batch_postings,
+    }
+    measured, found = measure(args, index, texts, k)
+    result |= measured
+    threads = max(int(t) for t in args.threads.split(","))
+    return result | agreements(found, index_dir, texts[: args.reference_queries], k, threads, index.settings)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -99,3 +100,12 @@ def test_a_row_range_is_read_exactly_from_the_row_groups_that_hold_it(tmp_path):
     for start, stop in [(0, 100), (0, 7), (3, 4), (5, 23), (14, 21), (98, 100), (40, 40), (90, 200)]:
         table = parquet_io.read_row_range(path, start, stop, ["s", "n"])
         assert table.column_names == ["s", "n"] and table["n"].to_pylist() == list(range(start, min(stop, 100)))
+
+
+def test_a_row_range_reads_its_rows_across_row_groups(tmp_path):
+    path = tmp_path / "rows.parquet"
+    parquet_io.write_table(pa.table({"a": np.arange(100), "b": [str(i) for i in range(100)]}), path, row_group_size=30)
+    for start, stop in ((0, 100), (0, 30), (25, 65), (30, 60), (99, 100), (40, 40)):
+        table = parquet_io.read_row_range(path, start, stop, ["a"])
+        assert table.column_names == ["a"] and table.column("a").to_pylist() == list(range(start, stop))
+    assert parquet_io.read_row_range(path, 10, 12).column("b").to_pylist() == ["10", "11"]

@@ -67,10 +67,11 @@ def iter_batches(path: Path, read_dictionary: list[str] | None = None, **options
         yield batch
 
 
-def read_row_range(path: Path, start: int, stop: int, columns: list[str]) -> pa.Table:
+def read_row_range(path: Path, start: int, stop: int, columns: list[str] | None = None) -> pa.Table:
     """Rows [start, stop) of a file: of the row groups that hold them, each decoded from its start up to ``stop`` only
     (Parquet has no cheaper way to a row inside a group)."""
     file = open_file(path, pre_buffer=False)
+    columns = columns or file.schema_arrow.names
     batches, first = [], 0
     for number in range(file.num_row_groups):
         row, first = first, first + file.metadata.row_group(number).num_rows

@@ -32,8 +32,8 @@ def _read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     return parquet_io.read_table(path, columns=columns).to_pandas()
 
 
-def read_corpus(prepared: Path) -> pd.DataFrame:
-    return _read(Path(prepared) / CORPUS)
+def read_corpus(prepared: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    return _read(Path(prepared) / CORPUS, columns)
 
 
 def read_queries(prepared: Path, split: str) -> pd.DataFrame:
