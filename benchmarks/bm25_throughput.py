@@ -116,7 +116,7 @@ def index_rates(built: dict) -> dict:
         "tokens_per_s": round(built["tokens"] / built["seconds"]),
         "tokenize_tokens_per_s_per_thread": round(built["tokens"] / tokenizing / threads),
         "tokenize_cpu_seconds": built["tokenize_cpu_seconds"],
-        "tokens_per_cpu_second": built["tokens_per_cpu_second"],
+        "cpu_tokens_per_s": built["cpu_tokens_per_s"],
     }
 
 

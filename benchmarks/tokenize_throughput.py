@@ -70,7 +70,7 @@ def run_stage(root: Path, prepared: Path, out: Path, threads: int, model: str, m
 
 def row(summary: dict, threads: int, cores: int) -> dict:
     """The measurements of one job, and the rate they give on ``cores`` cores."""
-    tokens, block, cpu = summary["tokens"], summary["resources"], summary.get("cpu_s") or {}
+    tokens, block, cpu = summary["tokens"], summary["resources"], summary.get("cpu_seconds") or {}
     result = {"threads": block["threads"], "omp_num_threads": threads, "documents": summary["rows"], "tokens": tokens}
     result |= {"job_s": round(summary["job_s"], 2), "wall_s": block["wall_s"], "fixed_s": block.get("fixed_s")}
     result |= {"loop_s": summary["seconds"], "job_cpu_s": round(summary["job_cpu_s"], 2)}

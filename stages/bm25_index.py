@@ -88,7 +88,7 @@ def build_index(params: Bm25IndexParams, inputs: Mapping[str, Path], out_dir: Pa
         "threads": threads,
         "tokenize_seconds": round(tokenized - started, 3),
         "tokenize_cpu_seconds": round(counts.cpu_seconds, 3),  # the workers' (reading and counting; per-core rate)
-        "tokens_per_cpu_second": round(tokens / counts.cpu_seconds) if counts.cpu_seconds > 0 else None,
+        "cpu_tokens_per_s": round(tokens / counts.cpu_seconds) if counts.cpu_seconds > 0 else None,
         "index_seconds": round(indexed - tokenized, 3),
         "seconds": round(seconds, 3),
     }

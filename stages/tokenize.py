@@ -17,11 +17,11 @@ into arrays, which is Python work.
 Where the time goes (2-core VM, MS MARCO-shaped passages of 86 tokens, CPU ns a token, best of 5): encoding 1,855;
 a worker's reading of its rows and building the texts 58 (a row group is decoded from its start up to the rows read,
 ~7x the rows read in 100k-row groups), flat ids 43; this process 28 (writing 25: zstd and dictionary pages), a
-ceiling of ~30M tokens/s. summary.json's ``cpu_s`` (workers, main) gives both rates for a run.
+ceiling of ~30M tokens/s. summary.json's ``cpu_seconds`` (workers, main) gives both rates for a run.
 
 Inputs: ``prepared``, optionally ``base_model`` (a local model folder: its content in the key). Output:
 tokens.parquet (id, input_ids: list of int32, special tokens included, truncated to ``max_length``) in corpus order,
-and summary.json (rows, tokens, the tokenizer's fingerprint, seconds of the tokenizing loop, ``cpu_s``: CPU seconds of
+and summary.json (rows, tokens, the tokenizer's fingerprint, seconds of the tokenizing loop, ``cpu_seconds``: CPU seconds of
 the workers and of this process in it).
 """
 
@@ -106,7 +106,7 @@ def tokenize(params: TokenizeParams, inputs: Mapping[str, Path], out_dir: Path) 
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "seconds": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
-        "cpu_s": {part: round(value, 3) for part, value in cpu.items()},
+        "cpu_seconds": {part: round(value, 3) for part, value in cpu.items()},
     }
 
 

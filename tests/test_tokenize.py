@@ -65,7 +65,7 @@ def test_processes_read_their_own_rows_across_row_groups_into_the_same_bytes(pre
     ids, texts = corpus["doc_id"].tolist(), document_texts(corpus)
     assert tokenize.write_tokens(load_tokenizer("bundled"), ids, texts, 64, tmp_path / "t") == summary["tokens"]
     assert (tmp_path / "t").read_bytes() == tokens.read_bytes()
-    assert summary["cpu_s"]["workers"] > 0 and summary["cpu_s"]["main"] > 0
+    assert summary["cpu_seconds"]["workers"] > 0 and summary["cpu_seconds"]["main"] > 0
 
 
 def test_a_worker_reads_and_tokenizes_its_rows_without_torch(prepared, tmp_path):
