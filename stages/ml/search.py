@@ -15,6 +15,7 @@ also ``.scores(queries, rows)``, what they rank by, with gradient to the queries
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 from pathlib import Path
@@ -260,14 +261,6 @@ def reconstructed_vectors(index, start: int = 0, stop: int | None = None) -> np.
     return index.reconstruct_n(start, stop - start)
 
 
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class PQTorchSearcher:
     """Inner-product search over product-quantisation codes held on ``device`` by asymmetric distance computation.
 
@@ -324,7 +317,7 @@ class PQTorchSearcher:
     def _pick_kernel(self, kernel: str) -> str:
         if kernel == "torch" or (kernel == "auto" and self.device.type != "cuda"):
             return "torch"
-        from_triton = self.device.type == "cuda" and _triton_available()
+        from_triton = self.device.type == "cuda" and importlib.util.find_spec("triton") is not None
         if from_triton:
             from .pq_kernels import supports
 
